@@ -1,0 +1,157 @@
+"""The command line: parse, call one core function, render. No logic here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from runner import __version__, paths, render
+from runner.errors import RunnerError, SpecError
+from runner.fetch import fetch as fetch_artifact
+from runner.logs import follow_log, read_log
+from runner.observe import refresh
+from runner.spec import JobSpec
+from runner.specfile import load_job
+from runner.state import JobState, Store
+from runner.stop import stop as stop_job
+from runner.submit import submit as submit_job
+
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+@contextmanager
+def open_store() -> Iterator[Store]:
+    store = Store(paths.state_db())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runner")
+def cli() -> None:
+    """Run training jobs on GPU hosts from one job file."""
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(path_type=Path))
+@click.option("--host", "host_name", help="Run on this host instead of the job file's.")
+@JSON_OPTION
+def submit(job_file: Path, host_name: str | None, as_json: bool) -> None:
+    """Start JOB_FILE on its host; prints the job id."""
+    loaded = load_job(job_file)
+    with open_store() as store:
+        job = submit_job(store, loaded, host_name)
+    if as_json:
+        render.print_json(render.job_document(job))
+        return
+    click.echo(job.id)
+    render.stderr.print(
+        f"[bold]{job.name}[/] is {job.state.value} on {job.host} in tmux session [bold]{job.session}[/]\n"
+        f"  runner status {job.id}    runner logs -f {job.id}    runner fetch weights {job.id}"
+    )
+
+
+@cli.command()
+@click.argument("job_ref", metavar="[JOB]", required=False)
+@JSON_OPTION
+def status(job_ref: str | None, as_json: bool) -> None:
+    """Show all jobs, or one JOB (id, id prefix or name)."""
+    with open_store() as store:
+        jobs = [store.find(job_ref)] if job_ref else store.list_jobs()
+        jobs = refresh(store, jobs)
+    if as_json:
+        documents = [render.job_document(job) for job in jobs]
+        render.print_json(documents[0] if job_ref else {"jobs": documents})
+        return
+    if not jobs:
+        render.stderr.print("no jobs yet: `runner submit JOBFILE` starts one")
+        return
+    render.stdout.print(render.jobs_table(jobs))
+
+
+@cli.command()
+@click.argument("job_ref", metavar="JOB")
+@click.option("-n", "--lines", "last_lines", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends; exit 1 unless it succeeded.")
+def logs(job_ref: str, last_lines: int | None, follow: bool) -> None:
+    """Print JOB's train.log as the training printed it."""
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    with open_store() as store:
+        job = store.find(job_ref)
+        if not follow:
+            write(read_log(job, last_lines))
+            return
+        job = follow_log(store, job, last_lines, write)
+    render.stderr.print(f"\n{job.id} {job.state.value}" + ("" if job.exit_code is None else f" (exit {job.exit_code})"))
+    if job.state is not JobState.SUCCEEDED:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("job_ref", metavar="JOB")
+@click.option("--grace", default=10.0, show_default=True, help="Seconds between Ctrl-C and killing the job.")
+@JSON_OPTION
+def stop(job_ref: str, grace: float, as_json: bool) -> None:
+    """Stop JOB: Ctrl-C, then kill whatever is left after the grace period."""
+    with open_store() as store:
+        job = stop_job(store, store.find(job_ref), grace)
+    if as_json:
+        render.print_json(render.job_document(job))
+        return
+    render.stderr.print(f"{job.id} {job.state.value}; its log is kept: runner logs {job.id}")
+
+
+@cli.command()
+@click.argument("artifact")
+@click.argument("job_ref", metavar="[JOB]", required=False)
+@click.option("--dest", type=click.Path(path_type=Path), help="Destination folder [default: artifacts/JOB_ID].")
+@JSON_OPTION
+def fetch(artifact: str, job_ref: str | None, dest: Path | None, as_json: bool) -> None:
+    """Copy ARTIFACT (weights, results, logs, ...) of JOB (default: the newest job) here."""
+    with open_store() as store:
+        job = store.find(job_ref)
+    result = fetch_artifact(job, artifact, dest or Path("artifacts") / job.id)
+    if as_json:
+        render.print_json(render.fetch_document(result))
+        return
+    render.stdout.print(render.fetch_table(result))
+    render.stderr.print(
+        f"{len(result.files)} files in {result.dest}, {render.human_size(result.bytes_copied)} copied"
+        f" in {result.seconds:.2f}s"
+    )
+    for path in result.refused:
+        render.stderr.print(f"[yellow]refused[/] {path}: it leads outside the job's workdir")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the job file's JSON Schema (for editor completion)."""
+    render.print_json(JobSpec.model_json_schema())
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="runner", standalone_mode=False)
+    except SpecError as exc:
+        click.echo(str(exc), err=True)  # already file:line:col: field: message
+        sys.exit(exc.exit_code)
+    except RunnerError as exc:
+        click.echo(f"runner: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("runner: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,45 @@
+"""Every error runner raises on purpose, and the exit code each one means.
+
+    RunnerError                 exit 1   something failed: a remote command, a job step
+    ├── SpecError               exit 2   a job file or hosts file is wrong (file:line:col: field: message)
+    ├── UsageError              exit 2   the command line asks for something that cannot be done
+    ├── HostUnreachable         exit 3   the host or API cannot be reached now; try again
+    ├── NotFound                exit 4   no such job, host or artifact set
+    └── CommandFailed           exit 1   a command on a host exited non-zero
+
+The CLI catches RunnerError, prints its one-line message to stderr and exits with `exit_code`.
+Anything else escaping is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    exit_code = 1
+
+
+class SpecError(RunnerError):
+    exit_code = 2
+
+
+class UsageError(RunnerError):
+    exit_code = 2
+
+
+class HostUnreachable(RunnerError):
+    exit_code = 3
+
+
+class NotFound(RunnerError):
+    exit_code = 4
+
+
+class CommandFailed(RunnerError):
+    """A command on a host exited non-zero; keeps what it printed for the message."""
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
+        super().__init__(f"{argv[0]} exited {returncode}: {last}")

@@ -1,0 +1,57 @@
+"""The Host interface: everything runner does on a machine goes through these few operations.
+
+Paths on a host are POSIX strings (the host may not be this machine); commands are argv lists,
+never shell strings, so user data cannot be reinterpreted by a shell on the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from runner.errors import CommandFailed
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+    def check(self) -> "CommandResult":
+        if self.returncode != 0:
+            raise CommandFailed(self.argv, self.returncode, self.stderr.decode("utf-8", "replace"))
+        return self
+
+
+class Host(Protocol):
+    name: str
+    kind: str
+    python: str  # the interpreter that runs the agent on the host
+
+    def root(self) -> str:
+        """The runner directory on the host (~/.runner on a remote host)."""
+        ...
+
+    def run(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float | None = 60) -> CommandResult:
+        """Run argv on the host and wait for it; never raises for a non-zero exit (see CommandResult.check)."""
+        ...
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Replace path atomically with data, creating parent directories."""
+        ...
+
+    def put_tree(self, source: Path, dest: str, exclude: Sequence[str]) -> None:
+        """Copy the local folder source to dest on the host, leaving out the exclude patterns."""
+        ...
+
+    def get_file(self, path: str, local: Path) -> None:
+        """Copy one file from the host to a local path."""
+        ...

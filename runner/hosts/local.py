@@ -1,0 +1,64 @@
+"""The local host: this machine, with its job directories under RUNNER_HOME."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from runner import paths
+from runner.hosts.base import CommandResult
+from runner.syncignore import is_excluded
+
+
+class LocalHost:
+    kind = "local"
+
+    def __init__(self, name: str = "local") -> None:
+        self.name = name
+        # The agent runs under the controller's own interpreter: it is known to exist here.
+        self.python = sys.executable
+
+    def root(self) -> str:
+        return str(paths.local_host_root())
+
+    def run(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float | None = 60) -> CommandResult:
+        completed = subprocess.run(
+            list(argv), input=stdin, capture_output=True, timeout=timeout, check=False, env=_host_environment()
+        )
+        return CommandResult(list(argv), completed.returncode, completed.stdout, completed.stderr)
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.chmod(temporary, mode)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def put_tree(self, source: Path, dest: str, exclude: Sequence[str]) -> None:
+        def ignored(folder: str, names: list[str]) -> set[str]:
+            rel_folder = Path(folder).relative_to(source)
+            return {name for name in names if is_excluded((rel_folder / name).as_posix(), exclude)}
+
+        shutil.copytree(source, dest, ignore=ignored, symlinks=True, dirs_exist_ok=True)
+
+    def get_file(self, path: str, local: Path) -> None:
+        shutil.copyfile(path, local)
+
+
+def _host_environment() -> dict[str, str]:
+    # Running inside a tmux pane must not make our tmux commands talk to that pane's client.
+    env = dict(os.environ)
+    env.pop("TMUX", None)
+    env.pop("TMUX_PANE", None)
+    return env

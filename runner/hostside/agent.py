@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""runner's host-side agent. Standard library only, Python >= 3.7: job images can be old.
+
+Subcommands (each prints one JSON document on stdout, except `monitor`):
+  probe JOB_DIR...           per job: tmux session alive?, exit code, last progress line
+  manifest ROOT GLOB...      files under ROOT matching the globs: path, size, mtime, sha256
+  kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
+  monitor JOB_DIR            print the job's latest progress line every few seconds (the monitor window)
+"""
+
+import glob
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+TAIL_BYTES = 64 * 1024  # the last progress line is in the log's tail; reading it must not cost the whole log
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+RECORDER_LINE = re.compile(r"^Script (started|done) on ")
+
+
+def last_line(log_path):
+    """The last visible line of a log: after the last \\r or \\n, without ANSI codes."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - TAIL_BYTES))
+            tail = log.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    for segment in reversed(re.split(r"[\r\n]", ANSI.sub("", tail))):
+        text = segment.strip()
+        if text and not RECORDER_LINE.match(text):
+            return text
+    return None
+
+
+def read_exit_code(job_dir):
+    try:
+        with open(os.path.join(job_dir, "exit_code")) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def tmux_sessions():
+    try:
+        out = subprocess.run(
+            ["tmux", "list-sessions", "-F", "#{session_name}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True, check=False,
+        ).stdout
+    except OSError:
+        return set()
+    return set(out.split())
+
+
+def probe(job_dirs):
+    # Sessions first, exit codes second: run.sh writes exit_code before it ends the session,
+    # so a session seen gone with no exit code afterwards really died without finishing.
+    sessions = tmux_sessions()
+    jobs = {}
+    for job_dir in job_dirs:
+        spec = _read_json(os.path.join(job_dir, "spec.json")) or {}
+        jobs[job_dir] = {
+            "exists": os.path.isdir(job_dir),
+            "session_alive": spec.get("session") in sessions,
+            "exit_code": read_exit_code(job_dir),
+            "last_line": last_line(os.path.join(job_dir, "train.log")),
+        }
+    return {"jobs": jobs}
+
+
+def manifest(root, patterns):
+    """Regular files under root matching the globs; anything resolving outside root is refused."""
+    real_root = os.path.realpath(root)
+    files, refused = {}, []
+    for pattern in patterns:
+        for path in glob.glob(os.path.join(glob.escape(root), pattern), recursive=True):
+            rel = os.path.relpath(path, root)
+            real = os.path.realpath(path)
+            if os.path.commonpath([real_root, real]) != real_root:
+                refused.append(rel)
+                continue
+            if os.path.isfile(path) and rel not in files:
+                files[rel] = _describe_file(path, rel)
+    return {"root": root, "files": [files[rel] for rel in sorted(files)], "refused": sorted(set(refused))}
+
+
+def kill_job_processes(job_id):
+    marker = ("RUNNER_JOB_ID=" + job_id).encode()
+    killed = []
+    for pid in _pids():
+        try:
+            with open("/proc/%d/environ" % pid, "rb") as handle:
+                if marker not in handle.read().split(b"\0"):
+                    continue
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except (OSError, ProcessLookupError):
+            continue
+    return {"killed": killed}
+
+
+def monitor(job_dir, interval=5.0):
+    log = os.path.join(job_dir, "train.log")
+    while True:
+        line = last_line(log) or "(nothing printed yet)"
+        sys.stdout.write("\r\x1b[K%s  %s" % (time.strftime("%H:%M:%S"), line[:150]))
+        sys.stdout.flush()
+        time.sleep(interval)
+
+
+def _describe_file(path, rel):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        for block in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(block)
+    return {"path": rel, "size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest.hexdigest()}
+
+
+def _pids():
+    own = os.getpid()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != own:
+            yield int(name)
+
+
+def _read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv):
+    if len(argv) < 2:
+        sys.stderr.write(__doc__)
+        return 2
+    command, args = argv[1], argv[2:]
+    if command == "monitor":
+        monitor(args[0])
+        return 0
+    if command == "probe":
+        result = probe(args)
+    elif command == "manifest":
+        result = manifest(args[0], args[1:])
+    elif command == "kill":
+        result = kill_job_processes(args[0])
+    else:
+        sys.stderr.write("agent: unknown command %r\n" % command)
+        return 2
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

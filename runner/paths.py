@@ -1,0 +1,33 @@
+"""Where runner keeps its state and its configuration on the controller."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+
+def runner_home() -> Path:
+    """State (state.db) and the local host's job directories; RUNNER_HOME overrides."""
+    override = os.environ.get("RUNNER_HOME")
+    if override:
+        return Path(override).expanduser().resolve()
+    return Path(platformdirs.user_data_dir("runner", appauthor=False))
+
+
+def config_dir() -> Path:
+    """hosts.yaml and settings; RUNNER_CONFIG_DIR overrides."""
+    override = os.environ.get("RUNNER_CONFIG_DIR")
+    if override:
+        return Path(override).expanduser().resolve()
+    return Path(platformdirs.user_config_dir("runner", appauthor=False))
+
+
+def state_db() -> Path:
+    return runner_home() / "state.db"
+
+
+def local_host_root() -> Path:
+    """The local host's runner directory: the same layout a remote host keeps in ~/.runner."""
+    return runner_home() / "local"

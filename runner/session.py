@@ -1,0 +1,76 @@
+"""The job's tmux session: argv builders (pure) and the two operations that use them.
+
+Layout: train | monitor | gpu | cpu | tensorboard | shell. tmux runs each window's command
+through `sh -c`, so every command is one string made with shlex.join from an argv list.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from runner.hosts.base import Host
+
+WINDOWS = ("train", "monitor", "gpu", "cpu", "tensorboard", "shell")
+# Wide enough that progress bars are not cut at 80 columns in train.log.
+PANE_COLUMNS, PANE_ROWS = 200, 50
+
+
+@dataclass(frozen=True)
+class Window:
+    name: str
+    command: list[str]
+
+
+def session_name(job_name: str, job_id: str) -> str:
+    # tmux treats '.' and ':' in names as target separators.
+    return "runner-" + re.sub(r"[^A-Za-z0-9_-]", "_", job_name) + "-" + job_id
+
+
+def target(session: str, window: str | None = None) -> str:
+    # '=' asks tmux for an exact session match: job "a" must never hit session "a-2".
+    return f"={session}:{window}" if window else f"={session}"
+
+
+def new_session_argv(session: str, first: Window, cwd: str) -> list[str]:
+    return [
+        "tmux", "new-session", "-d", "-s", session, "-n", first.name,
+        "-x", str(PANE_COLUMNS), "-y", str(PANE_ROWS), "-c", cwd, shlex.join(first.command),
+    ]  # fmt: skip
+
+
+def new_window_argv(session: str, window: Window, cwd: str) -> list[str]:
+    return ["tmux", "new-window", "-d", "-t", target(session), "-n", window.name, "-c", cwd, shlex.join(window.command)]
+
+
+def has_session_argv(session: str) -> list[str]:
+    return ["tmux", "has-session", "-t", target(session)]
+
+
+def interrupt_argv(session: str) -> list[str]:
+    """Ctrl-C in the train window, as a user at the keyboard would stop a training."""
+    return ["tmux", "send-keys", "-t", target(session, "train"), "C-c"]
+
+
+def kill_session_argv(session: str) -> list[str]:
+    return ["tmux", "kill-session", "-t", target(session)]
+
+
+def start_argv(session: str, windows: list[Window], cwd: str) -> list[str]:
+    """One tmux invocation for the whole layout: one round trip, and the server runs the list in
+    order before any other client's command, so a job that ends at once cannot close its session
+    before the other windows exist."""
+    first, *rest = windows
+    argv = new_session_argv(session, first, cwd)
+    for window in rest:
+        argv += [";"] + new_window_argv(session, window, cwd)[1:]
+    return argv
+
+
+def start(host: Host, session: str, windows: list[Window], cwd: str) -> None:
+    host.run(start_argv(session, windows, cwd)).check()
+
+
+def is_alive(host: Host, session: str) -> bool:
+    return host.run(has_session_argv(session)).returncode == 0

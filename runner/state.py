@@ -1,0 +1,257 @@
+"""The controller's local store: jobs, hosts and events in SQLite (WAL).
+
+The only module that speaks SQL. Every write runs in a `BEGIN IMMEDIATE` transaction, so parallel
+`runner` processes serialise on SQLite's lock instead of overwriting each other, and state changes
+are compare-and-set: a transition names the states it may leave, so a late writer cannot drag a
+finished job back to `running`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from runner.errors import NotFound, UsageError
+
+
+class JobState(str, Enum):
+    SUBMITTED = "submitted"
+    PROVISIONING = "provisioning"
+    SYNCING = "syncing"
+    BUILDING = "building"
+    PREFLIGHT = "preflight"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+
+FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST})
+ACTIVE = frozenset(JobState) - FINISHED
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,   -- submission order: "newest job" of a name
+    id           TEXT NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    host         TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    spec         TEXT NOT NULL,                       -- the validated job spec, as JSON
+    job_file     TEXT NOT NULL,
+    job_dir      TEXT,                                -- the job's directory on its host
+    session      TEXT,                                -- its tmux session name
+    created_at   REAL NOT NULL,
+    started_at   REAL,
+    ended_at     REAL,
+    exit_code    INTEGER,
+    stop_requested_at REAL,
+    last_line    TEXT,
+    message      TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
+CREATE TABLE IF NOT EXISTS hosts (
+    name              TEXT PRIMARY KEY,
+    kind              TEXT NOT NULL,
+    unreachable_since REAL,
+    updated_at        REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id  TEXT NOT NULL,
+    at      REAL NOT NULL,
+    kind    TEXT NOT NULL,
+    detail  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    name: str
+    host: str
+    state: JobState
+    spec: dict[str, Any]
+    job_file: str
+    job_dir: str | None
+    session: str | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+    stop_requested_at: float | None
+    last_line: str | None
+    message: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+@dataclass(frozen=True)
+class Event:
+    job_id: str
+    at: float
+    kind: str
+    detail: str
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are ours to open (BEGIN IMMEDIATE), not sqlite3's.
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 60000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL survives process crashes; only an OS crash may lose the latest commit.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        # executescript commits before it runs, so the schema carries its own transaction.
+        self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # jobs
+
+    def create_job(self, name: str, host: str, spec: dict[str, Any], job_file: str) -> Job:
+        now = time.time()
+        with self._write() as db:
+            while True:
+                job_id = secrets.token_hex(4)
+                if not db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                    break
+            db.execute(
+                "INSERT INTO jobs (id, name, host, state, spec, job_file, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, name, host, JobState.SUBMITTED.value, json.dumps(spec), job_file, now),
+            )
+            self._event(db, job_id, "submitted", f"{job_file} on {host}")
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job with id '{job_id}'")
+        return _job(row)
+
+    def find(self, ref: str | None) -> Job:
+        """A job by id, unique id prefix, or name (the newest of that name); None means the newest job."""
+        if ref is None:
+            row = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT 1").fetchone()
+            if row is None:
+                raise NotFound("no jobs yet: `runner submit JOBFILE` starts one")
+            return _job(row)
+        exact = self._db.execute("SELECT * FROM jobs WHERE id = ?", (ref,)).fetchone()
+        if exact:
+            return _job(exact)
+        prefixed = self._db.execute(
+            "SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\' ORDER BY seq DESC", (_like_prefix(ref),)
+        ).fetchall()
+        if len(prefixed) > 1:
+            ids = ", ".join(row["id"] for row in prefixed[:5])
+            raise UsageError(f"job '{ref}' is ambiguous: it starts {len(prefixed)} job ids ({ids})")
+        if prefixed:
+            return _job(prefixed[0])
+        named = self._db.execute("SELECT * FROM jobs WHERE name = ? ORDER BY seq DESC LIMIT 1", (ref,)).fetchone()
+        if named:
+            return _job(named)
+        raise NotFound(f"no job with id, id prefix or name '{ref}'")
+
+    def list_jobs(self) -> list[Job]:
+        return [_job(row) for row in self._db.execute("SELECT * FROM jobs ORDER BY seq")]
+
+    def set_placement(self, job_id: str, job_dir: str, session: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET job_dir = ?, session = ? WHERE id = ?", (job_dir, session, job_id))
+
+    def set_last_line(self, job_id: str, last_line: str | None) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET last_line = ? WHERE id = ?", (last_line, job_id))
+
+    def request_stop(self, job_id: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET stop_requested_at = COALESCE(stop_requested_at, ?) WHERE id = ?", (time.time(), job_id)
+            )
+            self._event(db, job_id, "stop-requested", "")
+
+    def transition(
+        self,
+        job_id: str,
+        to: JobState,
+        leaving: frozenset[JobState],
+        exit_code: int | None = None,
+        message: str | None = None,
+    ) -> bool:
+        """Move a job to `to` if it is in one of `leaving`; False (and nothing written) otherwise."""
+        now = time.time()
+        started = now if to is JobState.RUNNING else None
+        ended = now if to in FINISHED else None
+        placeholders = ",".join("?" for _ in leaving)
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?), ended_at = COALESCE(?, ended_at),"
+                f" exit_code = COALESCE(?, exit_code), message = COALESCE(?, message)"
+                f" WHERE id = ? AND state IN ({placeholders})",
+                (to.value, started, ended, exit_code, message, job_id, *(state.value for state in leaving)),
+            )
+            if cursor.rowcount:
+                self._event(db, job_id, to.value, message or "")
+            return bool(cursor.rowcount)
+
+    # hosts
+
+    def remember_host(self, name: str, kind: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO hosts (name, kind, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, updated_at = excluded.updated_at",
+                (name, kind, time.time()),
+            )
+
+    # events
+
+    def add_event(self, job_id: str, kind: str, detail: str = "") -> None:
+        with self._write() as db:
+            self._event(db, job_id, kind, detail)
+
+    def events(self, job_id: str) -> list[Event]:
+        rows = self._db.execute("SELECT * FROM events WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [Event(row["job_id"], row["at"], row["kind"], row["detail"]) for row in rows]
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, job_id: str, kind: str, detail: str) -> None:
+        db.execute("INSERT INTO events (job_id, at, kind, detail) VALUES (?, ?, ?, ?)", (job_id, time.time(), kind, detail))
+
+
+def _like_prefix(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _job(row: sqlite3.Row) -> Job:
+    values = dict(row)
+    values.pop("seq")
+    values["state"] = JobState(values["state"])
+    values["spec"] = json.loads(values["spec"])
+    return Job(**values)

@@ -1,0 +1,88 @@
+"""submit: validate, place the job on its host, start its tmux session.
+
+Every check that can refuse the job runs before anything is written to a host or the store,
+so bad input changes nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+from runner import session
+from runner.errors import NotFound, RunnerError, SpecError
+from runner.hosts import Host, get_host
+from runner.jobscript import render_job_sh, render_run_sh
+from runner.layout import JobLayout, agent_argv, install_hostside, window_script_path
+from runner.specfile import LoadedJob
+from runner.state import ACTIVE, Job, JobState, Store
+from runner.syncignore import load_excludes
+
+
+def submit(store: Store, loaded: LoadedJob, host_override: str | None = None) -> Job:
+    host = _host_for(loaded, host_override)
+    _check_placeable(loaded, host)
+    spec = loaded.spec
+    store.remember_host(host.name, host.kind)
+    job = store.create_job(spec.name, host.name, spec.model_dump(mode="json"), str(loaded.path.resolve()))
+    layout = JobLayout.on(host, job.id)
+    name = session.session_name(spec.name, job.id)
+    try:
+        store.transition(job.id, JobState.SYNCING, frozenset({JobState.SUBMITTED}))
+        _place(host, loaded, job, layout, name)
+        store.set_placement(job.id, layout.job_dir, name)
+        session.start(host, name, _windows(host, loaded, layout), cwd=layout.work)
+        store.transition(job.id, JobState.RUNNING, frozenset({JobState.SYNCING}))
+    except BaseException as exc:  # Ctrl-C included: the job must not stay "syncing" forever
+        host.run(session.kill_session_argv(name))
+        store.transition(job.id, JobState.FAILED, ACTIVE, message=f"submit failed: {_reason(exc)}")
+        raise
+    return store.get(job.id)
+
+
+def _host_for(loaded: LoadedJob, host_override: str | None) -> Host:
+    try:
+        return get_host(host_override or loaded.spec.host)
+    except NotFound as exc:
+        if host_override:
+            raise SpecError(f"--host: {exc}") from None
+        raise loaded.error(("host",), str(exc)) from None
+
+
+def _check_placeable(loaded: LoadedJob, host: Host) -> None:
+    if not loaded.workdir.is_dir():
+        raise loaded.error(("workdir",), f"'{loaded.workdir}' is not a directory")
+    if loaded.spec.image is not None:
+        raise loaded.error(("image",), f"host '{host.name}' runs jobs without containers; remove `image`")
+
+
+def _place(host: Host, loaded: LoadedJob, job: Job, layout: JobLayout, session_name: str) -> None:
+    install_hostside(host)
+    host.put_tree(loaded.workdir, layout.work, load_excludes(loaded.workdir))
+    resolved = {"id": job.id, "session": session_name, "job_file": job.job_file, "spec": job.spec}
+    host.write_file(layout.file("spec.json"), json.dumps(resolved, indent=2).encode())
+    job_sh = render_job_sh(job.id, loaded.spec, job.job_file, layout.work)
+    host.write_file(layout.file("job.sh"), job_sh.encode(), mode=0o700)
+    run_sh = render_run_sh(job.id, loaded.spec.name, layout.job_dir, session.target(session_name))
+    host.write_file(layout.file("run.sh"), run_sh.encode(), mode=0o700)
+
+
+def _windows(host: Host, loaded: LoadedJob, layout: JobLayout) -> list[session.Window]:
+    window_sh = window_script_path(host)
+    board = loaded.spec.tensorboard
+    board_args = [board.logdir, str(board.port)] if board else ["", ""]
+    return [
+        session.Window("train", ["bash", layout.file("run.sh")]),
+        session.Window("monitor", agent_argv(host, "monitor", layout.job_dir)),
+        session.Window("gpu", ["bash", window_sh, "gpu"]),
+        session.Window("cpu", ["bash", window_sh, "cpu"]),
+        session.Window("tensorboard", ["bash", window_sh, "tensorboard", *board_args]),
+        session.Window("shell", ["bash", window_sh, "shell"]),
+    ]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RunnerError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"
