@@ -1,9 +1,9 @@
 """The two scripts a job directory holds: run.sh (runner's wrapper) and job.sh (the user's commands).
 
 run.sh runs job.sh under util-linux `script`, so the training sees a terminal (progress bars behave
-as they do in a user's tmux pane) and train.log keeps every byte it printed, carriage returns and
-colours included. `script` flushes the log before it exits, so when exit_code appears, train.log is
-complete. Hosts without `script` fall back to a pipe through tee.
+as they do in a user's tmux pane), and tees what it printed into train.log, byte for byte, carriage
+returns and colours included. The pipeline has ended before exit_code is written, so a log is
+complete once its exit code exists. Hosts without `script` run job.sh on a pipe instead.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ trap 'true' INT
 # `runner stop` finds every process of the job, daemonised ones too, by this variable.
 export RUNNER_JOB_ID={job_id}
 if command -v script >/dev/null 2>&1; then
-    SHELL=/bin/bash script -q -e -f -c 'bash job.sh' train.log
-    code=$?
+    # script gives the training a terminal of its own; its copy of what was printed goes to tee.
+    SHELL=/bin/bash script -q -e -f -c 'bash job.sh' /dev/null | tee -i -a train.log
 else
-    bash job.sh 2>&1 | tee -a train.log
-    code=${{PIPESTATUS[0]}}
+    bash job.sh 2>&1 | tee -i -a train.log
 fi
+# Both writers have exited here, so train.log is complete before exit_code appears.
+code=${{PIPESTATUS[0]}}
 printf '%s\\n' "$code" > exit_code.tmp && mv -f exit_code.tmp exit_code
 tmux kill-session -t {session_target}
 """

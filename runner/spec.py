@@ -10,7 +10,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -38,8 +38,15 @@ def _scalar_as_text(value: object) -> object:
     return value
 
 
+def _stays_inside(glob: str) -> str:
+    path = PurePosixPath(glob)
+    if not glob or path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"'{glob}' must stay inside the workdir (relative, no '..')")
+    return glob
+
+
 ShellLines = Annotated[list[str], BeforeValidator(_one_or_many)]
-Globs = Annotated[list[str], BeforeValidator(_one_or_many)]
+Globs = Annotated[list[Annotated[str, AfterValidator(_stays_inside)]], BeforeValidator(_one_or_many)]
 EnvValue = Annotated[str, BeforeValidator(_scalar_as_text)]
 
 
@@ -102,14 +109,10 @@ class JobSpec(StrictModel):
 
     @field_validator("artifacts")
     @classmethod
-    def _artifact_globs_stay_inside(cls, sets: dict[str, list[str]]) -> dict[str, list[str]]:
-        for name, globs in sets.items():
+    def _artifact_set_names(cls, sets: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in sets:
             if not re.match(NAME_PATTERN, name):
                 raise ValueError(f"'{name}' is not a valid artifact set name")
-            for glob in globs:
-                path = PurePosixPath(glob)
-                if path.is_absolute() or ".." in path.parts:
-                    raise ValueError(f"'{glob}' must stay inside the workdir (relative, no '..')")
         return sets
 
     @model_validator(mode="after")
