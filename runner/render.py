@@ -23,8 +23,9 @@ STATE_STYLES = {
     JobState.STOPPED: "yellow",
 }
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+# Piped output is read by grep and people's scripts: no 80-column squeeze when stdout is no terminal.
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_json(document: Any) -> None:
@@ -65,20 +66,24 @@ def job_document(job: Job) -> dict[str, Any]:
 
 
 def jobs_table(jobs: list[Job]) -> Table:
+    headers = ("JOB", "NAME", "HOST", "STATE", "ELAPSED", "EXIT")
+    rows = [_job_row(job) for job in jobs]
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("JOB", "NAME", "HOST", "STATE", "ELAPSED", "EXIT", "LAST LINE"):
-        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=80 if column == "LAST LINE" else None)
-    for job in jobs:
-        table.add_row(
-            job.id,
-            job.name,
-            job.host,
-            Text(job.state.value, style=STATE_STYLES.get(job.state, "")),
-            duration(elapsed_seconds(job)),
-            "" if job.exit_code is None else str(job.exit_code),
-            job.message if job.state in (JobState.FAILED, JobState.LOST) and job.message else (job.last_line or ""),
-        )
+    for index, header in enumerate(headers):
+        # On a narrow terminal the last line gives way, never the job id or state.
+        widest = max([len(header)] + [len(row[index]) for row in rows])
+        table.add_column(header, no_wrap=True, min_width=widest)
+    table.add_column("LAST LINE", no_wrap=True, overflow="ellipsis")
+    for job, row in zip(jobs, rows):
+        state = Text(row[3], style=STATE_STYLES.get(job.state, ""))
+        table.add_row(*row[:3], state, *row[4:])
     return table
+
+
+def _job_row(job: Job) -> list[str]:
+    shown = job.message if job.state in (JobState.FAILED, JobState.LOST) and job.message else job.last_line
+    exit_code = "" if job.exit_code is None else str(job.exit_code)
+    return [job.id, job.name, job.host, job.state.value, duration(elapsed_seconds(job)), exit_code, shown or ""]
 
 
 def duration(seconds: float | None) -> str:

@@ -22,13 +22,15 @@ def load_excludes(workdir: Path) -> list[str]:
 
 
 def is_excluded(rel_path: str, patterns: Sequence[str]) -> bool:
-    """A pattern without '/' matches any path component; one with '/' matches from the workdir's top."""
-    path = PurePosixPath(rel_path)
+    """gitignore-like: a pattern without '/' matches any path component; one with a '/' (leading or
+    inside) matches from the workdir's top. Either way, matching a folder excludes what is under it."""
+    parts = PurePosixPath(rel_path).parts
+    prefixes = ["/".join(parts[:count]) for count in range(1, len(parts) + 1)]
     for pattern in patterns:
-        anchored = pattern.strip("/")
-        if "/" in anchored:
-            if fnmatch.fnmatch(str(path), anchored):
+        body = pattern.rstrip("/")
+        if "/" in body:
+            if any(fnmatch.fnmatchcase(prefix, body.lstrip("/")) for prefix in prefixes):
                 return True
-        elif any(fnmatch.fnmatch(part, anchored) for part in path.parts):
+        elif any(fnmatch.fnmatchcase(part, body) for part in parts):
             return True
     return False

@@ -143,6 +143,9 @@ def main(argv):
         sys.stderr.write(__doc__)
         return 2
     command, args = argv[1], argv[2:]
+    if command in ("monitor", "manifest", "kill") and not args:
+        sys.stderr.write("agent: %s needs an argument\n" % command)
+        return 2
     if command == "monitor":
         monitor(args[0])
         return 0

@@ -1,0 +1,101 @@
+"""What a sync leaves out: .runnerignore patterns, anchored or matching any path component."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.syncignore import ALWAYS_EXCLUDED, is_excluded, load_excludes
+
+
+def test_load_excludes_without_a_runnerignore(tmp_path: Path) -> None:
+    patterns = load_excludes(tmp_path)
+    assert patterns == list(ALWAYS_EXCLUDED)
+    assert {".git", "__pycache__"} <= set(patterns)
+
+
+def test_load_excludes_skips_comments_and_blank_lines(tmp_path: Path) -> None:
+    (tmp_path / ".runnerignore").write_text(
+        "# weights are fetched, never pushed\n"
+        "*.pt\n"
+        "\n"
+        "   \n"
+        "  data/raw  \n"
+        "\t# an indented comment\n"
+        "/build/\n"
+    )
+    assert load_excludes(tmp_path) == [*ALWAYS_EXCLUDED, "*.pt", "data/raw", "/build/"]
+
+
+def test_git_and_caches_are_always_excluded(tmp_path: Path) -> None:
+    (tmp_path / ".runnerignore").write_text("*.log\n")
+    patterns = load_excludes(tmp_path)
+    assert is_excluded(".git", patterns)
+    assert is_excluded(".git/objects/ab/cdef", patterns)
+    assert is_excluded("pkg/__pycache__/mod.cpython-311.pyc", patterns)
+    assert is_excluded("train.log", patterns)
+    assert not is_excluded("pkg/mod.py", patterns)
+    assert not is_excluded(".gitignore", patterns)
+
+
+@pytest.mark.parametrize(
+    ("path", "excluded"),
+    [
+        ("w.pt", True),
+        ("runs/a/w.pt", True),
+        ("runs/a/weights/best.pt", True),
+        ("runs/a/w.pth", False),
+        ("runs/a/results.csv", False),
+    ],
+)
+def test_a_pattern_without_slash_matches_any_component(path: str, excluded: bool) -> None:
+    assert is_excluded(path, ["*.pt"]) is excluded
+
+
+def test_a_bare_name_excludes_the_folder_at_any_depth() -> None:
+    assert is_excluded("runs", ["runs"])
+    assert is_excluded("runs/a/w.pt", ["runs"])
+    assert is_excluded("sub/runs/a/w.pt", ["runs"])
+    assert not is_excluded("runs2/a/w.pt", ["runs"])
+
+
+@pytest.mark.parametrize(
+    ("path", "excluded"),
+    [
+        ("data/raw", True),
+        ("data/raw/x", True),
+        ("data/raw/deep/x.jpg", True),
+        ("sub/data/raw", False),
+        ("sub/data/raw/x", False),
+        ("data/rawer/x", False),
+        ("data/labels/x", False),
+    ],
+)
+def test_a_pattern_with_slash_matches_from_the_top(path: str, excluded: bool) -> None:
+    assert is_excluded(path, ["data/raw"]) is excluded
+
+
+@pytest.mark.parametrize("path", ["build", "build/lib/x.so"])
+def test_leading_and_trailing_slashes_are_stripped(path: str) -> None:
+    assert is_excluded(path, ["/build/"])
+    assert not is_excluded("builder/x.so", ["/build/"])
+
+
+def test_a_leading_slash_anchors_the_pattern_at_the_top() -> None:
+    # gitignore, and this module's docstring ("one with '/' matches from the workdir's top"): /build is top-level only.
+    assert is_excluded("build/x", ["/build"])
+    assert not is_excluded("src/build/x", ["/build"])
+
+
+def test_a_real_copy_leaves_out_what_the_patterns_name(tmp_path: Path) -> None:
+    from runner.hosts.local import LocalHost
+
+    source, dest = tmp_path / "src", tmp_path / "dest"
+    for rel in ["train.py", "data/raw/a.jpg", "data/labels/a.txt", "sub/data/raw/b.jpg", "runs/w.pt", ".git/HEAD"]:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_text(rel)
+    (source / ".runnerignore").write_text("# big\ndata/raw\n*.pt\n")
+    LocalHost().put_tree(source, str(dest), load_excludes(source))
+    copied = sorted(path.relative_to(dest).as_posix() for path in dest.rglob("*") if path.is_file())
+    assert copied == ["data/labels/a.txt", "sub/data/raw/b.jpg", "train.py"]
