@@ -33,8 +33,8 @@ def submit(store: Store, loaded: LoadedJob, host_override: str | None = None) ->
         session.start(host, name, _windows(host, loaded, layout), cwd=layout.work)
         store.transition(job.id, JobState.RUNNING, frozenset({JobState.SYNCING}))
     except BaseException as exc:  # Ctrl-C included: the job must not stay "syncing" forever
-        host.run(session.kill_session_argv(name))
         store.transition(job.id, JobState.FAILED, ACTIVE, message=f"submit failed: {_reason(exc)}")
+        _end_session_quietly(host, name)
         raise
     return store.get(job.id)
 
@@ -78,6 +78,14 @@ def _windows(host: Host, loaded: LoadedJob, layout: JobLayout) -> list[session.W
         session.Window("tensorboard", ["bash", window_sh, "tensorboard", *board_args]),
         session.Window("shell", ["bash", window_sh, "shell"]),
     ]
+
+
+def _end_session_quietly(host: Host, session_name: str) -> None:
+    """Best effort: the original error is the one to report, not a failure while cleaning up."""
+    try:
+        host.run(session.kill_session_argv(session_name))
+    except (OSError, RunnerError):
+        pass
 
 
 def _reason(exc: BaseException) -> str:
