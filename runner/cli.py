@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,17 +12,19 @@ from pathlib import Path
 import click
 
 from runner import __version__, paths, render
-from runner.errors import RunnerError, SpecError
+from runner.cli_hosts import JSON_OPTION, TRUST_OPTION, hosts
+from runner.errors import NotFound, RunnerError, SpecError
 from runner.fetch import fetch as fetch_artifact
 from runner.logs import follow_log, read_log
 from runner.observe import refresh
+from runner.session import WINDOWS, attach_argv
 from runner.spec import JobSpec
 from runner.specfile import load_job
 from runner.state import JobState, Store
 from runner.stop import stop as stop_job
 from runner.submit import submit as submit_job
+from runner.tunnel import tensorboard_url
 
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 
 
 @contextmanager
@@ -41,20 +45,19 @@ def cli() -> None:
 @cli.command()
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("--host", "host_name", help="Run on this host instead of the job file's.")
+@TRUST_OPTION
 @JSON_OPTION
-def submit(job_file: Path, host_name: str | None, as_json: bool) -> None:
+def submit(job_file: Path, host_name: str | None, trust_new_host: bool, as_json: bool) -> None:
     """Start JOB_FILE on its host; prints the job id."""
     loaded = load_job(job_file)
     with open_store() as store:
-        job = submit_job(store, loaded, host_name)
+        submitted = submit_job(store, loaded, host_name, trust_new_host)
+    job = submitted.job
     if as_json:
-        render.print_json(render.job_document(job))
+        render.print_json(render.submit_document(submitted))
         return
     click.echo(job.id)
-    render.stderr.print(
-        f"[bold]{job.name}[/] is {job.state.value} on {job.host} in tmux session [bold]{job.session}[/]\n"
-        f"  runner status {job.id}    runner logs -f {job.id}    runner fetch weights {job.id}"
-    )
+    render.stderr.print(render.submit_summary(submitted))
 
 
 @cli.command()
@@ -63,16 +66,19 @@ def submit(job_file: Path, host_name: str | None, as_json: bool) -> None:
 def status(job_ref: str | None, as_json: bool) -> None:
     """Show all jobs, or one JOB (id, id prefix or name)."""
     with open_store() as store:
-        jobs = [store.find(job_ref)] if job_ref else store.list_jobs()
-        jobs = refresh(store, jobs)
+        refreshed = refresh(store, [store.find(job_ref)] if job_ref else store.list_jobs())
+    unreachable = {name: p.unreachable_since for name, p in refreshed.problems.items() if p.unreachable_since}
     if as_json:
-        documents = [render.job_document(job) for job in jobs]
+        documents = [render.job_document(job, unreachable.get(job.host)) for job in refreshed.jobs]
         render.print_json(documents[0] if job_ref else {"jobs": documents})
-        return
-    if not jobs:
+    elif refreshed.jobs:
+        render.stdout.print(render.jobs_table(refreshed.jobs, unreachable))
+    else:
         render.stderr.print("no jobs yet: `runner submit JOBFILE` starts one")
-        return
-    render.stdout.print(render.jobs_table(jobs))
+    for problem in refreshed.problems.values():
+        render.stderr.print(f"runner: {problem.error}", markup=False)
+    if refreshed.problems:
+        sys.exit(max(problem.error.exit_code for problem in refreshed.problems.values()))
 
 
 @cli.command()
@@ -92,7 +98,7 @@ def logs(job_ref: str, last_lines: int | None, follow: bool) -> None:
         if not follow:
             write(read_log(job, last_lines))
             return
-        job = follow_log(store, job, last_lines, write)
+        job = follow_log(store, job, last_lines, write, lambda note: render.stderr.print(note, markup=False))
     render.stderr.print(f"\n{job.id} {job.state.value}" + ("" if job.exit_code is None else f" (exit {job.exit_code})"))
     if job.state is not JobState.SUCCEEDED:
         sys.exit(1)
@@ -135,9 +141,42 @@ def fetch(artifact: str, job_ref: str | None, dest: Path | None, as_json: bool) 
 
 
 @cli.command()
+@click.argument("job_ref", metavar="JOB")
+@click.option("--port", type=click.IntRange(1, 65535), help="Local port [default: the job's, or the next free one].")
+def tensorboard(job_ref: str, port: int | None) -> None:
+    """Forward JOB's TensorBoard to this machine and print its URL; Ctrl-C ends the forward."""
+    with open_store() as store:
+        job = store.find(job_ref)
+    with tensorboard_url(job, port) as url:
+        click.echo(url)
+        render.stderr.print("forwarding; Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return
+
+
+@cli.command()
+@click.argument("job_ref", metavar="JOB")
+@click.option("--window", "-w", default="train", show_default=True, type=click.Choice(WINDOWS))
+def attach(job_ref: str, window: str) -> None:
+    """Attach this terminal to JOB's tmux session (detach with Ctrl-b d; the job goes on)."""
+    with open_store() as store:
+        job = store.find(job_ref)
+    if not job.session or job.finished:
+        raise NotFound(f"job {job.id} is {job.state.value}: its tmux session is gone; `runner logs {job.id}` has its output")
+    argv = attach_argv(job, window)
+    os.execvp(argv[0], argv)
+
+
+@cli.command()
 def schema() -> None:
     """Print the job file's JSON Schema (for editor completion)."""
     render.print_json(JobSpec.model_json_schema())
+
+
+cli.add_command(hosts)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
     RunnerError                 exit 1   something failed: a remote command, a job step
     ├── SpecError               exit 2   a job file or hosts file is wrong (file:line:col: field: message)
     ├── UsageError              exit 2   the command line asks for something that cannot be done
+    ├── HostKeyRejected         exit 2   a host's SSH key is unknown (see --trust-new-host) or changed
     ├── HostUnreachable         exit 3   the host or API cannot be reached now; try again
     ├── NotFound                exit 4   no such job, host or artifact set
     └── CommandFailed           exit 1   a command on a host exited non-zero
@@ -43,3 +44,9 @@ class CommandFailed(RunnerError):
         self.stderr = stderr
         last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
         super().__init__(f"{argv[0]} exited {returncode}: {last}")
+
+
+class HostKeyRejected(RunnerError):
+    """An unknown or changed host key. Refused, never retried: trusting a key is the user's decision."""
+
+    exit_code = 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from runner.errors import NotFound
 from runner.hosts import Host, get_host
 from runner.layout import JobLayout
-from runner.observe import refresh
+from runner.errors import HostUnreachable, NotFound
+from runner.observe import refresh_one
 from runner.state import Job, Store
 
 FOLLOW_POLL_SECONDS = 1.0
@@ -22,8 +22,11 @@ def read_log(job: Job, last_lines: int | None) -> bytes:
     return result.stdout if result.returncode == 0 else b""
 
 
-def follow_log(store: Store, job: Job, last_lines: int | None, write: Callable[[bytes], None]) -> Job:
-    """Write the log, then what it gains, until the job has finished and nothing new came; returns the job."""
+def follow_log(
+    store: Store, job: Job, last_lines: int | None, write: Callable[[bytes], None], notify: Callable[[str], None]
+) -> Job:
+    """Write the log, then what it gains, until the job has finished and nothing new came; returns the job.
+    A host that stops answering is waited for (notify says so): the training goes on without us."""
     host, path = _log_location(job)
     offset = 0
     if last_lines is not None:
@@ -33,15 +36,19 @@ def follow_log(store: Store, job: Job, last_lines: int | None, write: Callable[[
         window = host.run(["tail", "-c", f"+{window_start + 1}", path], timeout=300).stdout[: offset - window_start]
         write(_last_lines(window, last_lines))
     while True:
-        finished = job.finished
-        chunk = host.run(["tail", "-c", f"+{offset + 1}", path], timeout=300).stdout
-        if chunk:
-            write(chunk)
-            offset += len(chunk)
-        if finished:
-            return job
-        time.sleep(FOLLOW_POLL_SECONDS)
-        job = refresh(store, [job])[0]
+        try:
+            finished = job.finished
+            chunk = host.run(["tail", "-c", f"+{offset + 1}", path], timeout=300).stdout
+            if chunk:
+                write(chunk)
+                offset += len(chunk)
+            if finished:
+                return job
+            time.sleep(FOLLOW_POLL_SECONDS)
+            job = refresh_one(store, job)
+        except HostUnreachable as error:
+            notify(f"{error}; still waiting")
+            time.sleep(FOLLOW_POLL_SECONDS * 5)
 
 
 def _log_location(job: Job) -> tuple[Host, str]:

@@ -1,15 +1,20 @@
-"""Where jobs really are: one agent probe per host, then compare-and-set transitions in the store."""
+"""Where jobs really are: one agent probe per host, hosts polled in parallel, then compare-and-set
+transitions in the store. A host that does not answer changes no job: it is an observation
+("unreachable since ..."), never a state."""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-from runner.errors import RunnerError
+from runner.errors import HostUnreachable, RunnerError
 from runner.hosts import Host, get_host
 from runner.layout import agent_argv
 from runner.state import ACTIVE, Job, JobState, Store
+
+MAX_PARALLEL_HOSTS = 8
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,18 @@ class Observation:
     session_alive: bool
     exit_code: int | None
     last_line: str | None
+
+
+@dataclass(frozen=True)
+class HostProblem:
+    error: RunnerError
+    unreachable_since: float | None  # set when the host did not answer (exit 3), None for other errors
+
+
+@dataclass
+class Refreshed:
+    jobs: list[Job]
+    problems: dict[str, HostProblem] = field(default_factory=dict)  # by host name
 
 
 def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
@@ -45,18 +62,42 @@ def next_state(job: Job, seen: Observation) -> JobState | None:
     return JobState.STOPPED if stop_requested else JobState.LOST
 
 
-def refresh(store: Store, jobs: list[Job]) -> list[Job]:
+def refresh(store: Store, jobs: list[Job]) -> Refreshed:
     """Bring running jobs up to date with their hosts; finished jobs are left as they are."""
     by_host: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
         if job.state is JobState.RUNNING and job.job_dir:
             by_host[job.host].append(job)
-    for host_name, host_jobs in by_host.items():
-        host = get_host(host_name)
-        seen = probe(host, [job.job_dir for job in host_jobs if job.job_dir])
-        for job in host_jobs:
+    problems: dict[str, HostProblem] = {}
+    with ThreadPoolExecutor(max_workers=MAX_PARALLEL_HOSTS) as pool:
+        futures = {name: pool.submit(_probe_host, name, host_jobs) for name, host_jobs in by_host.items()}
+    for name, future in futures.items():
+        try:
+            seen = future.result()
+        except HostUnreachable as error:
+            problems[name] = HostProblem(error, store.mark_unreachable(name))
+            continue
+        except RunnerError as error:
+            problems[name] = HostProblem(error, None)
+            continue
+        store.mark_reachable(name)
+        for job in by_host[name]:
             _apply(store, job, seen.get(job.job_dir or ""))
-    return [store.get(job.id) for job in jobs]
+    return Refreshed([store.get(job.id) for job in jobs], problems)
+
+
+def refresh_one(store: Store, job: Job) -> Job:
+    """Refresh one job; a host problem is raised, not reported."""
+    refreshed = refresh(store, [job])
+    problem = refreshed.problems.get(job.host)
+    if problem:
+        raise problem.error
+    return refreshed.jobs[0]
+
+
+def _probe_host(host_name: str, jobs: list[Job]) -> dict[str, Observation]:
+    host = get_host(host_name)
+    return probe(host, [job.job_dir for job in jobs if job.job_dir])
 
 
 def _apply(store: Store, job: Job, seen: Observation | None) -> None:

@@ -13,7 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.fetch import FetchResult
+from runner.hosts import SyncStats
 from runner.state import Job, JobState
+from runner.submit import Submitted
 
 STATE_STYLES = {
     JobState.RUNNING: "bold cyan",
@@ -44,7 +46,7 @@ def elapsed_seconds(job: Job) -> float | None:
     return (job.ended_at or time.time()) - job.started_at
 
 
-def job_document(job: Job) -> dict[str, Any]:
+def job_document(job: Job, unreachable_since: float | None = None) -> dict[str, Any]:
     elapsed = elapsed_seconds(job)
     return {
         "id": job.id,
@@ -62,12 +64,13 @@ def job_document(job: Job) -> dict[str, Any]:
         "job_file": job.job_file,
         "job_dir": job.job_dir,
         "session": job.session,
+        "unreachable_since": iso(unreachable_since),
     }
 
 
-def jobs_table(jobs: list[Job]) -> Table:
+def jobs_table(jobs: list[Job], unreachable: dict[str, float]) -> Table:
     headers = ("JOB", "NAME", "HOST", "STATE", "ELAPSED", "EXIT")
-    rows = [_job_row(job) for job in jobs]
+    rows = [_job_row(job, unreachable.get(job.host)) for job in jobs]
     table = Table(box=None, header_style="bold", pad_edge=False)
     for index, header in enumerate(headers):
         # On a narrow terminal the last line gives way, never the job id or state.
@@ -80,8 +83,10 @@ def jobs_table(jobs: list[Job]) -> Table:
     return table
 
 
-def _job_row(job: Job) -> list[str]:
+def _job_row(job: Job, unreachable_since: float | None) -> list[str]:
     shown = job.message if job.state in (JobState.FAILED, JobState.LOST) and job.message else job.last_line
+    if unreachable_since is not None and not job.finished:
+        shown = f"unreachable since {iso(unreachable_since)}; last seen: {shown or '-'}"
     exit_code = "" if job.exit_code is None else str(job.exit_code)
     return [job.id, job.name, job.host, job.state.value, duration(elapsed_seconds(job)), exit_code, shown or ""]
 
@@ -93,6 +98,32 @@ def duration(seconds: float | None) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def submit_document(submitted: Submitted) -> dict[str, Any]:
+    syncs = {"workdir": submitted.workdir_sync, **{f"dataset:{n}": s for n, s in submitted.dataset_syncs.items()}}
+    return {**job_document(submitted.job), "sync": {name: _sync_document(stats) for name, stats in syncs.items() if stats}}
+
+
+def submit_summary(submitted: Submitted) -> str:
+    job = submitted.job
+    lines = [f"[bold]{job.name}[/] is {job.state.value} on {job.host} in tmux session [bold]{job.session}[/]"]
+    if submitted.workdir_sync:
+        lines.append(f"  workdir: {_sync_text(submitted.workdir_sync)}")
+    lines += [f"  dataset {name}: {_sync_text(stats)}" for name, stats in submitted.dataset_syncs.items()]
+    lines.append(f"  runner status {job.id}    runner logs -f {job.id}    runner fetch weights {job.id}")
+    if job.spec.get("tensorboard"):
+        lines.append(f"  runner tensorboard {job.id}    runner attach {job.id}")
+    return "\n".join(lines)
+
+
+def _sync_document(stats: SyncStats) -> dict[str, Any]:
+    return {"method": stats.method, "files_sent": stats.files_sent, "bytes_sent": stats.bytes_sent,
+            "seconds": round(stats.seconds, 3)}  # fmt: skip
+
+
+def _sync_text(stats: SyncStats) -> str:
+    return f"{stats.files_sent} files, {human_size(stats.bytes_sent)} sent in {stats.seconds:.1f}s ({stats.method})"
 
 
 def fetch_document(result: FetchResult) -> dict[str, Any]:
@@ -126,3 +157,37 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
+
+
+def hosts_table(hosts: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("HOST", "KIND", "SSH"):
+        table.add_column(column, no_wrap=True)
+    for host in hosts:
+        table.add_row(host["name"], host["kind"], host["ssh"] or "")
+    return table
+
+
+def facts_table(facts: dict[str, Any]) -> Table:
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    gpus = facts.get("gpus") or []
+    shown = {
+        "host": f"{facts['host']} ({facts['kind']}), answered in {facts['connect_seconds']:.2f}s",
+        "os": facts["os"],
+        "python": facts["python"],
+        "tmux": facts["tmux"] or "missing: jobs need tmux",
+        "rsync": facts["rsync"] or "missing: files move over SFTP",
+        "docker": facts["docker"] or "missing",
+        "free disk": f"{human_size(facts['disk_free_bytes'])} under {facts['runner_dir']}",
+        "gpus": ", ".join(_gpu_text(gpu) for gpu in gpus) or "no GPU",
+    }
+    for key, value in shown.items():
+        table.add_row(key, str(value))
+    return table
+
+
+def _gpu_text(gpu: dict[str, Any]) -> str:
+    vram = f" ({gpu['vram_mib'] / 1024:.0f} GiB)" if gpu.get("vram_mib") else ""
+    return f"{gpu['name']}{vram}"

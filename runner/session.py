@@ -10,7 +10,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from runner.hosts.base import Host
+from runner.hosts import Host, SshHost, get_host
+from runner.state import Job
 
 WINDOWS = ("train", "monitor", "gpu", "cpu", "tensorboard", "shell")
 # Wide enough that progress bars are not cut at 80 columns in train.log.
@@ -55,6 +56,13 @@ def interrupt_argv(session: str) -> list[str]:
 
 def kill_session_argv(session: str) -> list[str]:
     return ["tmux", "kill-session", "-t", target(session)]
+
+
+def attach_argv(job: Job, window: str) -> list[str]:
+    """The command that attaches a terminal to the job's session, over SSH for remote hosts."""
+    remote = ["tmux", "attach-session", "-t", target(job.session or "", window)]
+    host = get_host(job.host)
+    return host.interactive_argv(remote) if isinstance(host, SshHost) else remote
 
 
 def start_argv(session: str, windows: list[Window], cwd: str) -> list[str]:

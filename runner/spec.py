@@ -59,6 +59,20 @@ class TensorBoard(StrictModel):
     port: int = Field(6006, ge=1, le=65535, description="port TensorBoard serves on, on the host's loopback")
 
 
+class Dataset(StrictModel):
+    """A dataset folder synced once per host to its shared data directory, and linked into each job."""
+
+    path: str = Field(description="the folder on this machine, relative to the job file")
+    link: Annotated[str, AfterValidator(_stays_inside)] | None = Field(
+        None, description="where the job sees it, relative to the workdir (default: where it is, or datasets/NAME)"
+    )
+
+
+def _dataset_shorthand(value: object) -> object:
+    """`coco320: ../datasets/coco320` means `coco320: {path: ../datasets/coco320}`."""
+    return {"path": value} if isinstance(value, str) else value
+
+
 class Resources(StrictModel):
     """What the job needs from a host; rented hosts are chosen by it."""
 
@@ -83,6 +97,9 @@ class JobSpec(StrictModel):
     setup: ShellLines = Field(default_factory=list, description="shell lines run before `run`")
     run: ShellLines = Field(description="shell lines that train; the job fails if one fails")
     env: dict[str, EnvValue] = Field(default_factory=dict, description="environment for setup and run")
+    datasets: dict[str, Annotated[Dataset, BeforeValidator(_dataset_shorthand)]] = Field(
+        default_factory=dict, description="dataset folders, shared by the jobs on a host and synced only when changed"
+    )
     artifacts: dict[str, Globs] = Field(
         default_factory=dict, description="named glob sets, relative to the workdir; weights/results/logs have defaults"
     )
@@ -107,13 +124,13 @@ class JobSpec(StrictModel):
                 raise ValueError(f"'{key}' is not a valid environment variable name")
         return env
 
-    @field_validator("artifacts")
+    @field_validator("artifacts", "datasets")
     @classmethod
-    def _artifact_set_names(cls, sets: dict[str, list[str]]) -> dict[str, list[str]]:
-        for name in sets:
+    def _names(cls, named: dict[str, object]) -> dict[str, object]:
+        for name in named:
             if not re.match(NAME_PATTERN, name):
-                raise ValueError(f"'{name}' is not a valid artifact set name")
-        return sets
+                raise ValueError(f"'{name}' is not a valid name (letters, digits, '-' and '_')")
+        return named
 
     @model_validator(mode="after")
     def _default_artifact_sets(self) -> "JobSpec":

@@ -229,6 +229,23 @@ class Store:
                 (name, kind, time.time()),
             )
 
+    def mark_unreachable(self, name: str) -> float:
+        """Record that the host did not answer; returns since when it has not (the first failure's time)."""
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO hosts (name, kind, unreachable_since, updated_at) VALUES (?, 'unknown', ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET unreachable_since = COALESCE(unreachable_since, excluded.unreachable_since),"
+                " updated_at = excluded.updated_at",
+                (name, now, now),
+            )
+            row = db.execute("SELECT unreachable_since FROM hosts WHERE name = ?", (name,)).fetchone()
+        return float(row["unreachable_since"])
+
+    def mark_reachable(self, name: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE hosts SET unreachable_since = NULL, updated_at = ? WHERE name = ?", (time.time(), name))
+
     # events
 
     def add_event(self, job_id: str, kind: str, detail: str = "") -> None:

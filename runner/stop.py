@@ -7,7 +7,7 @@ import time
 from runner import session
 from runner.hosts import get_host
 from runner.layout import agent_argv
-from runner.observe import probe, refresh
+from runner.observe import probe, refresh_one
 from runner.state import ACTIVE, Job, JobState, Store
 
 POLL_SECONDS = 0.5
@@ -27,7 +27,7 @@ def stop(store: Store, job: Job, grace_seconds: float) -> Job:
         host.run(session.kill_session_argv(job.session))
         host.run(agent_argv(host, "kill", job.id)).check()
         store.add_event(job.id, "killed", f"still running {grace_seconds:g}s after Ctrl-C")
-    return refresh(store, [store.get(job.id)])[0]
+    return refresh_one(store, store.get(job.id))
 
 
 def _ends_within(host, job_dir: str, grace_seconds: float) -> bool:

@@ -7,28 +7,38 @@ so bad input changes nothing anywhere.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 from runner import session
 from runner.errors import NotFound, RunnerError, SpecError
-from runner.hosts import Host, get_host
+from runner.hosts import Host, SyncStats, get_host
 from runner.jobscript import render_job_sh, render_run_sh
 from runner.layout import JobLayout, agent_argv, install_hostside, window_script_path
+from runner.placement import DatasetPlacement, plan_datasets, push_datasets, push_workdir
 from runner.specfile import LoadedJob
 from runner.state import ACTIVE, Job, JobState, Store
-from runner.syncignore import load_excludes
 
 
-def submit(store: Store, loaded: LoadedJob, host_override: str | None = None) -> Job:
-    host = _host_for(loaded, host_override)
+@dataclass
+class Submitted:
+    job: Job
+    workdir_sync: SyncStats | None = None
+    dataset_syncs: dict[str, SyncStats] = field(default_factory=dict)
+
+
+def submit(store: Store, loaded: LoadedJob, host_override: str | None = None, trust_new_host: bool = False) -> Submitted:
+    host = _host_for(loaded, host_override, trust_new_host)
     _check_placeable(loaded, host)
+    datasets = plan_datasets(loaded)
     spec = loaded.spec
     store.remember_host(host.name, host.kind)
     job = store.create_job(spec.name, host.name, spec.model_dump(mode="json"), str(loaded.path.resolve()))
-    layout = JobLayout.on(host, job.id)
     name = session.session_name(spec.name, job.id)
+    submitted = Submitted(job)
     try:
         store.transition(job.id, JobState.SYNCING, frozenset({JobState.SUBMITTED}))
-        _place(host, loaded, job, layout, name)
+        layout = JobLayout.on(host, job.id)
+        _place(host, loaded, job, layout, name, datasets, submitted)
         store.set_placement(job.id, layout.job_dir, name)
         session.start(host, name, _windows(host, loaded, layout), cwd=layout.work)
         store.transition(job.id, JobState.RUNNING, frozenset({JobState.SYNCING}))
@@ -36,12 +46,13 @@ def submit(store: Store, loaded: LoadedJob, host_override: str | None = None) ->
         store.transition(job.id, JobState.FAILED, ACTIVE, message=f"submit failed: {_reason(exc)}")
         _end_session_quietly(host, name)
         raise
-    return store.get(job.id)
+    submitted.job = store.get(job.id)
+    return submitted
 
 
-def _host_for(loaded: LoadedJob, host_override: str | None) -> Host:
+def _host_for(loaded: LoadedJob, host_override: str | None, trust_new_host: bool) -> Host:
     try:
-        return get_host(host_override or loaded.spec.host)
+        return get_host(host_override or loaded.spec.host, trust_new_host)
     except NotFound as exc:
         if host_override:
             raise SpecError(f"--host: {exc}") from None
@@ -55,9 +66,18 @@ def _check_placeable(loaded: LoadedJob, host: Host) -> None:
         raise loaded.error(("image",), f"host '{host.name}' runs jobs without containers; remove `image`")
 
 
-def _place(host: Host, loaded: LoadedJob, job: Job, layout: JobLayout, session_name: str) -> None:
+def _place(
+    host: Host,
+    loaded: LoadedJob,
+    job: Job,
+    layout: JobLayout,
+    session_name: str,
+    datasets: list[DatasetPlacement],
+    submitted: Submitted,
+) -> None:
     install_hostside(host)
-    host.put_tree(loaded.workdir, layout.work, load_excludes(loaded.workdir))
+    submitted.workdir_sync = push_workdir(host, loaded, layout, datasets)
+    submitted.dataset_syncs = push_datasets(host, layout, datasets)
     resolved = {"id": job.id, "session": session_name, "job_file": job.job_file, "spec": job.spec}
     host.write_file(layout.file("spec.json"), json.dumps(resolved, indent=2).encode())
     job_sh = render_job_sh(job.id, loaded.spec, job.job_file, layout.work)

@@ -1,19 +1,40 @@
-"""Hosts by name: `local` is always there; remote hosts come from hosts.yaml."""
+"""Hosts by name: `local` is always there; SSH hosts come from hosts.yaml.
+
+One Host object per name and process, so a command that talks to a host several times reuses
+one SSH connection.
+"""
 
 from __future__ import annotations
 
-from runner.errors import NotFound
-from runner.hosts.base import CommandResult, Host
-from runner.hosts.local import LocalHost
+import atexit
 
-__all__ = ["CommandResult", "Host", "LocalHost", "get_host", "known_host_names"]
+from runner.hosts.base import CommandResult, Host, SyncStats
+from runner.hosts.local import LocalHost
+from runner.hosts.ssh import SshHost
+from runner.hostsfile import host_entry, load_hosts
+
+__all__ = ["CommandResult", "Host", "LocalHost", "SshHost", "SyncStats", "get_host", "known_host_names"]
+
+_open_hosts: dict[str, Host] = {}
 
 
 def known_host_names() -> list[str]:
-    return ["local"]
+    return ["local", *sorted(load_hosts().hosts)]
 
 
-def get_host(name: str) -> Host:
-    if name == "local":
-        return LocalHost()
-    raise NotFound(f"unknown host '{name}' (known hosts: {', '.join(known_host_names())})")
+def get_host(name: str, trust_new: bool = False) -> Host:
+    host = _open_hosts.get(name)
+    if host is None:
+        host = LocalHost() if name == "local" else SshHost(name, host_entry(name), trust_new)
+        _open_hosts[name] = host
+    if trust_new and isinstance(host, SshHost):
+        host.trust_new = True
+    return host
+
+
+@atexit.register
+def _close_all() -> None:
+    for host in _open_hosts.values():
+        if isinstance(host, SshHost):
+            host.close()
+    _open_hosts.clear()

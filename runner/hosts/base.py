@@ -31,6 +31,16 @@ class CommandResult:
         return self
 
 
+@dataclass(frozen=True)
+class SyncStats:
+    """What a folder push moved: files and bytes actually sent (0 and 0 when nothing changed)."""
+
+    method: str
+    files_sent: int
+    bytes_sent: int
+    seconds: float
+
+
 class Host(Protocol):
     name: str
     kind: str
@@ -48,8 +58,9 @@ class Host(Protocol):
         """Replace path atomically with data, creating parent directories."""
         ...
 
-    def put_tree(self, source: Path, dest: str, exclude: Sequence[str]) -> None:
-        """Copy the local folder source to dest on the host, leaving out the exclude patterns."""
+    def put_tree(self, source: Path, dest: str, exclude: Sequence[str]) -> SyncStats:
+        """Make dest on the host hold the local folder source, leaving out the exclude patterns;
+        files already there with the same size and modification time are not sent again."""
         ...
 
     def get_file(self, path: str, local: Path) -> None:

@@ -7,11 +7,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from runner import paths
-from runner.hosts.base import CommandResult
+from runner.hosts.base import CommandResult, SyncStats
 from runner.syncignore import is_excluded
 
 
@@ -45,12 +46,24 @@ class LocalHost:
             Path(temporary).unlink(missing_ok=True)
             raise
 
-    def put_tree(self, source: Path, dest: str, exclude: Sequence[str]) -> None:
+    def put_tree(self, source: Path, dest: str, exclude: Sequence[str]) -> SyncStats:
+        started = time.monotonic()
+        sent = [0, 0]
+
         def ignored(folder: str, names: list[str]) -> set[str]:
             rel_folder = Path(folder).relative_to(source)
             return {name for name in names if is_excluded((rel_folder / name).as_posix(), exclude)}
 
-        shutil.copytree(source, dest, ignore=ignored, symlinks=True, dirs_exist_ok=True)
+        def copy_if_changed(src: str, dst: str) -> None:
+            there, here = Path(dst), Path(src).stat()
+            if there.is_file() and there.stat().st_size == here.st_size and int(there.stat().st_mtime) == int(here.st_mtime):
+                return
+            shutil.copy2(src, dst)
+            sent[0] += 1
+            sent[1] += here.st_size
+
+        shutil.copytree(source, dest, ignore=ignored, symlinks=True, dirs_exist_ok=True, copy_function=copy_if_changed)
+        return SyncStats("copy", sent[0], sent[1], time.monotonic() - started)
 
     def get_file(self, path: str, local: Path) -> None:
         shutil.copyfile(path, local)

@@ -5,6 +5,7 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
   probe JOB_DIR...           per job: tmux session alive?, exit code, last progress line
   manifest ROOT GLOB...      files under ROOT matching the globs: path, size, mtime, sha256
   kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
+  facts ROOT                 OS, Python, tmux, rsync, docker, free disk under ROOT, GPUs
   monitor JOB_DIR            print the job's latest progress line every few seconds (the monitor window)
 """
 
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +116,67 @@ def monitor(job_dir, interval=5.0):
         time.sleep(interval)
 
 
+def facts(root):
+    folder = root
+    while not os.path.isdir(folder):
+        folder = os.path.dirname(folder) or "/"
+    return {
+        "os": _os_name(),
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "tmux": _first_line(["tmux", "-V"]),
+        "rsync": _first_line(["rsync", "--version"]),
+        "docker": _first_line(["docker", "--version"]),
+        "disk_free_bytes": shutil.disk_usage(folder).free,
+        "gpus": _nvidia_gpus() + _amd_gpus(),
+    }
+
+
+def _os_name():
+    try:
+        with open("/etc/os-release") as handle:
+            for line in handle:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return sys.platform
+
+
+def _first_line(argv):
+    lines = _output(argv).strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def _nvidia_gpus():
+    gpus = []
+    for line in _output(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]).splitlines():
+        name, _, memory = line.rpartition(",")
+        gpus.append({"vendor": "nvidia", "name": name.strip(), "vram_mib": _number(memory)})
+    return gpus
+
+
+def _amd_gpus():
+    names = re.findall(r"^\s*Name:\s*(gfx[0-9a-f]+)\s*$", _output(["rocminfo"]), re.MULTILINE)
+    return [{"vendor": "amd", "name": name, "vram_mib": None} for name in names]
+
+
+def _output(argv):
+    """What argv printed, or "" when it is missing or failed (a broken driver is "no GPU" here)."""
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
+                              timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def _number(text):
+    try:
+        return int(float(text.strip()))
+    except ValueError:
+        return None
+
+
 def _describe_file(path, rel):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -143,7 +206,7 @@ def main(argv):
         sys.stderr.write(__doc__)
         return 2
     command, args = argv[1], argv[2:]
-    if command in ("monitor", "manifest", "kill") and not args:
+    if command in ("monitor", "manifest", "kill", "facts") and not args:
         sys.stderr.write("agent: %s needs an argument\n" % command)
         return 2
     if command == "monitor":
@@ -155,6 +218,8 @@ def main(argv):
         result = manifest(args[0], args[1:])
     elif command == "kill":
         result = kill_job_processes(args[0])
+    elif command == "facts":
+        result = facts(args[0])
     else:
         sys.stderr.write("agent: unknown command %r\n" % command)
         return 2

@@ -1,0 +1,98 @@
+"""Opening SSH connections: ssh_config honoured (via fabric), host keys pinned, transient failures retried.
+
+Retried (exponential backoff with jitter, bounded in attempts and seconds): refused, reset, timed out,
+no banner. Never retried: authentication failures and host-key problems; retrying cannot fix them and
+hammering a host with a wrong key is how accounts get locked.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterator
+
+import fabric
+import paramiko
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
+
+from runner.errors import HostKeyRejected, HostUnreachable, RunnerError
+from runner.hosts.keys import PinNewHost, changed_key_error, load_known_hosts
+from runner.hostsfile import SshHostEntry
+
+MAX_ATTEMPTS = 8
+KEEPALIVE_SECONDS = 15  # a dead link is noticed within a minute or so, not at the next TCP timeout
+TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+    errno.ENETUNREACH, errno.ETIMEDOUT, errno.EPIPE,
+}  # fmt: skip
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, (HostKeyRejected, paramiko.AuthenticationException, paramiko.BadHostKeyException)):
+        return False
+    if isinstance(error, (paramiko.ssh_exception.NoValidConnectionsError, socket.timeout, EOFError)):
+        return True
+    if isinstance(error, OSError):
+        return error.errno in TRANSIENT_ERRNOS or isinstance(error, ConnectionError)
+    if isinstance(error, paramiko.SSHException):
+        text = str(error).lower()
+        return any(word in text for word in ("banner", "reset", "timeout", "timed out", "closed", "eof"))
+    return False
+
+
+def connect(name: str, entry: SshHostEntry, trust_new: bool) -> fabric.Connection:
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(MAX_ATTEMPTS) | stop_after_delay(entry.retry_seconds),
+        wait=wait_random_exponential(multiplier=0.5, max=8),
+        reraise=True,
+    )
+    try:
+        return retrying(_connect_once, name, entry, trust_new)
+    except paramiko.BadHostKeyException as error:
+        raise changed_key_error(name, error) from None
+    except paramiko.AuthenticationException as error:
+        raise RunnerError(f"host '{name}' ({entry.ssh}): authentication failed: {error}") from None
+    except HostKeyRejected:
+        raise
+    except Exception as error:
+        if is_transient(error):
+            raise HostUnreachable(f"host '{name}' ({entry.ssh}) unreachable: {describe(error)}") from None
+        raise
+
+
+def describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _connect_once(name: str, entry: SshHostEntry, trust_new: bool) -> fabric.Connection:
+    connect_kwargs: dict[str, object] = {
+        "banner_timeout": entry.connect_timeout,  # a frozen host accepts TCP but never says hello
+        "auth_timeout": entry.connect_timeout,
+    }
+    if entry.identity:
+        connect_kwargs["key_filename"] = [os.path.expanduser(entry.identity)]
+    connection = fabric.Connection(
+        entry.ssh, connect_timeout=max(1, round(entry.connect_timeout)), connect_kwargs=connect_kwargs
+    )
+    for hop in _hops(connection):
+        # fabric's default is AutoAddPolicy: any key, silently. Ours verifies, or records when told to.
+        load_known_hosts(hop.client)
+        hop.client.set_missing_host_key_policy(PinNewHost(name if hop is connection else f"{name} jump host", trust_new))
+    try:
+        connection.open()
+    except BaseException:
+        connection.close()
+        raise
+    connection.transport.set_keepalive(KEEPALIVE_SECONDS)
+    return connection
+
+
+def _hops(connection: fabric.Connection) -> Iterator[fabric.Connection]:
+    """The connection and each ProxyJump gateway in front of it."""
+    current = connection
+    while isinstance(current, fabric.Connection):
+        yield current
+        current = current.gateway

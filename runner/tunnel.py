@@ -1,0 +1,43 @@
+"""TensorBoard on a host's loopback, reached from here through an SSH port forward."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from runner.errors import NotFound, UsageError
+from runner.hosts import SshHost, get_host
+from runner.state import Job
+
+PORTS_TO_TRY = 100
+
+
+def free_local_port(preferred: int) -> int:
+    """preferred if nothing listens there, else the next free port above it."""
+    for port in range(preferred, min(preferred + PORTS_TO_TRY, 65536)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise UsageError(f"no free local port in {preferred}..{preferred + PORTS_TO_TRY - 1}")
+
+
+@contextmanager
+def tensorboard_url(job: Job, preferred_port: int | None) -> Iterator[str]:
+    """The URL of the job's TensorBoard, valid while the context is open."""
+    board = job.spec.get("tensorboard")
+    if not board:
+        raise NotFound(f"job {job.id} has TensorBoard turned off (tensorboard: null in its job file)")
+    host = get_host(job.host)
+    if not isinstance(host, SshHost):
+        yield f"http://127.0.0.1:{board['port']}/"  # it already serves on this machine's loopback
+        return
+    local_port = free_local_port(preferred_port or board["port"])
+    forward = host.connection().forward_local(
+        local_port=local_port, remote_port=board["port"], remote_host="127.0.0.1", local_host="127.0.0.1"
+    )
+    with forward:
+        yield f"http://127.0.0.1:{local_port}/"
