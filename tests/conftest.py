@@ -46,6 +46,7 @@ class Runner:
 
     env: dict[str, str]
     home: Path
+    config: Path
 
     def run(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -85,9 +86,11 @@ def runner() -> Iterator[Runner]:
         RUNNER_HOME=str(base / "home"),
         RUNNER_CONFIG_DIR=str(base / "config"),
         TMUX_TMPDIR=str(base / "tmux"),
+        HOME=str(base / "user"),  # no ~/.ssh/config or known_hosts of the machine's user leaks in
     )
     (base / "tmux").mkdir()
-    harness = Runner(env=env, home=base / "home")
+    (base / "user").mkdir()
+    harness = Runner(env=env, home=base / "home", config=base / "config")
     yield harness
     harness.tmux("kill-server")
     shutil.rmtree(base, ignore_errors=True)

@@ -36,8 +36,10 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, OSError):
         return error.errno in TRANSIENT_ERRNOS or isinstance(error, ConnectionError)
     if isinstance(error, paramiko.SSHException):
+        # Protocol-level failures are mostly a link or a host in trouble (no banner, key exchange cut
+        # off: "No existing session"); only a real mismatch of algorithms is permanent.
         text = str(error).lower()
-        return any(word in text for word in ("banner", "reset", "timeout", "timed out", "closed", "eof"))
+        return not any(word in text for word in ("incompatible", "no acceptable", "unknown cipher"))
     return False
 
 
@@ -56,10 +58,10 @@ def connect(name: str, entry: SshHostEntry, trust_new: bool) -> fabric.Connectio
         raise RunnerError(f"host '{name}' ({entry.ssh}): authentication failed: {error}") from None
     except HostKeyRejected:
         raise
-    except Exception as error:
+    except (OSError, EOFError, paramiko.SSHException) as error:
         if is_transient(error):
             raise HostUnreachable(f"host '{name}' ({entry.ssh}) unreachable: {describe(error)}") from None
-        raise
+        raise RunnerError(f"host '{name}' ({entry.ssh}): cannot connect: {describe(error)}") from None
 
 
 def describe(error: BaseException) -> str:

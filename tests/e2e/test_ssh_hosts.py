@@ -1,0 +1,200 @@
+"""SSH hosts end to end: the real CLI against sshd in test host containers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import REPO, Runner, runner_executable, wait_for, write_job
+from tests.e2e.testhost import TestHost, write_hosts_file
+
+
+def test_demo_succeeds_on_an_ssh_host_and_its_weights_match(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+    job_id = runner.submit(REPO / "jobs" / "demo.yaml", "--host", "box")
+    done = runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=120)
+    assert done["state"] == "succeeded" and done["host"] == "box"
+    assert done["job_dir"] == f"/home/trainer/.runner/jobs/{job_id}"
+    fetched = runner.json("fetch", "weights", job_id, "--dest", str(tmp_path / "w"))
+    assert sorted(item["path"] for item in fetched["files"]) == ["runs/demo/weights/best.pt", "runs/demo/weights/last.pt"]
+    for item in fetched["files"]:
+        on_host = trusted_box.sha256(f"{done['job_dir']}/work/{item['path']}")
+        here = hashlib.sha256((tmp_path / "w" / item["path"]).read_bytes()).hexdigest()
+        assert item["sha256"] == on_host == here
+
+
+def test_an_unknown_host_is_refused_until_trusted(runner: Runner, box: TestHost, tmp_path: Path) -> None:
+    refused = runner.run("submit", str(REPO / "jobs" / "demo.yaml"), "--host", "box")
+    assert refused.returncode == 2
+    message = refused.stderr.strip()
+    assert "is not known" in message and "--trust-new-host" in message
+    offered = message.split(" key ")[1].split(".")[0]
+    assert offered in box.host_key_fingerprints()
+    assert runner.json("status")["jobs"][0]["state"] == "failed"  # recorded as never started, nothing ran
+    assert not (runner.config / "known_hosts").exists()
+
+    trusted = runner.run("hosts", "check", "box", "--trust-new-host", check=True)
+    assert "no GPU" in trusted.stdout
+    assert f"[127.0.0.1]:{box.port} " in (runner.config / "known_hosts").read_text()
+    assert runner.run("hosts", "check", "box").returncode == 0  # pinned: no flag needed any more
+
+
+def test_a_changed_host_key_is_refused_with_both_fingerprints(runner: Runner, trusted_box: TestHost) -> None:
+    before = trusted_box.host_key_fingerprints()
+    trusted_box.replace_host_keys()
+    after = trusted_box.host_key_fingerprints()
+    for flags in ([], ["--trust-new-host"]):  # trusting new hosts never covers a changed one
+        refused = runner.run("hosts", "check", "box", *flags)
+        assert refused.returncode == 2
+        assert "DIFFERENT key" in refused.stderr
+        got = refused.stderr.split("got ")[1].split()[1].rstrip(",")
+        expected = refused.stderr.split("expected ")[1].split()[1].rstrip(".")
+        assert got in after and expected in before
+
+
+def test_the_job_survives_dropped_connections_and_a_killed_controller(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
+    job_id = runner.submit(REPO / "jobs" / "demo.yaml", "--host", "box")
+    follower = subprocess.Popen(
+        [runner_executable(), "logs", "-f", job_id], env=runner.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    watcher = subprocess.Popen([runner_executable(), "logs", "-f", job_id], env=runner.env, stdout=subprocess.DEVNULL)
+    wait_for(lambda: "Epoch" in (runner.json("status", job_id)["last_line"] or ""), 60, what="training progress")
+    assert trusted_box.kill_ssh_connections() >= 1  # every controller link drops at once
+    watcher.send_signal(signal.SIGKILL)  # and one controller process dies outright
+    assert runner.json("status", job_id)["state"] == "running"
+    out, err = follower.communicate(timeout=120)
+    assert follower.returncode == 0, err.decode()
+    assert b"30 epochs completed" in out
+    assert runner.json("status", job_id)["state"] == "succeeded"
+
+
+def test_a_paused_host_is_unreachable_and_its_job_stays_running(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+    job_file = write_job(tmp_path, "ticker", "name: ticker\nrun: while true; do date +tick-%s; sleep 1; done\n")
+    job_id = runner.submit(job_file, "--host", "box")
+    wait_for(lambda: (runner.json("status", job_id)["last_line"] or "").startswith("tick-"), 30, what="a tick")
+    trusted_box.pause()
+    try:
+        started = time.monotonic()
+        status = runner.run("status", job_id, "--json")
+        took = time.monotonic() - started
+        assert status.returncode == 3
+        assert "unreachable" in status.stderr
+        assert took < 3 + 6 + 10  # one attempt's timeout, the retry budget, process start
+        import json
+
+        job = json.loads(status.stdout)
+        assert job["state"] == "running" and job["unreachable_since"]
+        assert "unreachable since" in runner.run("status").stdout
+    finally:
+        trusted_box.unpause()
+    seen = runner.json("status", job_id)
+    assert seen["state"] == "running" and seen["unreachable_since"] is None
+    first = seen["last_line"]
+    wait_for(lambda: runner.json("status", job_id)["last_line"] != first, 15, what="progress after unpause")
+    assert runner.json("stop", job_id, "--grace", "2")["state"] == "stopped"
+
+
+def test_an_unchanged_dataset_is_not_sent_again(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(20):  # 200 MiB in 20 files
+        (data / f"part{index:02d}.bin").write_bytes(os.urandom(10 * 1024 * 1024))
+    work = tmp_path / "work"
+    work.mkdir()
+    job_file = write_job(work, "reader", "name: reader\ndatasets:\n  big: ../data\nrun: cat datasets/big/*.bin | wc -c\n")
+    first = runner.json("submit", str(job_file), "--host", "box")
+    second = runner.json("submit", str(job_file), "--host", "box")
+    print(f"\ndataset sync: first {first['sync']['dataset:big']}, second {second['sync']['dataset:big']}")
+    assert first["sync"]["dataset:big"]["bytes_sent"] == 200 * 1024 * 1024
+    assert first["sync"]["dataset:big"]["files_sent"] == 20
+    assert second["sync"]["dataset:big"]["bytes_sent"] == 0
+    assert second["sync"]["dataset:big"]["files_sent"] == 0
+    done = runner.wait_state(second["id"], {"succeeded", "failed"}, timeout=60)
+    assert done["state"] == "succeeded"
+    assert done["last_line"] == str(200 * 1024 * 1024)  # the job reads all of it through its link
+
+
+def test_sftp_sync_moves_only_what_changed(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+    write_hosts_file(runner.config, {"box": trusted_box.hosts_entry(sync="sftp")})
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.bin").write_bytes(os.urandom(300_000))
+    (data / "sub" / "b.txt").write_text("label\n")
+    # The dataset lies inside the workdir: it travels once, to the shared data dir, and is linked back in place.
+    job_file = write_job(tmp_path, "lister", "name: lister\ndatasets:\n  d: data\nrun: cat data/sub/b.txt\n")
+    first = runner.json("submit", str(job_file), "--host", "box")
+    assert first["sync"]["dataset:d"] == {**first["sync"]["dataset:d"], "method": "sftp", "files_sent": 2}
+    assert first["sync"]["workdir"]["files_sent"] == 1  # the job file alone: data/ is not sent twice
+    (data / "sub" / "b.txt").write_text("changed\n")
+    second = runner.json("submit", str(job_file), "--host", "box")
+    assert second["sync"]["dataset:d"]["files_sent"] == 1
+    assert second["sync"]["dataset:d"]["bytes_sent"] == len("changed\n")
+    assert runner.wait_state(second["id"], {"succeeded", "failed"}, timeout=30)["last_line"] == "changed"
+
+
+def test_shell_metacharacters_in_paths_and_values_stay_literal(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+    nasty = "w $(touch PWNED) `touch PWNED2`; 'q\" x"  # a folder name cannot hold '/'; relative touches then
+    work = tmp_path / nasty
+    work.mkdir()
+    (work / "payload.txt").write_text("ok\n")
+    job_file = write_job(
+        work,
+        "literal",
+        "name: literal\nenv:\n  VALUE: \"$(touch /tmp/pwned3); `id`; 'quoted' \\\"dq\\\"\"\n"
+        "run: printf '%s|%s\\n' \"$VALUE\" \"$(cat payload.txt)\"\n",
+    )
+    job_id = runner.submit(job_file, "--host", "box")
+    done = runner.wait_state(job_id, {"succeeded", "failed"}, timeout=30)
+    assert done["state"] == "succeeded"
+    assert done["last_line"] == "$(touch /tmp/pwned3); `id`; 'quoted' \"dq\"|ok"
+    assert not Path("/tmp/pwned3").exists() and not trusted_box.exists("/tmp/pwned3")
+    assert [path.name for path in tmp_path.rglob("PWNED*")] == []
+    assert trusted_box.sh("find / -xdev -name 'PWNED*' 2>/dev/null || true").strip() == ""
+    assert not Path("/tmp/pwned").exists()
+    bad_name = write_job(tmp_path, "badname", "name: x$(touch /tmp/pwned)\nrun: 'true'\n")
+    refused = runner.run("submit", str(bad_name), "--host", "box")
+    assert refused.returncode == 2 and ":1:7: name: String should match pattern" in refused.stderr
+
+
+def test_tensorboard_is_forwarded_from_the_hosts_loopback(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("board-ok\n")
+    job_file = write_job(
+        tmp_path,
+        "board",
+        "name: board\ntensorboard: {port: 6123}\nrun: python3 -m http.server 6123 --bind 127.0.0.1\n",
+    )
+    job_id = runner.submit(job_file, "--host", "box")
+    wait_for(lambda: "Serving HTTP" in (runner.json("status", job_id)["last_line"] or ""), 30, what="the server")
+    import socket
+    import urllib.request
+
+    with socket.socket() as taken:  # the job's port is busy here: the next free one is used
+        taken.bind(("127.0.0.1", 6123))
+        taken.listen()
+        forward = subprocess.Popen(
+            [runner_executable(), "tensorboard", job_id], env=runner.env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            url = forward.stdout.readline().strip()
+            assert url.startswith("http://127.0.0.1:") and not url.endswith(":6123/")
+            body = urllib.request.urlopen(url + "index.html", timeout=10).read()
+            assert body == b"board-ok\n"
+        finally:
+            forward.send_signal(signal.SIGINT)
+            forward.wait(10)
+    runner.run("stop", job_id, "--grace", "1", check=True)
+
+
+def test_hosts_list_and_check_report_the_host(runner: Runner, trusted_box: TestHost) -> None:
+    listed = runner.json("hosts", "list")["hosts"]
+    assert [host["name"] for host in listed] == ["local", "box"]
+    facts = runner.json("hosts", "check", "box")
+    assert facts["reachable"] is True and facts["os"].startswith("Debian GNU/Linux 12")
+    assert facts["python"].startswith("3.11.") and facts["tmux"].startswith("tmux 3.")
+    assert facts["rsync"].startswith("rsync") and facts["docker"] is None
+    assert facts["gpus"] == [] and facts["disk_free_bytes"] > 0
