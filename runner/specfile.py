@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -174,14 +175,30 @@ def _describe(model: type[BaseModel], error: dict[str, Any]) -> str:
 
 
 def _closest_field(model: type[BaseModel], parent: FieldPath, name: str) -> str | None:
-    """The field the user most likely meant, found by walking the model along the parent path."""
+    """The field the user most likely meant, found by walking the model's types along the parent path."""
     current: Any = model
     for part in parent:
-        info = getattr(current, "model_fields", {}).get(part)
-        if info is None:
-            return None
-        current = info.annotation
-        current = next((arg for arg in getattr(current, "__args__", ()) if hasattr(arg, "model_fields")), current)
-    fields = list(getattr(current, "model_fields", {}))
+        current = _step(current, part)
+    fields = list(getattr(current, "model_fields", {})) if isinstance(current, type) else []
     matches = difflib.get_close_matches(name, fields, n=1)
     return matches[0] if matches else None
+
+
+def _step(annotation: Any, part: str | int) -> Any:
+    """The type one level down: a model's field, or a dict's value / a list's item."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        info = annotation.model_fields.get(str(part))
+        return _unwrap(info.annotation) if info else None
+    if get_origin(annotation) in (dict, list):
+        return _unwrap(get_args(annotation)[-1])
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Annotated[X, ...] -> X; X | None -> X."""
+    if get_origin(annotation) is Annotated:
+        return _unwrap(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        options = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return _unwrap(options[0]) if len(options) == 1 else annotation
+    return annotation

@@ -16,12 +16,14 @@ POLL_SECONDS = 0.5
 def stop(store: Store, job: Job, grace_seconds: float) -> Job:
     if job.finished:
         return job
-    store.request_stop(job.id)
     if not (job.session and job.job_dir):
         # Never started on its host: there is nothing to interrupt.
+        store.request_stop(job.id)
         store.transition(job.id, JobState.STOPPED, ACTIVE, message="stopped before it started")
         return store.get(job.id)
     host = get_host(job.host)
+    host.root()  # reach the host before recording the stop: an unreachable host must leave the job as it was
+    store.request_stop(job.id)
     host.run(session.interrupt_argv(job.session))
     if not _ends_within(host, job.job_dir, grace_seconds):
         host.run(session.kill_session_argv(job.session))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from runner import paths
 from runner.errors import HostUnreachable, RunnerError
 from runner.hosts.base import SyncStats
 from runner.hosts.keys import runner_known_hosts, user_known_hosts
@@ -20,22 +22,39 @@ RSYNC_TRANSIENT_EXIT_CODES = {10, 12, 30, 35, 255}  # socket I/O, protocol strea
 
 
 def openssh_argv(entry: SshHostEntry) -> list[str]:
-    """`ssh` and the options every runner ssh call carries, each for a reason."""
-    argv = [
-        "ssh",
-        "-o", "BatchMode=yes",                 # never stop to ask for a password or passphrase
-        "-o", "StrictHostKeyChecking=yes",     # keys are trusted through runner (--trust-new-host) or ssh, never here
-        "-o", f"UserKnownHostsFile={_quoted(runner_known_hosts())} {_quoted(user_known_hosts())}",
-        "-o", f"ConnectTimeout={max(1, round(entry.connect_timeout))}",
-        "-o", "ServerAliveInterval=15",        # notice a dead link instead of hanging on it
-        "-o", "ServerAliveCountMax=4",
-    ]  # fmt: skip
+    """`ssh` with runner's config file, plus this host's port and key when hosts.yaml gives them."""
+    argv = ["ssh", "-F", str(write_ssh_config()), "-o", f"ConnectTimeout={max(1, round(entry.connect_timeout))}"]
     match = SSH_TARGET.match(entry.ssh)
     if match and match["port"]:
         argv += ["-p", match["port"]]
     if entry.identity:
         argv += ["-i", str(Path(entry.identity).expanduser()), "-o", "IdentitiesOnly=yes"]
     return argv
+
+
+def write_ssh_config() -> Path:
+    """runner's ssh_config: its own security settings first (in ssh_config the first value wins), then
+    the user's ~/.ssh/config. A file, not -o options, because ProxyJump hops are separate ssh processes
+    that get the file (-F) but not the options: every hop is verified the same way."""
+    lines = [
+        "# Written by runner for the ssh commands it runs (rsync, attach); rewritten on every use.",
+        "Host *",
+        "    BatchMode yes",                        # never stop to ask for a password or passphrase
+        "    StrictHostKeyChecking yes",            # keys are trusted through runner or ssh beforehand, never here
+        f"    UserKnownHostsFile {_quoted(runner_known_hosts())} {_quoted(user_known_hosts())}",
+        "    ServerAliveInterval 15",               # notice a dead link instead of hanging on it
+        "    ServerAliveCountMax 4",
+        "    ConnectTimeout 15",
+    ]
+    user_config = Path("~/.ssh/config").expanduser()
+    if user_config.is_file():
+        lines += ["Match all", f"Include {_quoted(user_config)}"]
+    path = paths.config_dir() / "ssh_config"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".ssh_config.{os.getpid()}")
+    temporary.write_text("\n".join(lines) + "\n")
+    os.replace(temporary, path)
+    return path
 
 
 def rsync_push(target: str, ssh_options: list[str], source: Path, dest: str, exclude: Sequence[str]) -> SyncStats:
@@ -82,5 +101,5 @@ def _last_line(text: str) -> str:
 
 
 def _quoted(path: Path) -> str:
-    # ssh splits UserKnownHostsFile on spaces; a path with one must be double-quoted.
-    return f'"{path}"' if " " in str(path) else str(path)
+    # ssh_config splits values on spaces; double quotes keep a path with one whole.
+    return f'"{path}"'

@@ -198,3 +198,46 @@ def test_hosts_list_and_check_report_the_host(runner: Runner, trusted_box: TestH
     assert facts["python"].startswith("3.11.") and facts["tmux"].startswith("tmux 3.")
     assert facts["rsync"].startswith("rsync") and facts["docker"] is None
     assert facts["gpus"] == [] and facts["disk_free_bytes"] > 0
+
+
+def test_an_ssh_config_alias_behind_a_proxyjump_is_honoured_by_both_ssh_stacks(
+    runner: Runner, box: TestHost, tmp_path: Path
+) -> None:
+    # `inner` is the test host's own sshd seen from inside it (127.0.0.1:22), reachable only through `jump`.
+    ssh_dir = Path(runner.env["HOME"]) / ".ssh"
+    ssh_dir.mkdir()
+    (ssh_dir / "config").write_text(
+        f"Host jump\n  HostName 127.0.0.1\n  Port {box.port}\n  User trainer\n  IdentityFile {box.key}\n"
+        f"Host inner\n  HostName 127.0.0.1\n  Port 22\n  User trainer\n  IdentityFile {box.key}\n  ProxyJump jump\n"
+    )
+    write_hosts_file(runner.config, {"inner": {"ssh": "inner", "connect_timeout": 3, "retry_seconds": 6}})
+    refused = runner.run("hosts", "check", "inner")
+    assert refused.returncode == 2 and "jump host" in refused.stderr  # the hop is verified too
+    runner.run("hosts", "check", "inner", "--trust-new-host", check=True)
+    known = (runner.config / "known_hosts").read_text()
+    assert f"[127.0.0.1]:{box.port} " in known and "\n127.0.0.1 " in "\n" + known
+    # The workdir goes by rsync through OpenSSH, which must find the same alias, jump and keys.
+    job_file = write_job(tmp_path, "hop", "name: hop\nrun: cat hop.yaml | head -n 1\n")
+    job = runner.json("submit", str(job_file), "--host", "inner")
+    assert job["sync"]["workdir"]["method"] == "rsync" and job["sync"]["workdir"]["files_sent"] == 1
+    assert runner.wait_state(job["id"], {"succeeded", "failed"}, timeout=30)["last_line"] == "name: hop"
+
+
+def test_attach_joins_the_remote_session_and_closing_the_terminal_leaves_the_job(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
+    job_id = runner.submit(write_job(tmp_path, "visible", "name: visible\nrun: sleep 600\n"), "--host", "box")
+    session = runner.json("status", job_id)["session"]
+    # A local tmux pane is the user's terminal; `runner attach` there joins the job's session on the host.
+    terminal = runner.tmux("new-session", "-d", "-s", "user-terminal", "-x", "150", "-y", "40",
+                           f"{runner_executable()} attach {job_id} --window shell")  # fmt: skip
+    assert terminal.returncode == 0, terminal.stderr
+
+    def clients() -> list[str]:
+        return trusted_box.sh("tmux list-clients -F '#{session_name}:#{window_name}'", check=False).split()
+
+    wait_for(lambda: clients() == [f"{session}:shell"], 30, what="a client of the job's session on the host")
+    runner.tmux("kill-session", "-t", "=user-terminal")  # the user closes the terminal
+    wait_for(lambda: clients() == [], 15, what="the remote client to go")
+    assert runner.json("status", job_id)["state"] == "running"
+    runner.run("stop", job_id, "--grace", "1", check=True)

@@ -1,0 +1,82 @@
+"""hosts.yaml and how connection failures are classified."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from runner.errors import HostKeyRejected, NotFound, SpecError
+from runner.hosts.sshconnect import is_transient
+from runner.hostsfile import SshHostEntry, add_host, host_entry, load_hosts
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RUNNER_CONFIG_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("target", ["trainer@gpubox:2222", "gpubox", "10.0.0.5", "u@[fe80::1]:22", "lab-box.local"])
+def test_ssh_targets_that_are_accepted(target: str) -> None:
+    assert SshHostEntry(ssh=target).ssh == target
+
+
+@pytest.mark.parametrize("target", ["-oProxyCommand=touch /tmp/x", "a b", "user@", "host:port", "x;y", ""])
+def test_ssh_targets_that_are_refused(target: str) -> None:
+    with pytest.raises(ValueError):
+        SshHostEntry(ssh=target)
+
+
+def test_a_bad_hosts_file_names_its_line(config_dir: Path) -> None:
+    (config_dir / "hosts.yaml").write_text("hosts:\n  box:\n    ssh: me@box\n    conect_timeout: 3\n")
+    with pytest.raises(SpecError) as caught:
+        load_hosts()
+    assert str(caught.value) == (
+        f"{config_dir / 'hosts.yaml'}:4:5: hosts.box.conect_timeout: unknown field 'conect_timeout',"
+        " did you mean 'connect_timeout'?"
+    )
+
+
+def test_add_host_keeps_the_others_and_unknown_names_list_the_known(config_dir: Path) -> None:
+    add_host("a", SshHostEntry(ssh="me@a:2200", identity="~/.ssh/a"))
+    add_host("b", SshHostEntry(ssh="b"))
+    assert host_entry("a").identity == "~/.ssh/a" and host_entry("b").ssh == "b"
+    with pytest.raises(NotFound, match=r"unknown host 'c' \(known hosts: local, a, b\)"):
+        host_entry("c")
+    with pytest.raises(ValueError):
+        add_host("local", SshHostEntry(ssh="x"))
+    assert sorted(load_hosts().hosts) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
+        ConnectionResetError(errno.ECONNRESET, "reset"),
+        socket.timeout("timed out"),
+        paramiko.ssh_exception.NoValidConnectionsError({("127.0.0.1", 22): OSError("refused")}),
+        paramiko.SSHException("Error reading SSH protocol banner"),
+        paramiko.SSHException("No existing session"),
+        EOFError(),
+    ],
+)
+def test_transient_failures_are_retried(error: BaseException) -> None:
+    assert is_transient(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        paramiko.AuthenticationException("Authentication failed."),
+        paramiko.BadHostKeyException("h", paramiko.Ed25519Key.generate() if hasattr(paramiko.Ed25519Key, "generate") else paramiko.RSAKey.generate(1024), paramiko.RSAKey.generate(1024)),
+        HostKeyRejected("unknown host"),
+        paramiko.SSHException("Incompatible ssh peer (no acceptable kex algorithm)"),
+        PermissionError(errno.EACCES, "denied"),
+    ],
+)
+def test_authentication_and_key_failures_are_never_retried(error: BaseException) -> None:
+    assert not is_transient(error)
