@@ -30,6 +30,7 @@ def submit(store: Store, loaded: LoadedJob, host_override: str | None = None, tr
     host = _host_for(loaded, host_override, trust_new_host)
     _check_placeable(loaded, host)
     datasets = plan_datasets(loaded)
+    host.root()  # connect and verify the host key now: a refused or unreachable host leaves no job behind
     spec = loaded.spec
     store.remember_host(host.name, host.kind)
     job = store.create_job(spec.name, host.name, spec.model_dump(mode="json"), str(loaded.path.resolve()))

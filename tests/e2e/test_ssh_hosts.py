@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.conftest import REPO, Runner, runner_executable, wait_for, write_job
@@ -33,7 +36,7 @@ def test_an_unknown_host_is_refused_until_trusted(runner: Runner, box: TestHost,
     assert "is not known" in message and "--trust-new-host" in message
     offered = message.split(" key ")[1].split(".")[0]
     assert offered in box.host_key_fingerprints()
-    assert runner.json("status")["jobs"][0]["state"] == "failed"  # recorded as never started, nothing ran
+    assert runner.json("status") == {"jobs": []}  # refused before anything was recorded or started
     assert not (runner.config / "known_hosts").exists()
 
     trusted = runner.run("hosts", "check", "box", "--trust-new-host", check=True)
@@ -85,8 +88,6 @@ def test_a_paused_host_is_unreachable_and_its_job_stays_running(runner: Runner, 
         assert status.returncode == 3
         assert "unreachable" in status.stderr
         assert took < 3 + 6 + 10  # one attempt's timeout, the retry budget, process start
-        import json
-
         job = json.loads(status.stdout)
         assert job["state"] == "running" and job["unreachable_since"]
         assert "unreachable since" in runner.run("status").stdout
@@ -170,9 +171,6 @@ def test_tensorboard_is_forwarded_from_the_hosts_loopback(runner: Runner, truste
     )
     job_id = runner.submit(job_file, "--host", "box")
     wait_for(lambda: "Serving HTTP" in (runner.json("status", job_id)["last_line"] or ""), 30, what="the server")
-    import socket
-    import urllib.request
-
     with socket.socket() as taken:  # the job's port is busy here: the next free one is used
         taken.bind(("127.0.0.1", 6123))
         taken.listen()
