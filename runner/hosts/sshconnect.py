@@ -8,6 +8,7 @@ hammering a host with a wrong key is how accounts get locked.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -19,6 +20,10 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_afte
 from runner.errors import HostKeyRejected, HostUnreachable, RunnerError
 from runner.hosts.keys import PinNewHost, changed_key_error, load_known_hosts
 from runner.hostsfile import SshHostEntry
+
+# paramiko logs every failed attempt with a traceback; runner reports failures itself, in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 MAX_ATTEMPTS = 8
 KEEPALIVE_SECONDS = 15  # a dead link is noticed within a minute or so, not at the next TCP timeout

@@ -87,6 +87,7 @@ def test_a_paused_host_is_unreachable_and_its_job_stays_running(runner: Runner, 
         took = time.monotonic() - started
         assert status.returncode == 3
         assert "unreachable" in status.stderr
+        assert len(status.stderr.strip().splitlines()) == 1, status.stderr  # one line, no traceback
         assert took < 3 + 6 + 10  # one attempt's timeout, the retry budget, process start
         job = json.loads(status.stdout)
         assert job["state"] == "running" and job["unreachable_since"]
