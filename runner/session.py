@@ -10,6 +10,9 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
+
+from runner.errors import CommandFailed
 from runner.hosts import Host, SshHost, get_host
 from runner.state import Job
 
@@ -76,8 +79,30 @@ def start_argv(session: str, windows: list[Window], cwd: str) -> list[str]:
     return argv
 
 
+# When several tmux clients start the first server at once, all but one can see it vanish under them.
+SERVER_RACE_MESSAGES = ("server exited unexpectedly", "lost server")
+
+
+class _ServerRace(Exception):
+    pass
+
+
 def start(host: Host, session: str, windows: list[Window], cwd: str) -> None:
-    host.run(start_argv(session, windows, cwd)).check()
+    retrying = Retrying(
+        retry=retry_if_exception_type(_ServerRace), stop=stop_after_attempt(5), wait=wait_random(0.05, 0.5), reraise=True
+    )
+    try:
+        retrying(_start_once, host, session, windows, cwd)
+    except _ServerRace as race:
+        raise race.args[0] from None
+
+
+def _start_once(host: Host, session: str, windows: list[Window], cwd: str) -> None:
+    result = host.run(start_argv(session, windows, cwd))
+    stderr = result.stderr.decode("utf-8", "replace")
+    if result.returncode != 0 and any(text in stderr for text in SERVER_RACE_MESSAGES) and not is_alive(host, session):
+        raise _ServerRace(CommandFailed(result.argv, result.returncode, stderr))
+    result.check()
 
 
 def is_alive(host: Host, session: str) -> bool:
