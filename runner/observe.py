@@ -12,16 +12,21 @@ from dataclasses import dataclass, field
 from runner.errors import HostUnreachable, RunnerError
 from runner.hosts import Host, get_host
 from runner.layout import agent_argv
-from runner.state import ACTIVE, Job, JobState, Store
+from runner.state import Job, JobState, Store, ended_state
 
 MAX_PARALLEL_HOSTS = 8
 
 
 @dataclass(frozen=True)
 class Observation:
-    session_alive: bool
+    session_alive: bool | None  # None: tmux could not be asked, so nothing is concluded from it
     exit_code: int | None
     last_line: str | None
+    processes_alive: bool | None = None  # processes carrying the job's RUNNER_JOB_ID; None: unknown
+
+    @property
+    def ended(self) -> bool:
+        return self.exit_code is not None or (self.session_alive is False and not self.processes_alive)
 
 
 @dataclass(frozen=True)
@@ -44,22 +49,15 @@ def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
     except (ValueError, KeyError) as exc:
         raise RunnerError(f"host '{host.name}': the agent's probe answered unreadable output ({exc})") from None
     return {
-        job_dir: Observation(bool(seen["session_alive"]), seen["exit_code"], seen["last_line"])
+        job_dir: Observation(seen["session_alive"], seen["exit_code"], seen["last_line"], seen["processes_alive"])
         for job_dir, seen in reported.items()
     }
 
 
 def next_state(job: Job, seen: Observation) -> JobState | None:
-    """The state the observation proves, or None when the job is where the store says."""
-    stop_requested = job.stop_requested_at is not None
-    if seen.exit_code is not None:
-        if stop_requested:
-            return JobState.STOPPED
-        return JobState.SUCCEEDED if seen.exit_code == 0 else JobState.FAILED
-    if seen.session_alive:
-        return None
-    # The session is gone and never wrote an exit code: killed, or the host rebooted.
-    return JobState.STOPPED if stop_requested else JobState.LOST
+    """The state the observation proves for this snapshot of the job, or None when it is still running.
+    A session gone without an exit code was killed, or the host rebooted."""
+    return ended_state(job.stop_requested_at is not None, seen.exit_code) if seen.ended else None
 
 
 def refresh(store: Store, jobs: list[Job]) -> Refreshed:
@@ -105,7 +103,6 @@ def _apply(store: Store, job: Job, seen: Observation | None) -> None:
         return
     if seen.last_line != job.last_line:
         store.set_last_line(job.id, seen.last_line)
-    state = next_state(job, seen)
-    if state is not None:
-        message = None if state is not JobState.LOST else "the tmux session ended without recording an exit code"
-        store.transition(job.id, state, ACTIVE, exit_code=seen.exit_code, message=message)
+    if seen.ended:
+        unrecorded = "the tmux session ended without recording an exit code" if seen.exit_code is None else None
+        store.record_end(job.id, seen.exit_code, message=unrecorded)

@@ -79,7 +79,7 @@ def jobs_table(jobs: list[Job], unreachable: dict[str, float]) -> Table:
     table.add_column("LAST LINE", no_wrap=True, overflow="ellipsis")
     for job, row in zip(jobs, rows):
         state = Text(row[3], style=STATE_STYLES.get(job.state, ""))
-        table.add_row(*row[:3], state, *row[4:])
+        _add_plain_row(table, *row[:3], state, *row[4:])
     return table
 
 
@@ -146,7 +146,7 @@ def fetch_table(result: FetchResult) -> Table:
     for column in ("FILE", "SIZE", "SHA256", ""):
         table.add_column(column, no_wrap=True)
     for item in result.files:
-        table.add_row(item.path, human_size(item.size), item.sha256[:16], "copied" if item.copied else "unchanged")
+        _add_plain_row(table, item.path, human_size(item.size), item.sha256[:16], "copied" if item.copied else "unchanged")
     return table
 
 
@@ -164,7 +164,7 @@ def hosts_table(hosts: list[dict[str, Any]]) -> Table:
     for column in ("HOST", "KIND", "SSH"):
         table.add_column(column, no_wrap=True)
     for host in hosts:
-        table.add_row(host["name"], host["kind"], host["ssh"] or "")
+        _add_plain_row(table, host["name"], host["kind"], host["ssh"] or "")
     return table
 
 
@@ -184,10 +184,15 @@ def facts_table(facts: dict[str, Any]) -> Table:
         "gpus": ", ".join(_gpu_text(gpu) for gpu in gpus) or "no GPU",
     }
     for key, value in shown.items():
-        table.add_row(key, str(value))
+        _add_plain_row(table, key, str(value))
     return table
 
 
 def _gpu_text(gpu: dict[str, Any]) -> str:
     vram = f" ({gpu['vram_mib'] / 1024:.0f} GiB)" if gpu.get("vram_mib") else ""
     return f"{gpu['name']}{vram}"
+
+
+def _add_plain_row(table: Table, *cells: str | Text) -> None:
+    """Text from hosts and trainings ("loading [/data/x]") is shown as it is, never read as rich markup."""
+    table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))

@@ -38,6 +38,15 @@ class JobState(str, Enum):
 FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST})
 ACTIVE = frozenset(JobState) - FINISHED
 
+
+def ended_state(stop_requested: bool, exit_code: int | None) -> JobState:
+    """How a job that is over ended: a requested stop wins; no exit code means it died unrecorded."""
+    if stop_requested:
+        return JobState.STOPPED
+    if exit_code is None:
+        return JobState.LOST
+    return JobState.SUCCEEDED if exit_code == 0 else JobState.FAILED
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,   -- submission order: "newest job" of a name
@@ -161,20 +170,21 @@ class Store:
             if row is None:
                 raise NotFound("no jobs yet: `runner submit JOBFILE` starts one")
             return _job(row)
+        # An exact id, then an exact name (a name like "cafe" must not hit an id starting cafe...), then a prefix.
         exact = self._db.execute("SELECT * FROM jobs WHERE id = ?", (ref,)).fetchone()
         if exact:
             return _job(exact)
+        named = self._db.execute("SELECT * FROM jobs WHERE name = ? ORDER BY seq DESC LIMIT 1", (ref,)).fetchone()
+        if named:
+            return _job(named)
         prefixed = self._db.execute(
-            "SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\' ORDER BY seq DESC", (_like_prefix(ref),)
+            "SELECT * FROM jobs WHERE substr(id, 1, ?) = ? ORDER BY seq DESC", (len(ref), ref)
         ).fetchall()
         if len(prefixed) > 1:
             ids = ", ".join(row["id"] for row in prefixed[:5])
             raise UsageError(f"job '{ref}' is ambiguous: it starts {len(prefixed)} job ids ({ids})")
         if prefixed:
             return _job(prefixed[0])
-        named = self._db.execute("SELECT * FROM jobs WHERE name = ? ORDER BY seq DESC LIMIT 1", (ref,)).fetchone()
-        if named:
-            return _job(named)
         raise NotFound(f"no job with id, id prefix or name '{ref}'")
 
     def list_jobs(self) -> list[Job]:
@@ -204,20 +214,39 @@ class Store:
         message: str | None = None,
     ) -> bool:
         """Move a job to `to` if it is in one of `leaving`; False (and nothing written) otherwise."""
+        with self._write() as db:
+            return self._set_state(db, job_id, to, leaving, exit_code, message)
+
+    def record_end(self, job_id: str, exit_code: int | None, message: str | None = None) -> JobState | None:
+        """The job is over on its host: finish it as `ended_state` says, judged on the row as it is now
+        (a stop requested a moment ago by another process counts). None if it was already finished."""
+        with self._write() as db:
+            row = db.execute("SELECT stop_requested_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            state = ended_state(row["stop_requested_at"] is not None, exit_code)
+            return state if self._set_state(db, job_id, state, ACTIVE, exit_code, message) else None
+
+    def _set_state(
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        to: JobState,
+        leaving: frozenset[JobState],
+        exit_code: int | None,
+        message: str | None,
+    ) -> bool:
         now = time.time()
         started = now if to is JobState.RUNNING else None
         ended = now if to in FINISHED else None
         placeholders = ",".join("?" for _ in leaving)
-        with self._write() as db:
-            cursor = db.execute(
-                f"UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?), ended_at = COALESCE(?, ended_at),"
-                f" exit_code = COALESCE(?, exit_code), message = COALESCE(?, message)"
-                f" WHERE id = ? AND state IN ({placeholders})",
-                (to.value, started, ended, exit_code, message, job_id, *(state.value for state in leaving)),
-            )
-            if cursor.rowcount:
-                self._event(db, job_id, to.value, message or "")
-            return bool(cursor.rowcount)
+        cursor = db.execute(
+            f"UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?), ended_at = COALESCE(?, ended_at),"
+            f" exit_code = COALESCE(?, exit_code), message = COALESCE(?, message)"
+            f" WHERE id = ? AND state IN ({placeholders})",
+            (to.value, started, ended, exit_code, message, job_id, *(state.value for state in leaving)),
+        )
+        if cursor.rowcount:
+            self._event(db, job_id, to.value, message or "")
+        return bool(cursor.rowcount)
 
     # hosts
 
@@ -259,11 +288,6 @@ class Store:
     @staticmethod
     def _event(db: sqlite3.Connection, job_id: str, kind: str, detail: str) -> None:
         db.execute("INSERT INTO events (job_id, at, kind, detail) VALUES (?, ?, ?, ?)", (job_id, time.time(), kind, detail))
-
-
-def _like_prefix(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
 
 
 def _job(row: sqlite3.Row) -> Job:

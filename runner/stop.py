@@ -16,13 +16,18 @@ POLL_SECONDS = 0.5
 def stop(store: Store, job: Job, grace_seconds: float) -> Job:
     if job.finished:
         return job
-    if not (job.session and job.job_dir):
-        # Never started on its host: there is nothing to interrupt.
+    if job.state is not JobState.RUNNING:
+        # Still being submitted: submit checks for the stop before it starts the session, and ends the
+        # session if the stop came just after. A job that reached running meanwhile is stopped below.
         store.request_stop(job.id)
-        store.transition(job.id, JobState.STOPPED, ACTIVE, message="stopped before it started")
-        return store.get(job.id)
+        if store.transition(job.id, JobState.STOPPED, ACTIVE - {JobState.RUNNING}, message="stopped before it started"):
+            return store.get(job.id)
+    # Where the job really is first: one that already ended is reported as it ended, not as stopped.
+    # (Reaching the host before recording the stop also leaves the job as it was if the host is down.)
+    job = refresh_one(store, store.get(job.id))
+    if job.finished or not (job.session and job.job_dir):
+        return job
     host = get_host(job.host)
-    host.root()  # reach the host before recording the stop: an unreachable host must leave the job as it was
     store.request_stop(job.id)
     host.run(session.interrupt_argv(job.session))
     if not _ends_within(host, job.job_dir, grace_seconds):

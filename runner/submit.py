@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from runner import session
-from runner.errors import NotFound, RunnerError, SpecError
+from runner.errors import HostUnreachable, NotFound, RunnerError, SpecError
 from runner.hosts import Host, SyncStats, get_host
 from runner.jobscript import render_job_sh, render_run_sh
 from runner.layout import JobLayout, agent_argv, install_hostside, window_script_path
@@ -41,14 +41,31 @@ def submit(store: Store, loaded: LoadedJob, host_override: str | None = None, tr
         layout = JobLayout.on(host, job.id)
         _place(host, loaded, job, layout, name, datasets, submitted)
         store.set_placement(job.id, layout.job_dir, name)
-        session.start(host, name, _windows(host, loaded, layout), cwd=layout.work)
-        store.transition(job.id, JobState.RUNNING, frozenset({JobState.SYNCING}))
+        if store.get(job.id).finished:  # `runner stop` came while the files moved: start nothing
+            submitted.job = store.get(job.id)
+            return submitted
+        _start_session(store, host, job, name, _windows(host, loaded, layout), layout)
     except BaseException as exc:  # Ctrl-C included: the job must not stay "syncing" forever
         store.transition(job.id, JobState.FAILED, ACTIVE, message=f"submit failed: {_reason(exc)}")
         _end_session_quietly(host, name)
         raise
     submitted.job = store.get(job.id)
     return submitted
+
+
+def _start_session(
+    store: Store, host: Host, job: Job, name: str, windows: list[session.Window], layout: JobLayout
+) -> None:
+    try:
+        session.start(host, name, windows, cwd=layout.work)
+    except HostUnreachable:
+        # The link dropped with the start command sent: the session may well be running. Let status
+        # find out (it probes running jobs) rather than call a possibly healthy job failed.
+        store.transition(job.id, JobState.RUNNING, frozenset({JobState.SYNCING}), message="link lost while starting")
+        raise
+    if not store.transition(job.id, JobState.RUNNING, frozenset({JobState.SYNCING})):
+        # Stopped between the check above and the start: honour the stop.
+        _end_session_quietly(host, name)
 
 
 def _host_for(loaded: LoadedJob, host_override: str | None, trust_new_host: bool) -> Host:
@@ -77,10 +94,12 @@ def _place(
     submitted: Submitted,
 ) -> None:
     install_hostside(host)
+    # The job directory holds spec.json and job.sh, with the job's env: for the user's eyes only.
+    host.run(["mkdir", "-p", "-m", "700", "--", layout.job_dir]).check()
     submitted.workdir_sync = push_workdir(host, loaded, layout, datasets)
     submitted.dataset_syncs = push_datasets(host, layout, datasets)
     resolved = {"id": job.id, "session": session_name, "job_file": job.job_file, "spec": job.spec}
-    host.write_file(layout.file("spec.json"), json.dumps(resolved, indent=2).encode())
+    host.write_file(layout.file("spec.json"), json.dumps(resolved, indent=2).encode(), mode=0o600)
     job_sh = render_job_sh(job.id, loaded.spec, job.job_file, layout.work)
     host.write_file(layout.file("job.sh"), job_sh.encode(), mode=0o700)
     run_sh = render_run_sh(job.id, loaded.spec.name, layout.job_dir, session.target(session_name))

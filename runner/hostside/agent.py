@@ -50,26 +50,33 @@ def read_exit_code(job_dir):
 
 
 def tmux_sessions():
+    """The names of tmux's sessions; None when tmux could not be asked (then no job is declared lost)."""
     try:
-        out = subprocess.run(
+        done = subprocess.run(
             ["tmux", "list-sessions", "-F", "#{session_name}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True, check=False,
-        ).stdout
-    except OSError:
-        return set()
-    return set(out.split())
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False, timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode == 0:
+        return set(done.stdout.split())
+    no_server = "no server running" in done.stderr or ("error connecting" in done.stderr and "No such file" in done.stderr)
+    return set() if no_server else None
 
 
 def probe(job_dirs):
     # Sessions first, exit codes second: run.sh writes exit_code before it ends the session,
     # so a session seen gone with no exit code afterwards really died without finishing.
     sessions = tmux_sessions()
+    running_ids = job_ids_with_processes()
     jobs = {}
     for job_dir in job_dirs:
         spec = _read_json(os.path.join(job_dir, "spec.json")) or {}
         jobs[job_dir] = {
             "exists": os.path.isdir(job_dir),
-            "session_alive": spec.get("session") in sessions,
+            "session_alive": None if sessions is None else spec.get("session") in sessions,
+            # A second witness: tmux's socket can vanish (tmp cleaners) while the training runs on.
+            "processes_alive": None if running_ids is None else spec.get("id") in running_ids,
             "exit_code": read_exit_code(job_dir),
             "last_line": last_line(os.path.join(job_dir, "train.log")),
         }
@@ -90,6 +97,22 @@ def manifest(root, patterns):
             if os.path.isfile(path) and rel not in files:
                 files[rel] = _describe_file(path, rel)
     return {"root": root, "files": [files[rel] for rel in sorted(files)], "refused": sorted(set(refused))}
+
+
+def job_ids_with_processes():
+    """The RUNNER_JOB_ID values of this user's live processes; None where /proc cannot tell."""
+    if not os.path.isdir("/proc"):
+        return None
+    found = set()
+    for pid in _pids():
+        try:
+            with open("/proc/%d/environ" % pid, "rb") as handle:
+                for entry in handle.read().split(b"\0"):
+                    if entry.startswith(b"RUNNER_JOB_ID="):
+                        found.add(entry.split(b"=", 1)[1].decode("ascii", "replace"))
+        except OSError:
+            continue
+    return found
 
 
 def kill_job_processes(job_id):

@@ -128,9 +128,14 @@ def test_a_session_killed_behind_runners_back_is_lost_not_failed(runner: Runner,
     job_id = runner.submit(write_job(tmp_path, "victim", "name: victim\nrun: sleep 600\n"))
     session = runner.json("status", job_id)["session"]
     runner.tmux("kill-session", "-t", f"={session}")
+    # The training outlives its tmux session (util-linux script keeps it going): still running, truly.
+    assert job_processes(job_id)
+    assert runner.state(job_id) == "running"
+    for pid in job_processes(job_id):  # now it dies without a word, as under the OOM killer
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not job_processes(job_id), 10, what="the job's processes to die")
     job = runner.json("status", job_id)
-    assert job["state"] == "lost"
-    assert job["exit_code"] is None
+    assert (job["state"], job["exit_code"]) == ("lost", None)
 
 
 def test_eight_parallel_submits_get_eight_distinct_jobs(runner: Runner, tmp_path: Path) -> None:

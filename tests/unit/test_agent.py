@@ -129,7 +129,7 @@ def no_tmux_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def _job_dir(parent: Path, session: str, exit_code: str | None, log: bytes) -> Path:
     job_dir = parent / session
     job_dir.mkdir()
-    (job_dir / "spec.json").write_text(json.dumps({"session": session}))
+    (job_dir / "spec.json").write_text(json.dumps({"session": session, "id": f"id-{session}"}))
     if exit_code is not None:
         (job_dir / "exit_code").write_text(exit_code)
     (job_dir / "train.log").write_bytes(log)
@@ -144,11 +144,25 @@ def test_probe_reports_exit_code_session_and_last_line(tmp_path: Path, no_tmux_s
     assert jobs[str(finished)] == {
         "exists": True,
         "session_alive": False,
+        "processes_alive": False,
         "exit_code": 3,
         "last_line": "ValueError: bad label",
     }
     assert jobs[str(garbled)]["exit_code"] is None
-    assert jobs[missing] == {"exists": False, "session_alive": False, "exit_code": None, "last_line": None}
+    assert jobs[missing] == {
+        "exists": False, "session_alive": False, "processes_alive": False, "exit_code": None, "last_line": None,
+    }  # fmt: skip
+
+
+def test_probe_sees_job_processes_when_tmux_has_lost_track(tmp_path: Path, no_tmux_server: Path) -> None:
+    job_dir = _job_dir(tmp_path, "orphaned", None, b"epoch 5\r\n")
+    worker = subprocess.Popen(["sleep", "60"], env={**os.environ, "RUNNER_JOB_ID": "id-orphaned"})
+    try:
+        seen = agent.probe([str(job_dir)])["jobs"][str(job_dir)]
+        assert (seen["session_alive"], seen["processes_alive"]) == (False, True)
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 def test_probe_sees_a_live_tmux_session(tmp_path: Path, no_tmux_server: Path) -> None:

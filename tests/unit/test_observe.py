@@ -36,3 +36,29 @@ STOPPING = dataclasses.replace(RUNNING, stop_requested_at=3.0)
 def test_next_state(job: Job, alive: bool, exit_code: int | None, expected: JobState | None) -> None:
     seen = Observation(session_alive=alive, exit_code=exit_code, last_line="  1/3 10%")
     assert next_state(job, seen) is expected
+
+
+@pytest.mark.parametrize(
+    ("alive", "processes", "expected"),
+    [
+        (None, None, None),  # tmux could not be asked: nothing is concluded
+        (False, True, None),  # the session is gone but the training runs on
+        (False, False, JobState.LOST),
+        (False, None, JobState.LOST),
+    ],
+)
+def test_no_job_is_called_lost_on_a_missing_witness(alive: bool | None, processes: bool | None, expected: JobState | None) -> None:
+    seen = Observation(session_alive=alive, exit_code=None, last_line=None, processes_alive=processes)
+    assert next_state(RUNNING, seen) is expected
+
+
+def test_status_table_shows_bracketed_training_output_as_it_is() -> None:
+    from rich.console import Console
+
+    from runner.render import jobs_table
+
+    line = "loading [/data/coco/images] [rank0]: [bold]x[/bold]"
+    job = dataclasses.replace(RUNNING, last_line=line)
+    console = Console(width=300, record=True)
+    console.print(jobs_table([job], {}))
+    assert line in console.export_text()
