@@ -21,6 +21,7 @@ from runner.layout import JobLayout, agent_argv
 from runner.state import Job
 
 ATTEMPTS_PER_FILE = 3
+MANIFEST_SECONDS = 3600  # hashing hundreds of checkpoints can take long; the SSH keepalive catches a dead link
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def fetch(job: Job, artifact: str, dest: Path) -> FetchResult:
 
 
 def _manifest(host: Host, root: str, globs: list[str]) -> tuple[list[RemoteFile], list[str]]:
-    answer = json.loads(host.run(agent_argv(host, "manifest", root, *globs)).check().text)
+    answer = json.loads(host.run(agent_argv(host, "manifest", root, *globs), timeout=MANIFEST_SECONDS).check().text)
     files = [RemoteFile(item["path"], item["size"], item["sha256"]) for item in answer["files"]]
     safe = [item for item in files if _is_safe_relative(item.path)]
     unsafe = [item.path for item in files if not _is_safe_relative(item.path)]

@@ -18,7 +18,8 @@ def check_host(name: str, trust_new: bool) -> dict[str, Any]:
     connect_seconds = time.monotonic() - started
     install_hostside(host)
     try:
-        facts = json.loads(host.run(agent_argv(host, "facts", root)).check().text)
+        # GPU tools on a sick driver can take their time; each has 20 s inside the agent.
+        facts = json.loads(host.run(agent_argv(host, "facts", root), timeout=180).check().text)
     except CommandFailed as error:
         if error.returncode == 127:
             raise RunnerError(f"host '{name}': {host.python} not found; runner's agent needs Python >= 3.7") from None

@@ -3,6 +3,7 @@ shared data directory (once per host, then only what changed), linked into the j
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ class DatasetPlacement:
     source: Path
     link: str  # relative to the job's workdir
     inside_workdir: str | None  # the source's path inside the workdir, if it lies there
+
+    @property
+    def host_folder(self) -> str:
+        """Named by the dataset and where it comes from: two folders both called `coco` never mix."""
+        return f"{self.name}-{hashlib.sha256(str(self.source).encode()).hexdigest()[:10]}"
 
 
 def plan_datasets(loaded: LoadedJob) -> list[DatasetPlacement]:
@@ -56,7 +62,7 @@ def push_datasets(host: Host, layout: JobLayout, datasets: list[DatasetPlacement
         if host.kind == "local":
             target = str(plan.source)  # this machine already has it: the job uses it in place
         else:
-            target = posixpath.join(host.root(), "data", plan.name)
+            target = posixpath.join(host.root(), "data", plan.host_folder)
             stats[plan.name] = host.put_tree(plan.source, target, list(ALWAYS_EXCLUDED))
         links += [target, posixpath.join(layout.work, plan.link)]
     if links:

@@ -22,15 +22,46 @@ def load_excludes(workdir: Path) -> list[str]:
 
 
 def is_excluded(rel_path: str, patterns: Sequence[str]) -> bool:
-    """gitignore-like: a pattern without '/' matches any path component; one with a '/' (leading or
-    inside) matches from the workdir's top. Either way, matching a folder excludes what is under it."""
+    """gitignore-like, and what rsync does with `rsync_patterns`: a pattern without '/' matches any path
+    component; one with a '/' (leading or inside) matches from the workdir's top, '*' never crossing a
+    '/' and '**' crossing any number. Either way, matching a folder excludes what is under it."""
     parts = PurePosixPath(rel_path).parts
-    prefixes = ["/".join(parts[:count]) for count in range(1, len(parts) + 1)]
     for pattern in patterns:
         body = pattern.rstrip("/")
         if "/" in body:
-            if any(fnmatch.fnmatchcase(prefix, body.lstrip("/")) for prefix in prefixes):
+            wanted = body.lstrip("/").split("/")
+            if any(_segments_match(parts[:count], wanted) for count in range(1, len(parts) + 1)):
                 return True
         elif any(fnmatch.fnmatchcase(part, body) for part in parts):
             return True
     return False
+
+
+def rsync_patterns(patterns: Sequence[str]) -> list[str]:
+    """The same patterns for rsync --exclude: anchored ones get rsync's leading '/' (its anchor), and
+    since rsync's '/**/' needs at least one folder, each also comes with that folder level dropped."""
+    rsync: list[str] = []
+    for pattern in patterns:
+        body = pattern.rstrip("/")
+        if "/" not in body:
+            rsync.append(body)
+            continue
+        for variant in _zero_folder_variants(body.lstrip("/").split("/")):
+            rsync.append("/" + "/".join(variant))
+    return list(dict.fromkeys(rsync))
+
+
+def _zero_folder_variants(segments: list[str]) -> list[list[str]]:
+    if "**" not in segments[:-1]:
+        return [segments]
+    index = segments.index("**")
+    rest = _zero_folder_variants(segments[index + 1 :])
+    return [segments[: index + 1] + tail for tail in rest] + [segments[:index] + tail for tail in rest]
+
+
+def _segments_match(path: Sequence[str], pattern: Sequence[str]) -> bool:
+    if not pattern:
+        return not path
+    if pattern[0] == "**":
+        return any(_segments_match(path[skip:], pattern[1:]) for skip in range(len(path) + 1))
+    return bool(path) and fnmatch.fnmatchcase(path[0], pattern[0]) and _segments_match(path[1:], pattern[1:])

@@ -9,6 +9,7 @@ stacks accept exactly the same keys.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 from pathlib import Path
 
@@ -33,11 +34,27 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 
 def load_known_hosts(client: paramiko.SSHClient) -> None:
-    if user_known_hosts().is_file():
-        client.load_system_host_keys(str(user_known_hosts()))
-    if runner_known_hosts().is_file():
-        # As "system" keys: paramiko then never rewrites this file itself; we append to it.
-        client.load_system_host_keys(str(runner_known_hosts()))
+    """Both files' keys into the client. Lines paramiko cannot read (OpenSSH's @cert-authority and
+    @revoked markers, unknown key types) are skipped one by one instead of failing the whole file."""
+    known = client.get_host_keys()
+    for path in (user_known_hosts(), runner_known_hosts()):
+        for line in _readable_lines(path):
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+            except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError, binascii.Error):
+                continue
+            for name in entry.hostnames if entry else []:
+                known.add(name, entry.key.get_name(), entry.key)
+
+
+def _readable_lines(path: Path) -> list[str]:
+    """known_hosts lines paramiko can read: marker lines (@cert-authority, @revoked) are OpenSSH's
+    alone and make paramiko fail on the whole file, so they are left to OpenSSH."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("#", "@"))]
 
 
 class PinNewHost(paramiko.MissingHostKeyPolicy):

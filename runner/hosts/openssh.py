@@ -17,6 +17,7 @@ from runner.errors import HostUnreachable, RunnerError
 from runner.hosts.base import SyncStats
 from runner.hosts.keys import runner_known_hosts, user_known_hosts
 from runner.hostsfile import SSH_TARGET, SshHostEntry
+from runner.syncignore import rsync_patterns
 
 RSYNC_TRANSIENT_EXIT_CODES = {10, 12, 30, 35, 255}  # socket I/O, protocol stream, timeouts, ssh failed
 
@@ -59,10 +60,12 @@ def write_ssh_config() -> Path:
 
 def rsync_push(target: str, ssh_options: list[str], source: Path, dest: str, exclude: Sequence[str]) -> SyncStats:
     argv = [
-        "rsync", "--archive", "--stats", "--partial",
+        "rsync", "--archive", "--stats",
+        "--partial-dir=.rsync-partial",        # an interrupted file resumes from here, never under its name
+        "--delay-updates",                     # files take their final names together, at the end
         "--protect-args",                      # remote paths are not reinterpreted by the remote shell
         "--rsh", shlex.join(["ssh", *ssh_options]),
-        *[f"--exclude={pattern}" for pattern in exclude],
+        *[f"--exclude={pattern}" for pattern in rsync_patterns(exclude)],
         f"{source}/", f"{target}:{dest}/",
     ]  # fmt: skip
     started = time.monotonic()

@@ -35,9 +35,12 @@ def sftp_push(sftp: paramiko.SFTPClient, source: Path, dest: str, exclude: Seque
             if there is not None and there.st_size == info.st_size and there.st_mtime == int(info.st_mtime):
                 continue
             remote = posixpath.join(remote_folder, name)
-            sftp.put(str(local), remote)
-            sftp.utime(remote, (int(info.st_atime), int(info.st_mtime)))
-            sftp.chmod(remote, stat.S_IMODE(info.st_mode))
+            # Uploaded beside its final name, then renamed: a broken push never leaves a torn file there.
+            partial = posixpath.join(remote_folder, f".{name}.runner-partial")
+            sftp.put(str(local), partial)
+            sftp.utime(partial, (int(info.st_atime), int(info.st_mtime)))
+            sftp.chmod(partial, stat.S_IMODE(info.st_mode))
+            sftp.posix_rename(partial, remote)
             files_sent += 1
             bytes_sent += info.st_size
     return SyncStats("sftp", files_sent, bytes_sent, time.monotonic() - started)

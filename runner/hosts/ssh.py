@@ -18,7 +18,7 @@ from pathlib import Path
 import fabric
 import paramiko
 
-from runner.errors import HostUnreachable
+from runner.errors import HostUnreachable, NotFound, RunnerError
 from runner.hosts.base import CommandResult, SyncStats
 from runner.hosts.openssh import openssh_argv, rsync_push
 from runner.hosts.sftpsync import sftp_push
@@ -93,14 +93,27 @@ class SshHost:
         self.run(["mkdir", "-p", "--", dest]).check()
         if self._uses_rsync():
             return rsync_push(self.openssh_target(), self.openssh_options(), source, dest, exclude)
-        return sftp_push(self.sftp(), source, dest, exclude)
+        try:
+            return sftp_push(self.sftp(), source, dest, exclude)
+        except (OSError, paramiko.SSHException, EOFError) as error:
+            raise self._link_error(error, f"pushing {source}") from None
 
     def get_file(self, path: str, local: Path) -> None:
         try:
             self.sftp().get(path, str(local))
-        except (socket.timeout, paramiko.SSHException, EOFError) as error:
+        except FileNotFoundError:
+            raise NotFound(f"host '{self.name}': {path} is gone") from None
+        except (OSError, paramiko.SSHException, EOFError) as error:
+            raise self._link_error(error, f"copying {path}") from None
+
+    def _link_error(self, error: BaseException, doing: str) -> Exception:
+        """A dropped link during SFTP surfaces as SSH or socket errors, or 'Socket is closed'; a local
+        problem (a full disk, a permission) is reported as itself."""
+        link_errors = (socket.timeout, ConnectionError, paramiko.SSHException, EOFError)
+        if isinstance(error, link_errors) or str(error) == "Socket is closed":
             self.close()
-            raise HostUnreachable(f"host '{self.name}': connection lost copying {path}: {describe(error)}") from None
+            return HostUnreachable(f"host '{self.name}': connection lost {doing}: {describe(error)}")
+        return RunnerError(f"host '{self.name}': {doing}: {describe(error)}")
 
     # OpenSSH, for rsync and interactive attach
 

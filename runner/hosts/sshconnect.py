@@ -36,8 +36,8 @@ TRANSIENT_ERRNOS = {
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, (HostKeyRejected, paramiko.AuthenticationException, paramiko.BadHostKeyException)):
         return False
-    if isinstance(error, (paramiko.ssh_exception.NoValidConnectionsError, socket.timeout, EOFError)):
-        return True
+    if isinstance(error, (paramiko.ssh_exception.NoValidConnectionsError, socket.timeout, socket.gaierror, EOFError)):
+        return True  # gaierror: no DNS on a laptop off the network is the same "try again" as no route
     if isinstance(error, OSError):
         return error.errno in TRANSIENT_ERRNOS or isinstance(error, ConnectionError)
     if isinstance(error, paramiko.SSHException):

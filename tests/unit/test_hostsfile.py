@@ -80,3 +80,22 @@ def test_transient_failures_are_retried(error: BaseException) -> None:
 )
 def test_authentication_and_key_failures_are_never_retried(error: BaseException) -> None:
     assert not is_transient(error)
+
+
+def test_known_hosts_marker_lines_do_not_break_the_others(config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.hosts.keys import load_known_hosts
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    key = paramiko.RSAKey.generate(1024)
+    (home / ".ssh" / "known_hosts").write_text(
+        f"@cert-authority *.corp {key.get_name()} {key.get_base64()}\n"
+        f"@revoked old.example {key.get_name()} {key.get_base64()}\n"
+        "broken.example ssh-ed25519 not-base64!!\n"
+        f"[gpubox]:2222 {key.get_name()} {key.get_base64()}\n"
+    )
+    client = paramiko.SSHClient()
+    load_known_hosts(client)
+    assert client.get_host_keys().lookup("[gpubox]:2222")[key.get_name()] == key
+    assert client.get_host_keys().lookup("old.example") is None

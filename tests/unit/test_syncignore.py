@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import subprocess
+
 import pytest
 
-from runner.syncignore import ALWAYS_EXCLUDED, is_excluded, load_excludes
+from runner.syncignore import ALWAYS_EXCLUDED, is_excluded, load_excludes, rsync_patterns
 
 
 def test_load_excludes_without_a_runnerignore(tmp_path: Path) -> None:
@@ -99,3 +101,37 @@ def test_a_real_copy_leaves_out_what_the_patterns_name(tmp_path: Path) -> None:
     LocalHost().put_tree(source, str(dest), load_excludes(source))
     copied = sorted(path.relative_to(dest).as_posix() for path in dest.rglob("*") if path.is_file())
     assert copied == ["data/labels/a.txt", "sub/data/raw/b.jpg", "train.py"]
+
+
+@pytest.mark.parametrize(
+    ("path", "excluded"),
+    [
+        ("weights/a.pt", True),
+        ("weights/a/b.pt", False),  # '*' does not cross '/', as in rsync and git
+        ("sub/weights/x.pt", False),  # a pattern with '/' is anchored at the top
+        ("runs/x/y/events.out", True),
+        ("runs/events.out", True),  # '**' also matches no folder at all
+    ],
+)
+def test_anchored_globs_behave_as_rsync_and_git_do(path: str, excluded: bool) -> None:
+    assert is_excluded(path, ["weights/*.pt", "runs/**/events.out"]) is excluded
+
+
+def test_rsync_gets_the_same_patterns_with_its_anchor() -> None:
+    assert rsync_patterns(["*.pt", "weights/*.pt", "/build/", ".git"]) == ["*.pt", "/weights/*.pt", "/build", ".git"]
+
+
+def test_rsync_and_the_sftp_and_local_paths_leave_out_the_same_files(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    files = ["weights/a.pt", "weights/a/b.pt", "sub/weights/x.pt", "runs/x/y/events.out", "runs/events.out",
+             "data/raw/img.jpg", "src/build/keep.o", "build/drop.o", "notes.tmp", "deep/notes.tmp", "main.py"]  # fmt: skip
+    for rel in files:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_text(rel)
+    patterns = ["weights/*.pt", "runs/**/events.out", "data/raw", "/build/", "*.tmp"]
+    dest = tmp_path / "dest"
+    argv = ["rsync", "-a", *[f"--exclude={p}" for p in rsync_patterns(patterns)], f"{source}/", f"{dest}/"]
+    subprocess.run(argv, check=True)
+    copied = sorted(str(path.relative_to(dest)) for path in dest.rglob("*") if path.is_file())
+    assert copied == sorted(rel for rel in files if not is_excluded(rel, patterns))
+    assert copied == ["main.py", "src/build/keep.o", "sub/weights/x.pt", "weights/a/b.pt"]
