@@ -19,7 +19,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_afte
 
 from runner.errors import HostKeyRejected, HostUnreachable, RunnerError
 from runner.hosts.keys import PinNewHost, changed_key_error, load_known_hosts
-from runner.hostsfile import SshHostEntry
+from runner.hostsfile import SSH_TARGET, SshHostEntry
 
 # paramiko logs every failed attempt with a traceback; runner reports failures itself, in one line.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -81,8 +81,16 @@ def _connect_once(name: str, entry: SshHostEntry, trust_new: bool) -> fabric.Con
     }
     if entry.identity:
         connect_kwargs["key_filename"] = [os.path.expanduser(entry.identity)]
+    # Split user@host:port here: fabric reads "[v6addr]:port" as a host name on port 22.
+    target = SSH_TARGET.match(entry.ssh)
+    if target is None:  # hosts.yaml validation refuses such targets; a hand-made entry may not have been
+        raise RunnerError(f"host '{name}': '{entry.ssh}' is not user@host[:port] or an ssh config alias")
     connection = fabric.Connection(
-        entry.ssh, connect_timeout=max(1, round(entry.connect_timeout)), connect_kwargs=connect_kwargs
+        target["host"].strip("[]"),
+        user=target["user"],
+        port=int(target["port"]) if target["port"] else None,
+        connect_timeout=max(1, round(entry.connect_timeout)),
+        connect_kwargs=connect_kwargs,
     )
     for hop in _hops(connection):
         # fabric's default is AutoAddPolicy: any key, silently. Ours verifies, or records when told to.
