@@ -137,7 +137,9 @@ def fetch(artifact: str, job_ref: str | None, dest: Path | None, as_json: bool) 
         f" in {result.seconds:.2f}s"
     )
     for path in result.refused:
-        render.stderr.print(f"refused {path}: it leads outside the job's workdir", markup=False)
+        render.stderr.print(f"refused {path}: it leads outside the job's workdir or the destination", markup=False)
+    for path in result.changing:
+        render.stderr.print(f"skipped {path}: still being written on the host; the next fetch takes it", markup=False)
 
 
 @cli.command()

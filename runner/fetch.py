@@ -1,34 +1,29 @@
-"""fetch: copy an artifact set from a job's host, verified by sha256, never torn under its final name.
+"""fetch: copy an artifact set from a job's host: only what changed, resumable, verified by sha256.
 
-Each file is copied to NAME.part, hashed, and renamed into place only when its hash matches the
-host's manifest. A file rewritten on the host while it was copied (last.pt at every epoch end)
-fails the hash and is listed and copied again.
+One command on the host lists the set (its hashes cached there by size and mtime); the destination
+keeps a manifest of what it already holds, so a second fetch with nothing changed moves no byte and
+costs that one round trip, however many files there are. Names from the host are checked before
+anything is written: no path leaves the destination.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from runner.download import Changed, RemoteFile, download
 from runner.errors import NotFound, RunnerError
 from runner.hosts import Host, get_host
 from runner.layout import JobLayout, agent_argv
 from runner.state import Job
 
-ATTEMPTS_PER_FILE = 3
-MANIFEST_SECONDS = 3600  # hashing hundreds of checkpoints can take long; the SSH keepalive catches a dead link
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    size: int
-    sha256: str
+ROUNDS_PER_FILE = 3  # a file rewritten during each of its copies is reported, not fetched torn
+MANIFEST_SECONDS = 3600  # hashing hundreds of new checkpoints takes time; the SSH keepalive catches a dead link
+LOCAL_MANIFEST = ".runner-manifest.json"
 
 
 @dataclass(frozen=True)
@@ -45,7 +40,8 @@ class FetchResult:
     artifact: str
     dest: Path
     files: list[FetchedFile]
-    refused: list[str]
+    refused: list[str]  # names that would leave the destination or the host's root
+    changing: list[str]  # files still being written on the host: left for the next fetch
     seconds: float
 
     @property
@@ -61,54 +57,95 @@ def fetch(job: Job, artifact: str, dest: Path) -> FetchResult:
     if not job.job_dir:
         raise NotFound(f"job {job.id} never reached its host: there is nothing to fetch")
     host = get_host(job.host)
-    work = JobLayout(job.job_dir).work
     started = time.monotonic()
-    listed, refused = _manifest(host, work, globs)
-    files = [_fetch_one(host, work, remote, dest) for remote in listed]
-    return FetchResult(job.id, artifact, dest, files, refused, time.monotonic() - started)
+    listed, refused = list_remote(host, JobLayout(job.job_dir).work, globs)
+    files, changing = fetch_files(host, JobLayout(job.job_dir).work, listed, dest, refused)
+    return FetchResult(job.id, artifact, dest, files, sorted(refused), changing, time.monotonic() - started)
 
 
-def _manifest(host: Host, root: str, globs: list[str]) -> tuple[list[RemoteFile], list[str]]:
-    answer = json.loads(host.run(agent_argv(host, "manifest", root, *globs), timeout=MANIFEST_SECONDS).check().text)
-    files = [RemoteFile(item["path"], item["size"], item["sha256"]) for item in answer["files"]]
-    safe = [item for item in files if _is_safe_relative(item.path)]
-    unsafe = [item.path for item in files if not _is_safe_relative(item.path)]
-    return safe, sorted(answer["refused"] + unsafe)
+def list_remote(host: Host, root: str, globs: list[str]) -> tuple[list[RemoteFile], list[str]]:
+    command = agent_argv(host, "manifest", root, *globs)
+    answer = json.loads(host.run(command, timeout=MANIFEST_SECONDS).check().text)
+    files = [RemoteFile(item["path"], item["size"], item["sha256"], item.get("stable", True)) for item in answer["files"]]
+    return files, list(answer["refused"])
 
 
-def _fetch_one(host: Host, root: str, remote: RemoteFile, dest: Path) -> FetchedFile:
-    final = dest / remote.path
-    if final.is_file() and final.stat().st_size == remote.size and _sha256(final) == remote.sha256:
-        return FetchedFile(remote.path, remote.size, remote.sha256, copied=False)
+def fetch_files(
+    host: Host, root: str, listed: list[RemoteFile], dest: Path, refused: list[str]
+) -> tuple[list[FetchedFile], list[str]]:
+    """Bring every listed file to dest; unsafe names go to `refused`, unsettled ones are returned."""
+    have = LocalManifest(dest)
+    fetched, changing = [], []
+    for remote in listed:
+        final = safe_destination(dest, remote.path)
+        if final is None:
+            refused.append(remote.path)
+        elif have.holds(remote, final):
+            fetched.append(FetchedFile(remote.path, remote.size, remote.sha256, copied=False))
+        elif not remote.stable:
+            changing.append(remote.path)
+        else:
+            got = _fetch_one(host, root, remote, final)
+            have.record(got, final)
+            fetched.append(FetchedFile(got.path, got.size, got.sha256, copied=True))
+    have.save()
+    return fetched, changing
+
+
+def safe_destination(dest: Path, name: str) -> Path | None:
+    """Where name goes under dest, or None when it would land outside it (.., absolute, via a symlink)."""
+    pure = PurePosixPath(name)
+    if not name or pure.is_absolute() or ".." in pure.parts or "\0" in name:
+        return None
+    final = dest.joinpath(*pure.parts)
+    root = dest.resolve()
+    # The parent as it resolves now: a symlink inside dest must not carry the write elsewhere.
+    if not final.parent.resolve().is_relative_to(root) or final.is_symlink():
+        return None
+    return final
+
+
+def _fetch_one(host: Host, root: str, remote: RemoteFile, final: Path) -> RemoteFile:
     final.parent.mkdir(parents=True, exist_ok=True)
-    part = final.with_name(final.name + ".part")
-    for _ in range(ATTEMPTS_PER_FILE):
-        host.get_file(str(PurePosixPath(root, remote.path)), part)
-        digest = _sha256(part)
-        if digest == remote.sha256:
-            os.replace(part, final)
-            return FetchedFile(remote.path, remote.size, digest, copied=True)
-        # Rewritten while we copied: list it again and take the new version.
-        remote = _relist(host, root, remote.path)
-    part.unlink(missing_ok=True)
-    raise RunnerError(f"{remote.path}: changed on the host during each of {ATTEMPTS_PER_FILE} copies; try again")
+    for _ in range(ROUNDS_PER_FILE):
+        try:
+            download(host, str(PurePosixPath(root, remote.path)), remote, final)
+            return remote
+        except Changed:
+            remote = _relist(host, root, remote.path)  # rewritten while copied: take the new version
+    raise RunnerError(f"{remote.path}: changed on the host during each of {ROUNDS_PER_FILE} copies; try again")
 
 
 def _relist(host: Host, root: str, rel_path: str) -> RemoteFile:
-    listed, _ = _manifest(host, root, [glob.escape(rel_path)])
+    listed, _ = list_remote(host, root, [glob.escape(rel_path)])
     if not listed:
         raise NotFound(f"{rel_path}: disappeared from the host while it was being fetched")
     return listed[0]
 
 
-def _is_safe_relative(path: str) -> bool:
-    pure = PurePosixPath(path)
-    return bool(path) and not pure.is_absolute() and ".." not in pure.parts
+class LocalManifest:
+    """What dest already holds: path -> [size, mtime_ns, sha256], trusted while size and mtime match."""
 
+    def __init__(self, dest: Path) -> None:
+        self.path = dest / LOCAL_MANIFEST
+        try:
+            self.entries: dict[str, list] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    def holds(self, remote: RemoteFile, final: Path) -> bool:
+        entry = self.entries.get(remote.path)
+        if not entry or not final.is_file() or entry[2] != remote.sha256:
+            return False
+        stat = final.stat()
+        return [stat.st_size, stat.st_mtime_ns] == entry[:2]
+
+    def record(self, remote: RemoteFile, final: Path) -> None:
+        stat = final.stat()
+        self.entries[remote.path] = [stat.st_size, stat.st_mtime_ns, remote.sha256]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f"{LOCAL_MANIFEST}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(self.entries))
+        os.replace(temporary, self.path)

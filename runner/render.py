@@ -136,6 +136,7 @@ def fetch_document(result: FetchResult) -> dict[str, Any]:
             for item in result.files
         ],
         "refused": result.refused,
+        "changing": result.changing,
         "bytes_copied": result.bytes_copied,
         "seconds": round(result.seconds, 3),
     }

@@ -6,7 +6,7 @@ never shell strings, so user data cannot be reinterpreted by a shell on the way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +63,7 @@ class Host(Protocol):
         files already there with the same size and modification time are not sent again."""
         ...
 
-    def get_file(self, path: str, local: Path) -> None:
-        """Copy one file from the host to a local path."""
+    def read_into(self, path: str, offset: int, sink: Callable[[bytes], None]) -> None:
+        """Stream the file's bytes from offset to its end into sink, in large chunks.
+        Raises HostUnreachable when the link drops (the caller resumes), NotFound when it is gone."""
         ...

@@ -8,12 +8,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from runner import paths
+from runner.errors import NotFound
 from runner.hosts.base import CommandResult, SyncStats
 from runner.syncignore import is_excluded
+
+
+CHUNK_BYTES = 4 * 1024 * 1024
 
 
 class LocalHost:
@@ -65,8 +69,14 @@ class LocalHost:
         shutil.copytree(source, dest, ignore=ignored, symlinks=True, dirs_exist_ok=True, copy_function=copy_if_changed)
         return SyncStats("copy", sent[0], sent[1], time.monotonic() - started)
 
-    def get_file(self, path: str, local: Path) -> None:
-        shutil.copyfile(path, local)
+    def read_into(self, path: str, offset: int, sink: Callable[[bytes], None]) -> None:
+        try:
+            with open(path, "rb") as source:
+                source.seek(offset)
+                for block in iter(lambda: source.read(CHUNK_BYTES), b""):
+                    sink(block)
+        except FileNotFoundError:
+            raise NotFound(f"{path} is gone") from None
 
 
 def _host_environment() -> dict[str, str]:

@@ -7,18 +7,19 @@ import re
 import shlex
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from runner import paths
-from runner.errors import HostUnreachable, RunnerError
+from runner.errors import HostUnreachable, NotFound, RunnerError
 from runner.hosts.base import SyncStats
 from runner.hosts.keys import runner_known_hosts, user_known_hosts
 from runner.hostsfile import SSH_TARGET, SshHostEntry
 from runner.syncignore import rsync_patterns
 
+STREAM_CHUNK_BYTES = 4 * 1024 * 1024
 RSYNC_TRANSIENT_EXIT_CODES = {10, 12, 30, 35, 255}  # socket I/O, protocol stream, timeouts, ssh failed
 
 
@@ -46,6 +47,9 @@ def write_ssh_config() -> Path:
         "    ServerAliveInterval 15",               # notice a dead link instead of hanging on it
         "    ServerAliveCountMax 4",
         "    ConnectTimeout 15",
+        # AES-GCM runs on the CPU's AES instructions: on most machines it moves bulk data faster than
+        # OpenSSH's default chacha20-poly1305; chacha20 stays acceptable for hosts without them.
+        "    Ciphers aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com",
     ]
     user_config = Path("~/.ssh/config").expanduser()
     if user_config.is_file():
@@ -56,6 +60,21 @@ def write_ssh_config() -> Path:
     temporary.write_text("\n".join(lines) + "\n")
     os.replace(temporary, path)
     return path
+
+
+def stream_openssh(host_name: str, argv: list[str], path: str, sink: Callable[[bytes], None]) -> None:
+    """Run argv (an ssh command that prints a file) and hand its output to sink as it comes."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        for block in iter(lambda: process.stdout.read1(STREAM_CHUNK_BYTES), b""):
+            sink(block)
+        stderr = process.stderr.read().decode("utf-8", "replace")
+        code = process.wait()
+    if code == 255:  # ssh's own failure: the link, not the command
+        raise HostUnreachable(f"host '{host_name}': connection lost copying {path}: {_last_line(stderr)}")
+    if code != 0 and "No such file" in stderr:
+        raise NotFound(f"host '{host_name}': {path} is gone")
+    if code != 0:
+        raise RunnerError(f"host '{host_name}': copying {path} failed: {_last_line(stderr)}")
 
 
 def rsync_push(target: str, ssh_options: list[str], source: Path, dest: str, exclude: Sequence[str]) -> SyncStats:

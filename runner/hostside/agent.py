@@ -84,8 +84,10 @@ def probe(job_dirs):
 
 
 def manifest(root, patterns):
-    """Regular files under root matching the globs; anything resolving outside root is refused."""
+    """Regular files under root matching the globs; anything resolving outside root is refused.
+    Hashes are cached by (path, size, mtime): an unchanged 2 GB checkpoint is not read again."""
     real_root = os.path.realpath(root)
+    cache = HashCache(real_root)
     files, refused = {}, []
     for pattern in patterns:
         for path in glob.glob(os.path.join(glob.escape(root), pattern), recursive=True):
@@ -95,8 +97,38 @@ def manifest(root, patterns):
                 refused.append(rel)
                 continue
             if os.path.isfile(path) and rel not in files:
-                files[rel] = _describe_file(path, rel)
+                files[rel] = _describe_file(path, rel, cache)
+    cache.save()
     return {"root": root, "files": [files[rel] for rel in sorted(files)], "refused": sorted(set(refused))}
+
+
+class HashCache(object):
+    """sha256 by (relative path, size, mtime_ns), one JSON file per root beside the agent."""
+
+    def __init__(self, real_root):
+        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hashcache")
+        self.path = os.path.join(folder, hashlib.sha1(real_root.encode()).hexdigest() + ".json")
+        self.entries = _read_json(self.path) or {}
+        self.changed = False
+
+    def get(self, rel, stat):
+        entry = self.entries.get(rel)
+        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
+            return entry[2]
+        return None
+
+    def put(self, rel, stat, digest):
+        self.entries[rel] = [stat.st_size, stat.st_mtime_ns, digest]
+        self.changed = True
+
+    def save(self):
+        if not self.changed:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        temporary = "%s.%d.tmp" % (self.path, os.getpid())
+        with open(temporary, "w") as handle:
+            json.dump(self.entries, handle)
+        os.replace(temporary, self.path)
 
 
 def job_ids_with_processes():
@@ -200,13 +232,31 @@ def _number(text):
         return None
 
 
-def _describe_file(path, rel):
+SETTLE_SECONDS = 1.0  # a file written this recently may still be being written (torch.save is not atomic)
+HASH_ATTEMPTS = 3
+
+
+def _describe_file(path, rel, cache):
+    """Size, mtime and sha256 of a file that held still while it was hashed; "stable": false if it
+    kept changing (the controller then leaves it for the next round rather than copy a torn file)."""
+    for _ in range(HASH_ATTEMPTS):
+        before = os.stat(path)
+        digest = cache.get(rel, before) or _sha256(path)
+        after = os.stat(path)
+        settled = time.time() - after.st_mtime >= SETTLE_SECONDS
+        if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and settled:
+            cache.put(rel, after, digest)
+            return {"path": rel, "size": after.st_size, "mtime": after.st_mtime, "sha256": digest, "stable": True}
+        time.sleep(SETTLE_SECONDS)
+    return {"path": rel, "size": after.st_size, "mtime": after.st_mtime, "sha256": digest, "stable": False}
+
+
+def _sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        stat = os.fstat(handle.fileno())
         for block in iter(lambda: handle.read(1024 * 1024), b""):
             digest.update(block)
-    return {"path": rel, "size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
 
 
 def _pids():
