@@ -1,23 +1,27 @@
 """One file from a host to here: resumable, verified, never torn under its final name.
 
-Bytes go to NAME.part (appended from where an interrupted copy stopped), hashed as they arrive;
-the file takes its final name only when its sha256 matches the host's manifest. A dropped link is
-retried and resumes; a file that changed on the host (last.pt at every epoch end) starts over.
+Bytes go to NAME.part (appended from where an interrupted copy stopped) while a second thread
+hashes the part file as it grows; the file takes its final name only when its sha256 matches the
+host's manifest. A dropped link is retried and resumes; a file that changed on the host (last.pt
+at every epoch end) starts over.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from runner.errors import HostUnreachable, RunnerError
+from runner.errors import HostUnreachable
 from runner.hosts import Host
 
 LINK_ATTEMPTS = 6
+HASH_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,53 +39,54 @@ class Changed(Exception):
 def download(host: Host, remote_path: str, expected: RemoteFile, final: Path) -> None:
     """Copy remote_path to final through final.part; raises Changed if the bytes are not `expected`."""
     part = final.with_name(final.name + ".part")
+    if part.exists() and part.stat().st_size > expected.size:
+        part.unlink()  # left by a copy of another version: useless to resume from
+    hasher = _GrowingFileHasher(part)
     retrying = Retrying(
         retry=retry_if_exception_type(HostUnreachable),
         stop=stop_after_attempt(LINK_ATTEMPTS),
         wait=wait_random_exponential(multiplier=0.5, max=10),
         reraise=True,
     )
-    digest = retrying(_copy_resuming, host, remote_path, expected, part)
+    try:
+        retrying(_append_missing, host, remote_path, part)
+    finally:
+        digest = hasher.finish()
     if digest != expected.sha256 or part.stat().st_size != expected.size:
         part.unlink(missing_ok=True)  # a torn or newer copy: never kept, and never resumed from
         raise Changed(expected.path)
     os.replace(part, final)
 
 
-def _copy_resuming(host: Host, remote_path: str, expected: RemoteFile, part: Path) -> str:
-    """Append what part lacks; returns the sha256 of the whole part file."""
-    digest = hashlib.sha256()
-    offset = _hash_existing(part, digest, expected.size)
+def _append_missing(host: Host, remote_path: str, part: Path) -> None:
     with part.open("ab") as out:
-
-        def sink(block: bytes) -> None:
-            out.write(block)
-            digest.update(block)
-            if out.tell() > expected.size:
-                raise _Grew()
-
-        try:
-            host.read_into(remote_path, offset, sink)
-        except _Grew:
-            pass  # it grew on the host: the hash check fails and the caller starts over
-        except HostUnreachable:
-            out.flush()  # what arrived stays, for the retry to resume from
-            raise
-    return digest.hexdigest()
+        host.read_into(remote_path, out.tell(), out)  # what arrived before a drop stays for the retry
 
 
-class _Grew(RunnerError):
-    pass
+class _GrowingFileHasher:
+    """Hashes a file while another writer appends to it, so verifying costs no second pass."""
 
+    def __init__(self, path: Path) -> None:
+        path.touch()
+        self._source = path.open("rb")
+        self._digest = hashlib.sha256()
+        self._writer_done = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
 
-def _hash_existing(part: Path, digest: "hashlib._Hash", size_limit: int) -> int:
-    """Hash what an earlier attempt left in part; returns where to resume."""
-    if not part.exists():
-        return 0
-    if part.stat().st_size > size_limit:
-        part.unlink()
-        return 0
-    with part.open("rb") as existing:
-        for block in iter(lambda: existing.read(4 * 1024 * 1024), b""):
-            digest.update(block)
-        return existing.tell()
+    def finish(self) -> str:
+        self._writer_done.set()
+        self._thread.join()
+        self._source.close()
+        return self._digest.hexdigest()
+
+    def _follow(self) -> None:
+        while True:
+            done = self._writer_done.is_set()  # read before the chunk: the last one is never missed
+            block = self._source.read(HASH_CHUNK_BYTES)
+            if block:
+                self._digest.update(block)
+            elif done:
+                return
+            else:
+                time.sleep(0.005)

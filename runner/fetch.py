@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from runner.download import Changed, RemoteFile, download
+from runner.smallfiles import SMALL_FILE_BYTES, fetch_small_files
 from runner.errors import NotFound, RunnerError
 from runner.hosts import Host, get_host
 from runner.layout import JobLayout, agent_argv
@@ -75,7 +76,7 @@ def fetch_files(
 ) -> tuple[list[FetchedFile], list[str]]:
     """Bring every listed file to dest; unsafe names go to `refused`, unsettled ones are returned."""
     have = LocalManifest(dest)
-    fetched, changing = [], []
+    fetched, changing, wanted = [], [], []
     for remote in listed:
         final = safe_destination(dest, remote.path)
         if final is None:
@@ -85,9 +86,14 @@ def fetch_files(
         elif not remote.stable:
             changing.append(remote.path)
         else:
-            got = _fetch_one(host, root, remote, final)
-            have.record(got, final)
-            fetched.append(FetchedFile(got.path, got.size, got.sha256, copied=True))
+            wanted.append((remote, final))
+    # Small files come in a few tar streams (one round trip per batch); whatever a batch could not
+    # deliver verified, and every large file, is copied one by one, resumably.
+    batched = fetch_small_files(host, root, [pair for pair in wanted if pair[0].size <= SMALL_FILE_BYTES])
+    one_by_one = [(_fetch_one(host, root, remote, final), final) for remote, final in wanted if (remote, final) not in batched]
+    for got, final in batched + one_by_one:
+        have.record(got, final)
+        fetched.append(FetchedFile(got.path, got.size, got.sha256, copied=True))
     have.save()
     return fetched, changing
 

@@ -6,10 +6,10 @@ never shell strings, so user data cannot be reinterpreted by a shell on the way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from runner.errors import CommandFailed
 
@@ -63,7 +63,7 @@ class Host(Protocol):
         files already there with the same size and modification time are not sent again."""
         ...
 
-    def read_into(self, path: str, offset: int, sink: Callable[[bytes], None]) -> None:
-        """Stream the file's bytes from offset to its end into sink, in large chunks.
+    def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
+        """Append the file's bytes from offset to its end to the open file out.
         Raises HostUnreachable when the link drops (the caller resumes), NotFound when it is gone."""
         ...

@@ -8,8 +8,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from runner import paths
 from runner.errors import NotFound
@@ -69,12 +70,11 @@ class LocalHost:
         shutil.copytree(source, dest, ignore=ignored, symlinks=True, dirs_exist_ok=True, copy_function=copy_if_changed)
         return SyncStats("copy", sent[0], sent[1], time.monotonic() - started)
 
-    def read_into(self, path: str, offset: int, sink: Callable[[bytes], None]) -> None:
+    def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
         try:
             with open(path, "rb") as source:
                 source.seek(offset)
-                for block in iter(lambda: source.read(CHUNK_BYTES), b""):
-                    sink(block)
+                shutil.copyfileobj(source, out, CHUNK_BYTES)
         except FileNotFoundError:
             raise NotFound(f"{path} is gone") from None
 

@@ -7,8 +7,9 @@ import re
 import shlex
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -19,7 +20,6 @@ from runner.hosts.keys import runner_known_hosts, user_known_hosts
 from runner.hostsfile import SSH_TARGET, SshHostEntry
 from runner.syncignore import rsync_patterns
 
-STREAM_CHUNK_BYTES = 4 * 1024 * 1024
 RSYNC_TRANSIENT_EXIT_CODES = {10, 12, 30, 35, 255}  # socket I/O, protocol stream, timeouts, ssh failed
 
 
@@ -62,13 +62,11 @@ def write_ssh_config() -> Path:
     return path
 
 
-def stream_openssh(host_name: str, argv: list[str], path: str, sink: Callable[[bytes], None]) -> None:
-    """Run argv (an ssh command that prints a file) and hand its output to sink as it comes."""
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
-        for block in iter(lambda: process.stdout.read1(STREAM_CHUNK_BYTES), b""):
-            sink(block)
-        stderr = process.stderr.read().decode("utf-8", "replace")
-        code = process.wait()
+def stream_openssh(host_name: str, argv: list[str], path: str, out: BinaryIO) -> None:
+    """Run argv (an ssh command that prints a file) with its output going straight into out."""
+    out.flush()
+    completed = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, check=False)
+    stderr, code = completed.stderr.decode("utf-8", "replace"), completed.returncode
     if code == 255:  # ssh's own failure: the link, not the command
         raise HostUnreachable(f"host '{host_name}': connection lost copying {path}: {_last_line(stderr)}")
     if code != 0 and "No such file" in stderr:

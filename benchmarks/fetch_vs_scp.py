@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Fetch throughput: `runner fetch` of a 512 MiB checkpoint against OpenSSH `scp` of the same file,
+both from the same loopback sshd (a test-host container), measured in the same run.
+
+    .venv/bin/python benchmarks/fetch_vs_scp.py [--mib 512] [--rounds 3]
+
+Prints each timing and the ratio scp_seconds / runner_seconds (>= 1.0: runner is at least as fast).
+runner's time is the whole `runner fetch` command: process start, connect, manifest, copy, sha256
+check, rename. "warm" means the host already has the file's hash cached (as after an earlier fetch
+or listing); "cold" includes hashing 512 MiB on the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.testhost import TestHost, ensure_image, make_client_key, write_hosts_file  # noqa: E402
+
+RUNNER = str(Path(sys.executable).parent / "runner")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    ensure_image()
+    base = Path(tempfile.mkdtemp(prefix="bench-"))
+    host = TestHost.start(make_client_key(base))
+    try:
+        run_benchmark(base, host, args.mib, args.rounds)
+    finally:
+        host.remove()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_benchmark(base: Path, host: TestHost, mib: int, rounds: int) -> None:
+    env = {**os.environ, "RUNNER_HOME": str(base / "home"), "RUNNER_CONFIG_DIR": str(base / "config"),
+           "HOME": str(base / "user"), "TMUX_TMPDIR": str(base)}  # fmt: skip
+    (base / "user").mkdir()
+    write_hosts_file(base / "config", {"box": host.hosts_entry()})
+    runner(env, "hosts", "check", "box", "--trust-new-host")
+    job_file = base / "work" / "bench.yaml"
+    job_file.parent.mkdir()
+    job_file.write_text(
+        "name: bench\nrun: mkdir -p runs/bench/weights && "
+        f"head -c {mib}M /dev/urandom > runs/bench/weights/last.pt\n"
+    )
+    job_id = runner(env, "submit", str(job_file), "--host", "box").strip()
+    wait_finished(env, job_id)
+    remote = f"/home/trainer/.runner/jobs/{job_id}/work/runs/bench/weights/last.pt"
+    cold = timed_fetch(env, job_id, base / "cold")  # also warms the host's hash cache
+    runner_times, scp_times, scp_gcm_times = [], [], []
+    for round_number in range(rounds):
+        runner_times.append(timed_fetch(env, job_id, base / f"runner{round_number}"))
+        scp_times.append(timed_scp(host, remote, base / f"scp{round_number}", []))
+        scp_gcm_times.append(timed_scp(host, remote, base / f"scpgcm{round_number}", ["-c", "aes128-gcm@openssh.com"]))
+    show(mib, cold, runner_times, scp_times, scp_gcm_times)
+
+
+def show(mib: int, cold: float, runner_times: list[float], scp_times: list[float], scp_gcm: list[float]) -> None:
+    runner_s, scp_s, gcm_s = (statistics.median(times) for times in (runner_times, scp_times, scp_gcm))
+    print(f"file: {mib} MiB, medians of {len(runner_times)} rounds")
+    print(f"runner fetch (cold, hashes on the host): {cold:6.2f} s  {mib / cold:7.1f} MiB/s")
+    print(f"runner fetch (warm):                     {runner_s:6.2f} s  {mib / runner_s:7.1f} MiB/s  {runner_times}")
+    print(f"scp (OpenSSH defaults):                  {scp_s:6.2f} s  {mib / scp_s:7.1f} MiB/s  {scp_times}")
+    print(f"scp -c aes128-gcm:                       {gcm_s:6.2f} s  {mib / gcm_s:7.1f} MiB/s  {scp_gcm}")
+    print(f"ratio vs scp defaults (scp s / runner s): warm {scp_s / runner_s:.2f}x, cold {scp_s / cold:.2f}x")
+    print(f"ratio vs scp aes128-gcm:                  warm {gcm_s / runner_s:.2f}x")
+
+
+def runner(env: dict[str, str], *args: str) -> str:
+    return subprocess.run([RUNNER, *args], env=env, check=True, capture_output=True, text=True).stdout
+
+
+def wait_finished(env: dict[str, str], job_id: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = json.loads(runner(env, "status", job_id, "--json"))
+        if job["finished"]:
+            if job["state"] != "succeeded":
+                raise SystemExit(f"the job that writes the checkpoint ended {job['state']}")
+            return
+        time.sleep(0.5)
+    raise SystemExit("the job that writes the checkpoint did not finish in 120 s")
+
+
+def timed_fetch(env: dict[str, str], job_id: str, dest: Path) -> float:
+    started = time.monotonic()
+    result = json.loads(runner(env, "fetch", "weights", job_id, "--dest", str(dest), "--json"))
+    took = time.monotonic() - started
+    assert result["bytes_copied"] > 0 and not result["changing"], result
+    shutil.rmtree(dest)
+    return round(took, 3)
+
+
+def timed_scp(host: TestHost, remote: str, dest: Path, extra: list[str]) -> float:
+    dest.mkdir()
+    argv = ["scp", "-q", "-P", str(host.port), "-i", str(host.key), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", *extra, f"trainer@127.0.0.1:{remote}", str(dest / "last.pt")]  # fmt: skip
+    started = time.monotonic()
+    subprocess.run(argv, check=True)
+    took = time.monotonic() - started
+    shutil.rmtree(dest)
+    return round(took, 3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The fetch engine against the real local host and agent: round trips, resume, torn files, hostile names."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from runner.download import RemoteFile
+from runner.fetch import fetch_files, list_remote
+from runner.hosts import LocalHost
+
+
+class CountingHost(LocalHost):
+    """The real local host, counting what a remote host would see as round trips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commands: list[list[str]] = []
+        self.reads: list[tuple[str, int]] = []
+
+    def run(self, argv, stdin=None, timeout=60):  # type: ignore[no-untyped-def]
+        self.commands.append(list(argv))
+        return super().run(argv, stdin, timeout)
+
+    def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
+        self.reads.append((path, offset))
+        super().read_into(path, offset, out)
+
+
+@pytest.fixture(autouse=True)
+def runner_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
+    from runner.layout import install_hostside
+
+    install_hostside(LocalHost())
+
+
+def settled(path: Path, seconds_ago: float = 100) -> None:
+    """Back-date a file so the agent does not wait for it to settle."""
+    when = time.time() - seconds_ago
+    os.utime(path, (when, when))
+
+
+def fetch(host: CountingHost, root: Path, dest: Path, *globs: str) -> tuple[list, list, list]:
+    listed, refused = list_remote(host, str(root), list(globs))
+    fetched, changing = fetch_files(host, str(root), listed, dest, refused)
+    return fetched, refused, changing
+
+
+def test_a_thousand_small_files_cost_two_round_trips_then_one(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    for index in range(1000):
+        path = root / "runs" / f"{index % 10}" / f"f{index:04d}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"file {index}\n")
+        settled(path)
+    host = CountingHost()
+    fetched, _, _ = fetch(host, root, tmp_path / "dest", "runs/**/*.txt")
+    assert len(fetched) == 1000 and all(item.copied for item in fetched)
+    assert len(host.commands) == 2 and host.reads == []  # the manifest, one tar stream
+    assert (tmp_path / "dest" / "runs" / "7" / "f0417.txt").read_text() == "file 417\n"
+    host = CountingHost()
+    again, _, _ = fetch(host, root, tmp_path / "dest", "runs/**/*.txt")
+    assert not any(item.copied for item in again)
+    assert len(host.commands) == 1 and host.reads == []  # the manifest alone
+
+
+def test_an_interrupted_download_resumes_from_its_part_file(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    big = root / "w" / "last.pt"
+    big.parent.mkdir(parents=True)
+    content = os.urandom(20 * 1024 * 1024)
+    big.write_bytes(content)
+    settled(big)
+    dest = tmp_path / "dest"
+    (dest / "w").mkdir(parents=True)
+    (dest / "w" / "last.pt.part").write_bytes(content[: 7 * 1024 * 1024])  # what a dropped link left
+    host = CountingHost()
+    fetch(host, root, dest, "w/*.pt")
+    assert host.reads == [(str(big), 7 * 1024 * 1024)]
+    assert (dest / "w" / "last.pt").read_bytes() == content
+    assert not (dest / "w" / "last.pt.part").exists()
+
+
+class RewritingHost(CountingHost):
+    """Rewrites the file on the 'host' halfway through the first copy, as torch.save does to last.pt."""
+
+    def __init__(self, path: Path, new_content: bytes) -> None:
+        super().__init__()
+        self.path, self.new_content = path, new_content
+
+    def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
+        self.reads.append((path, offset))
+        if len(self.reads) == 1:
+            with open(path, "rb") as source:
+                out.write(source.read(len(self.new_content) // 2))
+            self.path.write_bytes(self.new_content)
+            settled(self.path, seconds_ago=50)  # a newer mtime, as a real rewrite has
+            with open(path, "rb") as source:
+                source.seek(len(self.new_content) // 2)
+                out.write(source.read())
+            return
+        LocalHost.read_into(self, path, offset, out)
+
+
+def test_a_file_rewritten_during_its_copy_is_never_kept_torn(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    target = root / "last.pt"
+    root.mkdir()
+    old, new = b"A" * 12_000_000, b"B" * 12_000_000
+    target.write_bytes(old)
+    settled(target)
+    dest = tmp_path / "dest"
+    host = RewritingHost(target, new)
+    fetched, _, _ = fetch(host, root, dest, "*.pt")
+    assert (dest / "last.pt").read_bytes() == new  # the torn A...B copy was dropped, B fetched whole
+    assert fetched[0].sha256 == hashlib.sha256(new).hexdigest()
+    assert len(host.reads) == 2 and host.reads[1][1] == 0  # started over, not resumed from torn bytes
+
+
+def test_hostile_names_write_nothing_outside_the_destination(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "escape").symlink_to(outside, target_is_directory=True)
+    root = tmp_path / "work"
+    root.mkdir()
+    listed = [
+        RemoteFile("../outside/a.pt", 1, "0" * 64),
+        RemoteFile("/tmp/abs.pt", 1, "0" * 64),
+        RemoteFile("escape/b.pt", 1, "0" * 64),
+        RemoteFile("ok/../../c.pt", 1, "0" * 64),
+    ]
+    refused: list[str] = []
+    fetched, _ = fetch_files(CountingHost(), str(root), listed, dest, refused)
+    assert fetched == [] and sorted(refused) == sorted(item.path for item in listed)
+    assert list(outside.iterdir()) == [] and not Path("/tmp/abs.pt").exists()
