@@ -16,7 +16,7 @@ from runner.cli_hosts import JSON_OPTION, TRUST_OPTION, hosts
 from runner.errors import NotFound, RunnerError, SpecError
 from runner.fetch import fetch as fetch_artifact
 from runner.logs import follow_log, read_log
-from runner.observe import refresh
+from runner.observe import refresh, refresh_one
 from runner.session import WINDOWS, attach_argv
 from runner.spec import JobSpec
 from runner.specfile import load_job
@@ -25,6 +25,27 @@ from runner.stop import stop as stop_job
 from runner.submit import submit as submit_job
 from runner.tunnel import tensorboard_url
 
+
+
+class Duration(click.ParamType):
+    """30s, 10m, 1h or plain seconds."""
+
+    name = "duration"
+    UNITS = {"s": 1, "m": 60, "h": 3600}
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        text = str(value).strip().lower()
+        number, unit = (text[:-1], text[-1]) if text[-1:] in self.UNITS else (text, "s")
+        try:
+            seconds = float(number) * self.UNITS[unit]
+        except ValueError:
+            self.fail(f"'{value}' is not a duration like 30s, 10m or 1h", param, ctx)
+        if seconds <= 0:
+            self.fail(f"'{value}' must be more than zero", param, ctx)
+        return seconds
+
+
+DURATION = Duration()
 
 
 @contextmanager
@@ -122,12 +143,19 @@ def stop(job_ref: str, grace: float, as_json: bool) -> None:
 @click.argument("artifact")
 @click.argument("job_ref", metavar="[JOB]", required=False)
 @click.option("--dest", type=click.Path(path_type=Path), help="Destination folder [default: artifacts/JOB_ID].")
+@click.option("--every", type=DURATION, help="Keep fetching at this interval (30s, 10m, 1h) until the job ends.")
 @JSON_OPTION
-def fetch(artifact: str, job_ref: str | None, dest: Path | None, as_json: bool) -> None:
+def fetch(artifact: str, job_ref: str | None, dest: Path | None, every: float | None, as_json: bool) -> None:
     """Copy ARTIFACT (weights, results, logs, ...) of JOB (default: the newest job) here."""
     with open_store() as store:
         job = store.find(job_ref)
-    result = fetch_artifact(job, artifact, dest or Path("artifacts") / job.id)
+        while True:
+            result = fetch_artifact(job, artifact, dest or Path("artifacts") / job.id)
+            if every is None or job.finished:
+                break  # a finished job has had its final fetch: the loop ends after it
+            render.stderr.print(f"{len(result.files)} files, {render.human_size(result.bytes_copied)} new; next in {every:g}s")
+            time.sleep(every)
+            job = refresh_one(store, job)
     if as_json:
         render.print_json(render.fetch_document(result))
         return

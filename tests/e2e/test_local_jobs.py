@@ -169,3 +169,19 @@ def test_unknown_artifact_set_names_the_sets_there_are(runner: Runner, tmp_path:
     result = runner.run("fetch", "checkpoints", job_id)
     assert result.returncode == 4
     assert result.stderr.strip() == f"runner: job {job_id} has no artifact set 'checkpoints' (it has: logs, results, weights)"
+
+
+def test_fetch_every_keeps_pulling_until_the_job_ends(runner: Runner, tmp_path: Path) -> None:
+    job_file = write_job(
+        tmp_path,
+        "epochs",
+        "name: epochs\nrun: mkdir -p runs/e/weights && for i in 1 2 3 4; do echo $i > runs/e/weights/epoch$i.pt; sleep 1; done\n",
+    )
+    job_id = runner.submit(job_file)
+    result = runner.run("fetch", "weights", job_id, "--dest", str(tmp_path / "d"), "--every", "1s", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "next in 1s" in result.stderr  # it did pull while the job ran
+    assert runner.state(job_id) == "succeeded"
+    paths = sorted(item["path"] for item in json.loads(result.stdout)["files"])
+    assert paths == [f"runs/e/weights/epoch{i}.pt" for i in range(1, 5)]
+    assert (tmp_path / "d" / "runs/e/weights/epoch4.pt").read_text() == "4\n"
