@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from runner.errors import NotFound, UsageError
+from runner.errors import NotFound, RunnerError, UsageError
 from runner.hosts import SshHost, get_host
 from runner.state import Job
 
@@ -40,4 +41,17 @@ def tensorboard_url(job: Job, preferred_port: int | None) -> Iterator[str]:
         local_port=local_port, remote_port=board["port"], remote_host="127.0.0.1", local_host="127.0.0.1"
     )
     with forward:
+        _wait_listening(local_port)  # fabric binds in a thread: the URL is printed only once it answers
         yield f"http://127.0.0.1:{local_port}/"
+
+
+def _wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RunnerError(f"the forward on local port {port} did not start listening") from None
+            time.sleep(0.05)
