@@ -87,14 +87,22 @@ def fetch_files(
             changing.append(remote.path)
         else:
             wanted.append((remote, final))
-    # Small files come in a few tar streams (one round trip per batch); whatever a batch could not
-    # deliver verified, and every large file, is copied one by one, resumably.
-    batched = fetch_small_files(host, root, [pair for pair in wanted if pair[0].size <= SMALL_FILE_BYTES])
-    one_by_one = [(_fetch_one(host, root, remote, final), final) for remote, final in wanted if (remote, final) not in batched]
-    for got, final in batched + one_by_one:
+    def arrived(got: RemoteFile, final: Path) -> None:
         have.record(got, final)
         fetched.append(FetchedFile(got.path, got.size, got.sha256, copied=True))
-    have.save()
+
+    try:
+        # Small files come in a few tar streams (one round trip per batch); whatever a batch could not
+        # deliver verified, and every large file, is copied one by one, resumably.
+        batched = fetch_small_files(host, root, [pair for pair in wanted if pair[0].size <= SMALL_FILE_BYTES])
+        for got, final in batched:
+            arrived(got, final)
+        delivered = {got.path for got, _ in batched}
+        for remote, final in wanted:
+            if remote.path not in delivered:
+                arrived(_fetch_one(host, root, remote, final), final)
+    finally:
+        have.save()  # what did arrive is remembered even when a later file fails
     return fetched, changing
 
 
