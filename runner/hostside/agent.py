@@ -105,8 +105,10 @@ def manifest(root, patterns):
 class HashCache(object):
     """sha256 by (relative path, size, mtime_ns), one JSON file per root beside the agent."""
 
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hashcache")
+
     def __init__(self, real_root):
-        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hashcache")
+        folder = self.folder
         self.path = os.path.join(folder, hashlib.sha1(real_root.encode()).hexdigest() + ".json")
         self.entries = _read_json(self.path) or {}
         self.changed = False

@@ -17,6 +17,12 @@ import pytest
 from runner.hostside import agent
 from tests.conftest import SAMPLES
 
+@pytest.fixture(autouse=True)
+def hash_cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In-process calls would otherwise cache beside the package's agent.py, inside the repo.
+    monkeypatch.setattr(agent.HashCache, "folder", str(tmp_path / "hashcache"))
+
+
 LEARN_MORE = "\N{ELECTRIC LIGHT BULB} Learn more at https://docs.ultralytics.com/modes/train"
 
 
