@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from runner.atomicfile import write_atomically
 from runner.download import Changed, RemoteFile, download
 from runner.smallfiles import SMALL_FILE_BYTES, fetch_small_files
 from runner.errors import NotFound, RunnerError
@@ -159,7 +159,4 @@ class LocalManifest:
         self.entries[remote.path] = [stat.st_size, stat.st_mtime_ns, remote.sha256]
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f"{LOCAL_MANIFEST}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.entries))
-        os.replace(temporary, self.path)
+        write_atomically(self.path, json.dumps(self.entries).encode(), mode=0o644)

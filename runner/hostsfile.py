@@ -8,9 +8,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +16,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from runner import paths
+from runner.atomicfile import write_atomically
 from runner.errors import NotFound, SpecError
 from runner.spec import NAME_PATTERN, StrictModel
 from runner.specfile import load_yaml_mapping, validate
@@ -83,9 +82,4 @@ def add_host(name: str, entry: SshHostEntry) -> None:
     current = load_hosts()
     merged = HostsFile.model_validate({"hosts": {**current.model_dump()["hosts"], name: entry.model_dump()}})
     document = {"hosts": {key: value.model_dump(exclude_defaults=True) for key, value in merged.hosts.items()}}
-    path = hosts_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".hosts.", suffix=".yaml")
-    with os.fdopen(handle, "w") as out:
-        yaml.safe_dump(document, out, sort_keys=True)
-    os.replace(temporary, path)
+    write_atomically(hosts_path(), yaml.safe_dump(document, sort_keys=True).encode(), mode=0o600)

@@ -6,13 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from runner import paths
+from runner.atomicfile import write_atomically
 from runner.errors import NotFound
 from runner.hosts.base import CommandResult, SyncStats
 from runner.syncignore import is_excluded
@@ -39,17 +39,7 @@ class LocalHost:
         return CommandResult(list(argv), completed.returncode, completed.stdout, completed.stderr)
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.chmod(temporary, mode)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(Path(path), data, mode)
 
     def put_tree(self, source: Path, dest: str, exclude: Sequence[str]) -> SyncStats:
         started = time.monotonic()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -14,6 +13,7 @@ from typing import BinaryIO
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from runner import paths
+from runner.atomicfile import write_atomically
 from runner.errors import HostUnreachable, NotFound, RunnerError
 from runner.hosts.base import SyncStats
 from runner.hosts.keys import runner_known_hosts, user_known_hosts
@@ -55,10 +55,7 @@ def write_ssh_config() -> Path:
     if user_config.is_file():
         lines += ["Match all", f"Include {_quoted(user_config)}"]
     path = paths.config_dir() / "ssh_config"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".ssh_config.{os.getpid()}")
-    temporary.write_text("\n".join(lines) + "\n")
-    os.replace(temporary, path)
+    write_atomically(path, ("\n".join(lines) + "\n").encode(), mode=0o644)
     return path
 
 
