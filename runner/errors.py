@@ -14,6 +14,8 @@ Anything else escaping is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class RunnerError(Exception):
     exit_code = 1
@@ -43,10 +45,20 @@ class CommandFailed(RunnerError):
         self.returncode = returncode
         self.stderr = stderr
         last = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
-        super().__init__(f"{argv[0]} exited {returncode}: {last}")
+        super().__init__(f"{command_name(argv)} exited {returncode}: {last}")
 
 
 class HostKeyRejected(RunnerError):
     """An unknown or changed host key. Refused, never retried: trusting a key is the user's decision."""
 
     exit_code = 2
+
+
+def command_name(argv: Sequence[str]) -> str:
+    """What a command is, in a word or two, for messages: `agent probe`, `tar`, `tmux`."""
+    words = list(argv)
+    if words[:2] == ["sh", "-c"] and len(words) > 4:
+        words = words[4:]  # our `sh -c SCRIPT sh ARGS...` wrappers: the arguments say what it is
+    if len(words) > 2 and words[1].endswith("agent.py"):
+        return f"agent {words[2]}"
+    return words[0].rsplit("/", 1)[-1] if words else "a command"

@@ -19,7 +19,7 @@ from runner.download import Changed, RemoteFile, download
 from runner.smallfiles import SMALL_FILE_BYTES, fetch_small_files
 from runner.errors import NotFound, RunnerError
 from runner.hosts import Host, get_host
-from runner.layout import JobLayout, agent_argv
+from runner.layout import JobLayout, run_agent
 from runner.state import Job
 
 ROUNDS_PER_FILE = 3  # a file rewritten during each of its copies is reported, not fetched torn
@@ -65,8 +65,7 @@ def fetch(job: Job, artifact: str, dest: Path) -> FetchResult:
 
 
 def list_remote(host: Host, root: str, globs: list[str]) -> tuple[list[RemoteFile], list[str]]:
-    command = agent_argv(host, "manifest", root, *globs)
-    answer = json.loads(host.run(command, timeout=MANIFEST_SECONDS).check().text)
+    answer = json.loads(run_agent(host, "manifest", root, *globs, timeout=MANIFEST_SECONDS).check().text)
     files = [RemoteFile(item["path"], item["size"], item["sha256"], item.get("stable", True)) for item in answer["files"]]
     return files, list(answer["refused"])
 

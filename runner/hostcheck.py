@@ -7,14 +7,16 @@ import time
 from typing import Any
 
 from runner.errors import CommandFailed, RunnerError
-from runner.hosts import get_host
+from runner.hosts import SshHost, get_host
 from runner.layout import agent_argv, install_hostside
 
 
 def check_host(name: str, trust_new: bool) -> dict[str, Any]:
     started = time.monotonic()
     host = get_host(name, trust_new)
-    root = host.root()  # the first round trip: connects, verifies the host key
+    if isinstance(host, SshHost):
+        host.connection()  # a fresh handshake: the host key is checked now, not trusted from a shared link
+    root = host.root()
     connect_seconds = time.monotonic() - started
     install_hostside(host)
     try:

@@ -31,7 +31,9 @@ class SshHostEntry(StrictModel):
     python: str = Field("python3", description="the interpreter that runs runner's agent on the host")
     connect_timeout: float = Field(10, gt=0, description="seconds for one connection attempt")
     retry_seconds: float = Field(30, ge=0, description="how long transient connection failures are retried")
-    sync: Literal["auto", "rsync", "sftp"] = Field("auto", description="how files move: rsync when both ends have it")
+    transport: Literal["auto", "openssh", "paramiko"] = Field(
+        "auto", description="auto: OpenSSH where this machine has ssh (fastest), else paramiko"
+    )
 
     @field_validator("ssh")
     @classmethod

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import posixpath
+import tarfile
 from dataclasses import dataclass
 
 from runner import hostside
-from runner.hosts.base import Host
+from runner.hosts.base import CommandResult, Host, Stdin
 
 AGENT = "agent.py"
+AGENT_MISSING = 86  # the exit code of run_agent's check, distinct from the agent's own (0, 1, 2)
 WINDOW_SCRIPT = "window.sh"
+
+# Unpacks the tar on stdin into a new folder and renames it into place, unless a folder of this
+# version is there already: one round trip, and a running job's files are never touched.
+INSTALL_SCRIPT = """
+[ -d "$1" ] && exit 0
+mkdir -p -- "$(dirname -- "$1")" && temporary="$1.tmp.$$" && mkdir -- "$temporary" &&
+tar -x -C "$temporary" -f - && { mv -T -- "$temporary" "$1" 2>/dev/null || { rm -rf -- "$temporary"; [ -d "$1" ]; }; }
+"""
 
 
 @dataclass(frozen=True)
@@ -28,19 +39,47 @@ class JobLayout:
         return self.file("work")
 
 
+def hostside_dir(host: Host) -> str:
+    return posixpath.join(host.root(), f"hostside-{hostside.version()}")
+
+
 def agent_path(host: Host) -> str:
-    return posixpath.join(host.root(), AGENT)
+    return posixpath.join(hostside_dir(host), AGENT)
 
 
 def window_script_path(host: Host) -> str:
-    return posixpath.join(host.root(), WINDOW_SCRIPT)
+    return posixpath.join(hostside_dir(host), WINDOW_SCRIPT)
 
 
 def install_hostside(host: Host) -> None:
-    """Put this version's agent and window script on the host (atomic replace: running jobs keep theirs)."""
-    host.write_file(agent_path(host), hostside.read(AGENT), mode=0o755)
-    host.write_file(window_script_path(host), hostside.read(WINDOW_SCRIPT), mode=0o755)
+    """Put this version's agent and window script on the host, if it does not have them yet."""
+    host.run(["sh", "-c", INSTALL_SCRIPT, "sh", hostside_dir(host)], stdin=_hostside_tar()).check()
+
+
+def _hostside_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name in hostside.FILES:
+            data = hostside.read(name)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def agent_argv(host: Host, *args: str) -> list[str]:
     return [host.python, agent_path(host), *args]
+
+
+def run_agent(host: Host, *args: str, stdin: Stdin = None, timeout: float | None = 60) -> CommandResult:
+    """Run an agent command, installing this version's agent first if the host lacks it (a job
+    submitted by an older runner): no extra round trip when it is there."""
+    start = stdin.tell() if stdin is not None and not isinstance(stdin, bytes) else None
+    argv = ["sh", "-c", f'[ -f "$2" ] || exit {AGENT_MISSING}; exec "$@"', "sh", *agent_argv(host, *args)]
+    result = host.run(argv, stdin=stdin, timeout=timeout)
+    if result.returncode == AGENT_MISSING:
+        install_hostside(host)
+        if start is not None:
+            stdin.seek(start)  # type: ignore[union-attr]
+        result = host.run(argv, stdin=stdin, timeout=timeout)
+    return result

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from runner.errors import HostUnreachable, RunnerError
 from runner.hosts import Host, get_host
-from runner.layout import agent_argv
+from runner.layout import run_agent
 from runner.state import Job, JobState, Store, ended_state
 
 MAX_PARALLEL_HOSTS = 8
@@ -43,7 +43,7 @@ class Refreshed:
 
 def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
     """One command on the host reports every listed job."""
-    result = host.run(agent_argv(host, "probe", *job_dirs)).check()
+    result = run_agent(host, "probe", *job_dirs, timeout=host.patience).check()
     try:
         reported = json.loads(result.text)["jobs"]
     except (ValueError, KeyError) as exc:

@@ -31,3 +31,21 @@ def state_db() -> Path:
 def local_host_root() -> Path:
     """The local host's runner directory: the same layout a remote host keeps in ~/.runner."""
     return runner_home() / "local"
+
+
+def runner_known_hosts() -> Path:
+    """Host keys recorded by `--trust-new-host`; read together with the user's own known_hosts."""
+    return config_dir() / "known_hosts"
+
+
+def user_known_hosts() -> Path:
+    return Path("~/.ssh/known_hosts").expanduser()
+
+
+def syncs_dir() -> Path:
+    """The background syncs' logs and pid files (`artifacts.NAME.sync_every`): JOB_ID-NAME.log / .pid."""
+    return runner_home() / "syncs"
+
+
+def locks_dir() -> Path:
+    return runner_home() / "locks"

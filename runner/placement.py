@@ -10,6 +10,7 @@ from pathlib import Path
 
 from runner.hosts import Host, SyncStats
 from runner.layout import JobLayout
+from runner.push import push_tree
 from runner.specfile import LoadedJob
 from runner.syncignore import ALWAYS_EXCLUDED, load_excludes
 
@@ -53,7 +54,7 @@ def plan_datasets(loaded: LoadedJob) -> list[DatasetPlacement]:
 def push_workdir(host: Host, loaded: LoadedJob, layout: JobLayout, datasets: list[DatasetPlacement]) -> SyncStats:
     # Datasets inside the workdir travel once, to the shared data directory, not with every job.
     excludes = load_excludes(loaded.workdir) + [f"/{plan.inside_workdir}" for plan in datasets if plan.inside_workdir]
-    return host.put_tree(loaded.workdir, layout.work, excludes)
+    return push_tree(host, loaded.workdir, layout.work, excludes)
 
 
 def push_datasets(host: Host, layout: JobLayout, datasets: list[DatasetPlacement]) -> dict[str, SyncStats]:
@@ -63,7 +64,7 @@ def push_datasets(host: Host, layout: JobLayout, datasets: list[DatasetPlacement
             target = str(plan.source)  # this machine already has it: the job uses it in place
         else:
             target = posixpath.join(host.root(), "data", plan.host_folder)
-            stats[plan.name] = host.put_tree(plan.source, target, list(ALWAYS_EXCLUDED))
+            stats[plan.name] = push_tree(host, plan.source, target, list(ALWAYS_EXCLUDED))
         links += [target, posixpath.join(layout.work, plan.link)]
     if links:
         host.run(["sh", "-c", LINK_SCRIPT, "sh", *links]).check()

@@ -6,7 +6,7 @@ import time
 
 from runner import session
 from runner.hosts import get_host
-from runner.layout import agent_argv
+from runner.layout import run_agent
 from runner.observe import probe, refresh_one
 from runner.state import ACTIVE, Job, JobState, Store
 
@@ -32,7 +32,7 @@ def stop(store: Store, job: Job, grace_seconds: float) -> Job:
     host.run(session.interrupt_argv(job.session))
     if not _ends_within(host, job.job_dir, grace_seconds):
         host.run(session.kill_session_argv(job.session))
-        host.run(agent_argv(host, "kill", job.id)).check()
+        run_agent(host, "kill", job.id).check()
         store.add_event(job.id, "killed", f"still running {grace_seconds:g}s after Ctrl-C")
     return refresh_one(store, store.get(job.id))
 

@@ -37,28 +37,6 @@ def is_excluded(rel_path: str, patterns: Sequence[str]) -> bool:
     return False
 
 
-def rsync_patterns(patterns: Sequence[str]) -> list[str]:
-    """The same patterns for rsync --exclude: anchored ones get rsync's leading '/' (its anchor), and
-    since rsync's '/**/' needs at least one folder, each also comes with that folder level dropped."""
-    rsync: list[str] = []
-    for pattern in patterns:
-        body = pattern.rstrip("/")
-        if "/" not in body:
-            rsync.append(body)
-            continue
-        for variant in _zero_folder_variants(body.lstrip("/").split("/")):
-            rsync.append("/" + "/".join(variant))
-    return list(dict.fromkeys(rsync))
-
-
-def _zero_folder_variants(segments: list[str]) -> list[list[str]]:
-    if "**" not in segments[:-1]:
-        return [segments]
-    index = segments.index("**")
-    rest = _zero_folder_variants(segments[index + 1 :])
-    return [segments[: index + 1] + tail for tail in rest] + [segments[:index] + tail for tail in rest]
-
-
 def _segments_match(path: Sequence[str], pattern: Sequence[str]) -> bool:
     if not pattern:
         return not path

@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, Union
 
-from runner.errors import CommandFailed
+from runner.errors import CommandFailed, command_name  # noqa: F401  (re-exported for the hosts)
+
+
+# A command's input: bytes, or an open file that is read from its current position to its end.
+Stdin = Union[bytes, BinaryIO, None]
 
 
 @dataclass(frozen=True)
@@ -45,22 +49,23 @@ class Host(Protocol):
     name: str
     kind: str
     python: str  # the interpreter that runs the agent on the host
+    transport: str  # how commands and files reach it: local, openssh or paramiko
 
     def root(self) -> str:
         """The runner directory on the host (~/.runner on a remote host)."""
         ...
 
-    def run(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float | None = 60) -> CommandResult:
+    @property
+    def patience(self) -> float:
+        """How long a short command may take before the host counts as unreachable."""
+        ...
+
+    def run(self, argv: Sequence[str], stdin: Stdin = None, timeout: float | None = 60) -> CommandResult:
         """Run argv on the host and wait for it; never raises for a non-zero exit (see CommandResult.check)."""
         ...
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Replace path atomically with data, creating parent directories."""
-        ...
-
-    def put_tree(self, source: Path, dest: str, exclude: Sequence[str]) -> SyncStats:
-        """Make dest on the host hold the local folder source, leaving out the exclude patterns;
-        files already there with the same size and modification time are not sent again."""
         ...
 
     def read_into(self, path: str, offset: int, out: BinaryIO) -> None:

@@ -15,16 +15,8 @@ from pathlib import Path
 
 import paramiko
 
-from runner import paths
+from runner.paths import runner_known_hosts, user_known_hosts
 from runner.errors import HostKeyRejected
-
-
-def runner_known_hosts() -> Path:
-    return paths.config_dir() / "known_hosts"
-
-
-def user_known_hosts() -> Path:
-    return Path("~/.ssh/known_hosts").expanduser()
 
 
 def fingerprint(key: paramiko.PKey) -> str:

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -14,8 +13,7 @@ from typing import BinaryIO
 from runner import paths
 from runner.atomicfile import write_atomically
 from runner.errors import NotFound
-from runner.hosts.base import CommandResult, SyncStats
-from runner.syncignore import is_excluded
+from runner.hosts.base import CommandResult, Stdin
 
 
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -32,33 +30,18 @@ class LocalHost:
     def root(self) -> str:
         return str(paths.local_host_root())
 
-    def run(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float | None = 60) -> CommandResult:
+    patience = 60.0
+    transport = "local"
+
+    def run(self, argv: Sequence[str], stdin: Stdin = None, timeout: float | None = 60) -> CommandResult:
+        feed = {"input": stdin} if isinstance(stdin, bytes) or stdin is None else {"stdin": stdin}
         completed = subprocess.run(
-            list(argv), input=stdin, capture_output=True, timeout=timeout, check=False, env=_host_environment()
+            list(argv), **feed, capture_output=True, timeout=timeout, check=False, env=_host_environment()
         )
         return CommandResult(list(argv), completed.returncode, completed.stdout, completed.stderr)
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         write_atomically(Path(path), data, mode)
-
-    def put_tree(self, source: Path, dest: str, exclude: Sequence[str]) -> SyncStats:
-        started = time.monotonic()
-        sent = [0, 0]
-
-        def ignored(folder: str, names: list[str]) -> set[str]:
-            rel_folder = Path(folder).relative_to(source)
-            return {name for name in names if is_excluded((rel_folder / name).as_posix(), exclude)}
-
-        def copy_if_changed(src: str, dst: str) -> None:
-            there, here = Path(dst), Path(src).stat()
-            if there.is_file() and there.stat().st_size == here.st_size and int(there.stat().st_mtime) == int(here.st_mtime):
-                return
-            shutil.copy2(src, dst)
-            sent[0] += 1
-            sent[1] += here.st_size
-
-        shutil.copytree(source, dest, ignore=ignored, symlinks=True, dirs_exist_ok=True, copy_function=copy_if_changed)
-        return SyncStats("copy", sent[0], sent[1], time.monotonic() - started)
 
     def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
         try:

@@ -1,26 +1,28 @@
-"""OpenSSH command lines (rsync's transport, interactive attach), with the same trust as paramiko's."""
+"""OpenSSH: the transport for commands and bulk data wherever a local `ssh` exists.
+
+One multiplexed connection per host (ControlMaster) carries every command of every runner process
+for a minute after the last one, so a command costs a round trip, not a handshake. Host keys are
+checked against the same files as paramiko's (StrictHostKeyChecking yes: never learned here).
+"""
 
 from __future__ import annotations
 
-import re
-import shlex
+import functools
+import hashlib
+import os
 import subprocess
-import time
-from collections.abc import Sequence
+import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
-
 from runner import paths
 from runner.atomicfile import write_atomically
-from runner.errors import HostUnreachable, NotFound, RunnerError
-from runner.hosts.base import SyncStats
-from runner.hosts.keys import runner_known_hosts, user_known_hosts
+from runner.errors import RunnerError
 from runner.hostsfile import SSH_TARGET, SshHostEntry
-from runner.syncignore import rsync_patterns
+from runner.paths import runner_known_hosts, user_known_hosts
 
-RSYNC_TRANSIENT_EXIT_CODES = {10, 12, 30, 35, 255}  # socket I/O, protocol stream, timeouts, ssh failed
+SSH_FAILED = 255  # ssh's own exit code: the link or the login failed, not the remote command
+CONTROL_PERSIST_SECONDS = 60
 
 
 def openssh_argv(entry: SshHostEntry) -> list[str]:
@@ -35,11 +37,16 @@ def openssh_argv(entry: SshHostEntry) -> list[str]:
 
 
 def write_ssh_config() -> Path:
+    return _write_ssh_config(paths.config_dir())
+
+
+@functools.cache
+def _write_ssh_config(config_dir: Path) -> Path:
     """runner's ssh_config: its own security settings first (in ssh_config the first value wins), then
     the user's ~/.ssh/config. A file, not -o options, because ProxyJump hops are separate ssh processes
     that get the file (-F) but not the options: every hop is verified the same way."""
     lines = [
-        "# Written by runner for the ssh commands it runs (rsync, attach); rewritten on every use.",
+        "# Written by runner for the ssh commands it runs; rewritten by each runner process.",
         "Host *",
         "    BatchMode yes",                        # never stop to ask for a password or passphrase
         "    StrictHostKeyChecking yes",            # keys are trusted through runner or ssh beforehand, never here
@@ -50,69 +57,69 @@ def write_ssh_config() -> Path:
         # AES-GCM runs on the CPU's AES instructions: on most machines it moves bulk data faster than
         # OpenSSH's default chacha20-poly1305; chacha20 stays acceptable for hosts without them.
         "    Ciphers aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com",
+        # One connection per host, shared by every command for a while after the last: a status or a
+        # fetch pays one handshake, not one per command. Concurrent first commands race to be the
+        # master; the losers run over their own connection, which is still correct.
+        "    ControlMaster auto",
+        f"    ControlPath {_quoted(control_dir() / '%C')}",
+        f"    ControlPersist {CONTROL_PERSIST_SECONDS}",
     ]
     user_config = Path("~/.ssh/config").expanduser()
     if user_config.is_file():
         lines += ["Match all", f"Include {_quoted(user_config)}"]
-    path = paths.config_dir() / "ssh_config"
+    path = config_dir / "ssh_config"
     write_atomically(path, ("\n".join(lines) + "\n").encode(), mode=0o644)
     return path
 
 
-def stream_openssh(host_name: str, argv: list[str], path: str, out: BinaryIO) -> None:
-    """Run argv (an ssh command that prints a file) with its output going straight into out."""
-    out.flush()
-    completed = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, check=False)
-    stderr, code = completed.stderr.decode("utf-8", "replace"), completed.returncode
-    if code == 255:  # ssh's own failure: the link, not the command
-        raise HostUnreachable(f"host '{host_name}': connection lost copying {path}: {_last_line(stderr)}")
-    if code != 0 and "No such file" in stderr:
-        raise NotFound(f"host '{host_name}': {path} is gone")
-    if code != 0:
-        raise RunnerError(f"host '{host_name}': copying {path} failed: {_last_line(stderr)}")
+def control_dir() -> Path:
+    """A private folder for the master sockets, with a short path: a Unix socket path is limited to
+    about 100 bytes, too few for RUNNER_HOME. One folder per config dir keeps separate setups apart."""
+    tag = hashlib.sha256(str(paths.config_dir()).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"runner-ssh-{os.getuid()}-{tag}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if not folder.is_dir() or folder.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        # Whoever can reach the sockets can run commands on the hosts: the folder must be ours alone.
+        raise RunnerError(f"{folder} is not a private folder of this user; remove it and try again")
+    return folder
 
 
-def rsync_push(target: str, ssh_options: list[str], source: Path, dest: str, exclude: Sequence[str]) -> SyncStats:
-    argv = [
-        "rsync", "--archive", "--stats",
-        "--partial-dir=.rsync-partial",        # an interrupted file resumes from here, never under its name
-        "--delay-updates",                     # files take their final names together, at the end
-        "--protect-args",                      # remote paths are not reinterpreted by the remote shell
-        "--rsh", shlex.join(["ssh", *ssh_options]),
-        *[f"--exclude={pattern}" for pattern in rsync_patterns(exclude)],
-        f"{source}/", f"{target}:{dest}/",
-    ]  # fmt: skip
-    started = time.monotonic()
-    retrying = Retrying(
-        retry=retry_if_exception_type(HostUnreachable),
-        stop=stop_after_attempt(4),
-        wait=wait_random_exponential(multiplier=1, max=10),
-        reraise=True,
-    )
-    output = retrying(_run_rsync, argv)  # a rerun sends only what the broken one did not
-    return SyncStats(
-        method="rsync",
-        files_sent=_stat(output, r"Number of regular files transferred: ([\d,]+)"),
-        bytes_sent=_stat(output, r"Total transferred file size: ([\d,]+)"),
-        seconds=time.monotonic() - started,
-    )
+def run_openssh(
+    argv: list[str], stdin: bytes | BinaryIO | None, timeout: float | None, stdout: BinaryIO | None = None
+) -> tuple[int, bytes, str]:
+    """Run an ssh command line: (exit code, stdout, stderr); stdout goes to the open file when given.
+    stderr goes through a file, not a pipe: a master that stays in the background (ControlPersist)
+    keeps the first command's stderr open, and reading a pipe to its end would wait for it to exit.
+    A file as stdin is read by ssh itself, from its current position."""
+    feeds_file = stdin is not None and not isinstance(stdin, bytes)
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            argv,
+            stdin=stdin if feeds_file else subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else subprocess.PIPE,
+            stderr=errors,
+        )
+        try:
+            output, _ = process.communicate(None if feeds_file else stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Not communicate() again: a multiplexed client hands its stdout to the master, which
+            # would keep the pipe open until its own link times out.
+            process.kill()
+            process.wait()
+            if process.stdout:
+                process.stdout.close()
+            raise
+        errors.seek(0)
+        return process.returncode, output or b"", errors.read().decode("utf-8", "replace")
 
 
-def _run_rsync(argv: list[str]) -> str:
-    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if completed.returncode in RSYNC_TRANSIENT_EXIT_CODES:
-        raise HostUnreachable(f"rsync exited {completed.returncode}: {_last_line(completed.stderr)}")
-    if completed.returncode != 0:
-        raise RunnerError(f"rsync exited {completed.returncode}: {_last_line(completed.stderr)}")
-    return completed.stdout
+def stop_master(base_argv: list[str], target: str) -> None:
+    """Close the host's shared connection: the next command makes a fresh one (after a link hung)."""
+    subprocess.run([*base_argv, "-O", "exit", target], capture_output=True, timeout=10, check=False)
 
 
-def _stat(output: str, pattern: str) -> int:
-    match = re.search(pattern, output)
-    return int(match[1].replace(",", "")) if match else 0
-
-
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
 

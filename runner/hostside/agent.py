@@ -4,13 +4,16 @@
 Subcommands (each prints one JSON document on stdout, except `monitor`):
   probe JOB_DIR...           per job: tmux session alive?, exit code, last progress line
   manifest ROOT GLOB...      files under ROOT matching the globs: path, size, mtime, sha256
+  tree ROOT                  every file under ROOT with its sha256, and interrupted uploads' parts
+  part-size ROOT PATH SHA256 bytes already received of that version of PATH
+  receive ROOT PATH SIZE SHA256 MTIME_NS MODE OFFSET
+                             PATH's bytes from OFFSET on stdin: placed only when whole and verified
+  receive-batch ROOT         a JSON line of files, then a tar stream of them, each verified
   kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
   facts ROOT                 OS, Python, tmux, rsync, docker, free disk under ROOT, GPUs
   monitor JOB_DIR            print the job's latest progress line every few seconds (the monitor window)
 """
 
-import glob
-import hashlib
 import json
 import os
 import re
@@ -19,6 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its sibling modules travel with it
+import transfer  # noqa: E402
 
 TAIL_BYTES = 64 * 1024  # the last progress line is in the log's tail; reading it must not cost the whole log
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -81,56 +87,6 @@ def probe(job_dirs):
             "last_line": last_line(os.path.join(job_dir, "train.log")),
         }
     return {"jobs": jobs}
-
-
-def manifest(root, patterns):
-    """Regular files under root matching the globs; anything resolving outside root is refused.
-    Hashes are cached by (path, size, mtime): an unchanged 2 GB checkpoint is not read again."""
-    real_root = os.path.realpath(root)
-    cache = HashCache(real_root)
-    files, refused = {}, []
-    for pattern in patterns:
-        for path in glob.glob(os.path.join(glob.escape(root), pattern), recursive=True):
-            rel = os.path.relpath(path, root)
-            real = os.path.realpath(path)
-            if os.path.commonpath([real_root, real]) != real_root:
-                refused.append(rel)
-                continue
-            if os.path.isfile(path) and rel not in files:
-                files[rel] = _describe_file(path, rel, cache)
-    cache.save()
-    return {"root": root, "files": [files[rel] for rel in sorted(files)], "refused": sorted(set(refused))}
-
-
-class HashCache(object):
-    """sha256 by (relative path, size, mtime_ns), one JSON file per root beside the agent."""
-
-    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hashcache")
-
-    def __init__(self, real_root):
-        folder = self.folder
-        self.path = os.path.join(folder, hashlib.sha1(real_root.encode()).hexdigest() + ".json")
-        self.entries = _read_json(self.path) or {}
-        self.changed = False
-
-    def get(self, rel, stat):
-        entry = self.entries.get(rel)
-        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
-            return entry[2]
-        return None
-
-    def put(self, rel, stat, digest):
-        self.entries[rel] = [stat.st_size, stat.st_mtime_ns, digest]
-        self.changed = True
-
-    def save(self):
-        if not self.changed:
-            return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        temporary = "%s.%d.tmp" % (self.path, os.getpid())
-        with open(temporary, "w") as handle:
-            json.dump(self.entries, handle)
-        os.replace(temporary, self.path)
 
 
 def job_ids_with_processes():
@@ -234,33 +190,6 @@ def _number(text):
         return None
 
 
-SETTLE_SECONDS = 1.0  # a file written this recently may still be being written (torch.save is not atomic)
-HASH_ATTEMPTS = 3
-
-
-def _describe_file(path, rel, cache):
-    """Size, mtime and sha256 of a file that held still while it was hashed; "stable": false if it
-    kept changing (the controller then leaves it for the next round rather than copy a torn file)."""
-    for _ in range(HASH_ATTEMPTS):
-        before = os.stat(path)
-        digest = cache.get(rel, before) or _sha256(path)
-        after = os.stat(path)
-        settled = time.time() - after.st_mtime >= SETTLE_SECONDS
-        if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and settled:
-            cache.put(rel, after, digest)
-            return {"path": rel, "size": after.st_size, "mtime": after.st_mtime, "sha256": digest, "stable": True}
-        time.sleep(SETTLE_SECONDS)
-    return {"path": rel, "size": after.st_size, "mtime": after.st_mtime, "sha256": digest, "stable": False}
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _pids():
     own = os.getpid()
     for name in os.listdir("/proc"):
@@ -281,8 +210,9 @@ def main(argv):
         sys.stderr.write(__doc__)
         return 2
     command, args = argv[1], argv[2:]
-    if command in ("monitor", "manifest", "kill", "facts") and not args:
-        sys.stderr.write("agent: %s needs an argument\n" % command)
+    needed = {"monitor": 1, "manifest": 1, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 7, "receive-batch": 1}
+    if len(args) < needed.get(command, 0):
+        sys.stderr.write("agent: %s needs %d arguments\n" % (command, needed[command]))
         return 2
     if command == "monitor":
         monitor(args[0])
@@ -290,7 +220,17 @@ def main(argv):
     if command == "probe":
         result = probe(args)
     elif command == "manifest":
-        result = manifest(args[0], args[1:])
+        result = transfer.manifest(args[0], args[1:])
+    elif command == "tree":
+        result = transfer.tree(args[0])
+    elif command == "part-size":
+        result = transfer.part_size(*args[:3])
+    elif command == "receive":
+        root, rel, size, sha256, mtime_ns, mode, offset = args[:7]
+        numbers = int(size), int(mtime_ns), int(mode, 8), int(offset)
+        result = transfer.receive(root, rel, numbers[0], sha256, numbers[1], numbers[2], numbers[3], sys.stdin.buffer)
+    elif command == "receive-batch":
+        result = transfer.receive_batch(args[0], sys.stdin.buffer)
     elif command == "kill":
         result = kill_job_processes(args[0])
     elif command == "facts":

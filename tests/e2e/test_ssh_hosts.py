@@ -121,8 +121,8 @@ def test_an_unchanged_dataset_is_not_sent_again(runner: Runner, trusted_box: Tes
     assert done["last_line"] == str(200 * 1024 * 1024)  # the job reads all of it through its link
 
 
-def test_sftp_sync_moves_only_what_changed(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
-    write_hosts_file(runner.config, {"box": trusted_box.hosts_entry(sync="sftp")})
+def test_paramiko_transport_moves_only_what_changed(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+    write_hosts_file(runner.config, {"box": trusted_box.hosts_entry(transport="paramiko")})
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
     (data / "a.bin").write_bytes(os.urandom(300_000))
@@ -130,7 +130,7 @@ def test_sftp_sync_moves_only_what_changed(runner: Runner, trusted_box: TestHost
     # The dataset lies inside the workdir: it travels once, to the shared data dir, and is linked back in place.
     job_file = write_job(tmp_path, "lister", "name: lister\ndatasets:\n  d: data\nrun: cat data/sub/b.txt\n")
     first = runner.json("submit", str(job_file), "--host", "box")
-    assert first["sync"]["dataset:d"] == {**first["sync"]["dataset:d"], "method": "sftp", "files_sent": 2}
+    assert first["sync"]["dataset:d"] == {**first["sync"]["dataset:d"], "method": "paramiko", "files_sent": 2}
     assert first["sync"]["workdir"]["files_sent"] == 1  # the job file alone: data/ is not sent twice
     (data / "sub" / "b.txt").write_text("changed\n")
     second = runner.json("submit", str(job_file), "--host", "box")
@@ -215,10 +215,10 @@ def test_an_ssh_config_alias_behind_a_proxyjump_is_honoured_by_both_ssh_stacks(
     runner.run("hosts", "check", "inner", "--trust-new-host", check=True)
     known = (runner.config / "known_hosts").read_text()
     assert f"[127.0.0.1]:{box.port} " in known and "\n127.0.0.1 " in "\n" + known
-    # The workdir goes by rsync through OpenSSH, which must find the same alias, jump and keys.
+    # Commands and files go through OpenSSH, which must find the same alias, jump and keys.
     job_file = write_job(tmp_path, "hop", "name: hop\nrun: cat hop.yaml | head -n 1\n")
     job = runner.json("submit", str(job_file), "--host", "inner")
-    assert job["sync"]["workdir"]["method"] == "rsync" and job["sync"]["workdir"]["files_sent"] == 1
+    assert job["sync"]["workdir"]["method"] == "openssh" and job["sync"]["workdir"]["files_sent"] == 1
     assert runner.wait_state(job["id"], {"succeeded", "failed"}, timeout=30)["last_line"] == "name: hop"
 
 

@@ -8,7 +8,11 @@ import subprocess
 
 import pytest
 
-from runner.syncignore import ALWAYS_EXCLUDED, is_excluded, load_excludes, rsync_patterns
+from collections.abc import Sequence
+
+from runner.hosts.local import LocalHost
+from runner.push import push_tree
+from runner.syncignore import ALWAYS_EXCLUDED, is_excluded, load_excludes
 
 
 def test_load_excludes_without_a_runnerignore(tmp_path: Path) -> None:
@@ -90,15 +94,14 @@ def test_a_leading_slash_anchors_the_pattern_at_the_top() -> None:
     assert not is_excluded("src/build/x", ["/build"])
 
 
-def test_a_real_copy_leaves_out_what_the_patterns_name(tmp_path: Path) -> None:
-    from runner.hosts.local import LocalHost
-
+def test_a_real_push_leaves_out_what_the_patterns_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
     source, dest = tmp_path / "src", tmp_path / "dest"
     for rel in ["train.py", "data/raw/a.jpg", "data/labels/a.txt", "sub/data/raw/b.jpg", "runs/w.pt", ".git/HEAD"]:
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         (source / rel).write_text(rel)
     (source / ".runnerignore").write_text("# big\ndata/raw\n*.pt\n")
-    LocalHost().put_tree(source, str(dest), load_excludes(source))
+    push_tree(LocalHost(), source, str(dest), load_excludes(source))
     copied = sorted(path.relative_to(dest).as_posix() for path in dest.rglob("*") if path.is_file())
     assert copied == ["data/labels/a.txt", "sub/data/raw/b.jpg", "train.py"]
 
@@ -121,7 +124,7 @@ def test_rsync_gets_the_same_patterns_with_its_anchor() -> None:
     assert rsync_patterns(["*.pt", "weights/*.pt", "/build/", ".git"]) == ["*.pt", "/weights/*.pt", "/build", ".git"]
 
 
-def test_rsync_and_the_sftp_and_local_paths_leave_out_the_same_files(tmp_path: Path) -> None:
+def test_a_real_rsync_leaves_out_the_same_files(tmp_path: Path) -> None:
     source = tmp_path / "src"
     files = ["weights/a.pt", "weights/a/b.pt", "sub/weights/x.pt", "runs/x/y/events.out", "runs/events.out",
              "data/raw/img.jpg", "src/build/keep.o", "build/drop.o", "notes.tmp", "deep/notes.tmp", "main.py"]  # fmt: skip
@@ -135,3 +138,29 @@ def test_rsync_and_the_sftp_and_local_paths_leave_out_the_same_files(tmp_path: P
     copied = sorted(str(path.relative_to(dest)) for path in dest.rglob("*") if path.is_file())
     assert copied == sorted(rel for rel in files if not is_excluded(rel, patterns))
     assert copied == ["main.py", "src/build/keep.o", "sub/weights/x.pt", "weights/a/b.pt"]
+
+
+# rsync is the reference for these semantics: the same patterns, converted for it, must leave out
+# the same files when a real rsync copies the folder.
+
+
+def rsync_patterns(patterns: Sequence[str]) -> list[str]:
+    """The same patterns for rsync --exclude: anchored ones get rsync's leading '/' (its anchor), and
+    since rsync's '/**/' needs at least one folder, each also comes with that folder level dropped."""
+    rsync: list[str] = []
+    for pattern in patterns:
+        body = pattern.rstrip("/")
+        if "/" not in body:
+            rsync.append(body)
+            continue
+        for variant in _zero_folder_variants(body.lstrip("/").split("/")):
+            rsync.append("/" + "/".join(variant))
+    return list(dict.fromkeys(rsync))
+
+
+def _zero_folder_variants(segments: list[str]) -> list[list[str]]:
+    if "**" not in segments[:-1]:
+        return [segments]
+    index = segments.index("**")
+    rest = _zero_folder_variants(segments[index + 1 :])
+    return [segments[: index + 1] + tail for tail in rest] + [segments[:index] + tail for tail in rest]

@@ -1,0 +1,247 @@
+"""The host's side of moving files: manifests with cached hashes, and verified, resumable receiving.
+
+Standard library only, Python >= 3.7. A received file is written to a part file named by its
+expected sha256 (so a resumed upload continues only the same version), hashed as it arrives, and
+renamed to its final name only when size and sha256 match: the final name never holds a partial or
+unverified file. Names come from the controller and are checked: nothing is written outside the root.
+"""
+
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import tarfile
+import time
+
+CHUNK_BYTES = 1024 * 1024
+PART_SUFFIX = ".runner-part"
+SETTLE_SECONDS = 1.0  # a file written this recently may still be being written (torch.save is not atomic)
+HASH_ATTEMPTS = 3
+
+
+class HashCache(object):
+    """sha256 by (relative path, size, mtime_ns), one JSON file per root, in the runner directory."""
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hashcache")
+
+    def __init__(self, real_root):
+        self.path = os.path.join(self.folder, hashlib.sha1(real_root.encode()).hexdigest() + ".json")
+        self.entries = _read_json(self.path) or {}
+        self.changed = False
+
+    def get(self, rel, stat):
+        entry = self.entries.get(rel)
+        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
+            return entry[2]
+        return None
+
+    def put(self, rel, stat, digest):
+        self.entries[rel] = [stat.st_size, stat.st_mtime_ns, digest]
+        self.changed = True
+
+    def save(self):
+        if not self.changed:
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        temporary = "%s.%d.tmp" % (self.path, os.getpid())
+        with open(temporary, "w") as handle:
+            json.dump(self.entries, handle)
+        os.replace(temporary, self.path)  # concurrent agents: the last one wins, the other's hashes are redone
+
+
+# Listing
+
+
+def manifest(root, patterns):
+    """Regular files under root matching the globs; anything resolving outside root is refused.
+    Files still changing are reported "stable": false, to be fetched in a later round."""
+    real_root = os.path.realpath(root)
+    cache = HashCache(real_root)
+    files, refused = {}, []
+    for pattern in patterns:
+        for path in glob.glob(os.path.join(glob.escape(root), pattern), recursive=True):
+            rel = os.path.relpath(path, root)
+            real = os.path.realpath(path)
+            if os.path.commonpath([real_root, real]) != real_root:
+                refused.append(rel)
+                continue
+            if os.path.isfile(path) and rel not in files and not rel.endswith(PART_SUFFIX):
+                files[rel] = _describe_settled(path, rel, cache)
+    cache.save()
+    return {"root": root, "files": [files[rel] for rel in sorted(files)], "refused": sorted(set(refused))}
+
+
+def tree(root):
+    """Every regular file under root (symlinks not followed) with its sha256, and the part files of
+    interrupted uploads: what a push needs to send only what is missing and resume what was cut."""
+    real_root = os.path.realpath(root)
+    cache = HashCache(real_root)
+    files, parts = [], []
+    for folder, subfolders, names in os.walk(root):
+        subfolders.sort()
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, root)
+            stat = os.lstat(path)
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            if name.endswith(PART_SUFFIX):
+                parts.append({"part": rel, "size": stat.st_size})
+                continue
+            digest = cache.get(rel, stat) or _sha256(path)
+            cache.put(rel, stat, digest)
+            files.append({"path": rel, "size": stat.st_size, "sha256": digest})
+    cache.save()
+    return {"root": root, "files": files, "parts": parts}
+
+
+def _describe_settled(path, rel, cache):
+    """Size, mtime and sha256 of a file that held still while it was hashed."""
+    for _ in range(HASH_ATTEMPTS):
+        before = os.stat(path)
+        digest = cache.get(rel, before) or _sha256(path)
+        after = os.stat(path)
+        settled = time.time() - after.st_mtime >= SETTLE_SECONDS
+        if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and settled:
+            cache.put(rel, after, digest)
+            return {"path": rel, "size": after.st_size, "mtime": after.st_mtime, "sha256": digest, "stable": True}
+        time.sleep(SETTLE_SECONDS)
+    return {"path": rel, "size": after.st_size, "mtime": after.st_mtime, "sha256": digest, "stable": False}
+
+
+# Receiving
+
+
+def part_path(final, sha256):
+    folder, name = os.path.split(final)
+    return os.path.join(folder, ".%s.%s%s" % (name, sha256[:16], PART_SUFFIX))
+
+
+def safe_target(root, rel):
+    """root/rel with its folders created, or None when rel would leave root (absolute, '..', or
+    through a symlink: existing folders on the way must be real folders)."""
+    os.makedirs(root, exist_ok=True)
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or "\0" in rel or any(part in ("", ".", "..") for part in parts):
+        return None
+    folder = root
+    for part in parts[:-1]:
+        folder = os.path.join(folder, part)
+        if os.path.islink(folder) or (os.path.exists(folder) and not os.path.isdir(folder)):
+            return None
+        if not os.path.exists(folder):
+            os.mkdir(folder)
+    final = os.path.join(folder, parts[-1])
+    return None if os.path.islink(final) or os.path.isdir(final) else final
+
+
+def part_size(root, rel, sha256):
+    final = safe_target(root, rel)
+    if final is None:
+        return {"refused": rel}
+    try:
+        return {"size": os.path.getsize(part_path(final, sha256))}
+    except OSError:
+        return {"size": 0}
+
+
+def receive(root, rel, size, sha256, mtime_ns, mode, offset, source):
+    """Append source to the part file from offset; place the file when it is whole and verified.
+    status: placed | incomplete (kept, to resume) | mismatch (dropped) | busy | moved (offset differs)."""
+    final = safe_target(root, rel)
+    if final is None:
+        return {"status": "refused", "path": rel}
+    part = part_path(final, sha256)
+    with open(part, "ab") as out:
+        try:
+            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another push of the same file is under way
+        except OSError:
+            return {"status": "busy", "path": rel}
+        if out.tell() != offset:
+            return {"status": "moved", "path": rel, "size": out.tell()}
+        digest = _hash_prefix(part, offset)
+        for block in iter(lambda: source.read(CHUNK_BYTES), b""):
+            digest.update(block)
+            out.write(block)
+        out.flush()
+        received = out.tell()
+        if received < size:
+            return {"status": "incomplete", "path": rel, "size": received}
+        if received != size or digest.hexdigest() != sha256:
+            os.unlink(part)
+            return {"status": "mismatch", "path": rel, "size": received}
+        os.fsync(out.fileno())
+    _place(part, final, mode, mtime_ns)
+    _remember(root, rel, final, sha256)
+    return {"status": "placed", "path": rel, "size": size}
+
+
+def receive_batch(root, source):
+    """A JSON line listing the files, then a tar stream of them; each member verified and placed."""
+    expected = {entry["path"]: entry for entry in json.loads(source.readline().decode("utf-8"))}
+    placed, failed = [], []
+    cache = HashCache(os.path.realpath(root))
+    with tarfile.open(fileobj=source, mode="r|") as archive:
+        for member in archive:
+            entry = expected.pop(member.name, None)
+            final = safe_target(root, member.name) if entry else None
+            if final is None or not member.isfile():
+                failed.append({"path": member.name, "reason": "not asked for, or outside the root"})
+                continue
+            part = part_path(final, entry["sha256"])
+            digest = hashlib.sha256()
+            with archive.extractfile(member) as data, open(part, "wb") as out:
+                for block in iter(lambda: data.read(CHUNK_BYTES), b""):
+                    digest.update(block)
+                    out.write(block)
+            if digest.hexdigest() != entry["sha256"] or os.path.getsize(part) != entry["size"]:
+                os.unlink(part)
+                failed.append({"path": member.name, "reason": "sha256 mismatch"})
+                continue
+            _place(part, final, entry["mode"], entry["mtime_ns"])
+            cache.put(member.name, os.stat(final), entry["sha256"])
+            placed.append(member.name)
+    cache.save()
+    failed += [{"path": path, "reason": "missing from the stream"} for path in expected]
+    return {"placed": placed, "failed": failed}
+
+
+def _place(part, final, mode, mtime_ns):
+    os.chmod(part, mode & 0o7777)
+    os.utime(part, ns=(mtime_ns, mtime_ns))  # the sender's mtime: the next listing's cache key
+    os.replace(part, final)
+
+
+def _remember(root, rel, final, sha256):
+    cache = HashCache(os.path.realpath(root))
+    cache.put(rel, os.stat(final), sha256)
+    cache.save()
+
+
+def _hash_prefix(path, length):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while length > 0:
+            block = handle.read(min(CHUNK_BYTES, length))
+            if not block:
+                break
+            digest.update(block)
+            length -= len(block)
+    return digest
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
