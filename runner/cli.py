@@ -5,18 +5,20 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from runner import __version__, paths, render
+from runner.artifactsync import default_dest, fetch_every, fetch_locked
 from runner.cli_hosts import JSON_OPTION, TRUST_OPTION, hosts
+from runner.durations import format_duration, parse_duration
 from runner.errors import NotFound, RunnerError, SpecError
-from runner.fetch import fetch as fetch_artifact
+from runner.fetch import FetchResult
 from runner.logs import follow_log, read_log
-from runner.observe import refresh, refresh_one
+from runner.observe import refresh
 from runner.session import WINDOWS, attach_argv
 from runner.spec import JobSpec
 from runner.specfile import load_job
@@ -26,23 +28,16 @@ from runner.submit import submit as submit_job
 from runner.tunnel import tensorboard_url
 
 
-
 class Duration(click.ParamType):
-    """30s, 10m, 1h or plain seconds."""
+    """30s, 10m, 1h or plain seconds (runner.durations, shared with the job file)."""
 
     name = "duration"
-    UNITS = {"s": 1, "m": 60, "h": 3600}
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        text = str(value).strip().lower()
-        number, unit = (text[:-1], text[-1]) if text[-1:] in self.UNITS else (text, "s")
         try:
-            seconds = float(number) * self.UNITS[unit]
-        except ValueError:
-            self.fail(f"'{value}' is not a duration like 30s, 10m or 1h", param, ctx)
-        if seconds <= 0:
-            self.fail(f"'{value}' must be more than zero", param, ctx)
-        return seconds
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 DURATION = Duration()
@@ -143,19 +138,22 @@ def stop(job_ref: str, grace: float, as_json: bool) -> None:
 @click.argument("artifact")
 @click.argument("job_ref", metavar="[JOB]", required=False)
 @click.option("--dest", type=click.Path(path_type=Path), help="Destination folder [default: artifacts/JOB_ID].")
-@click.option("--every", type=DURATION, help="Keep fetching at this interval (30s, 10m, 1h) until the job ends.")
+@click.option(
+    "--every",
+    type=DURATION,
+    help="Keep fetching at this interval (30s, 10m, 1h) until the job ends, then once more; a host that does not"
+    " answer is waited for.",
+)
 @JSON_OPTION
 def fetch(artifact: str, job_ref: str | None, dest: Path | None, every: float | None, as_json: bool) -> None:
     """Copy ARTIFACT (weights, results, logs, ...) of JOB (default: the newest job) here."""
     with open_store() as store:
         job = store.find(job_ref)
-        while True:
-            result = fetch_artifact(job, artifact, dest or Path("artifacts") / job.id)
-            if every is None or job.finished:
-                break  # a finished job has had its final fetch: the loop ends after it
-            render.stderr.print(f"{len(result.files)} files, {render.human_size(result.bytes_copied)} new; next in {every:g}s")
-            time.sleep(every)
-            job = refresh_one(store, job)
+        where = dest or default_dest(job.id)
+        if every is None:
+            result = fetch_locked(job, artifact, where, _note)
+        else:
+            result = fetch_every(store, job, artifact, where, every, _progress_note(every), _note)
     if as_json:
         render.print_json(render.fetch_document(result))
         return
@@ -168,6 +166,15 @@ def fetch(artifact: str, job_ref: str | None, dest: Path | None, every: float | 
         render.stderr.print(f"refused {path}: it leads outside the job's workdir or the destination", markup=False)
     for path in result.changing:
         render.stderr.print(f"skipped {path}: still being written on the host; the next fetch takes it", markup=False)
+
+
+def _note(text: str) -> None:
+    """A line on stderr for a fetch that goes on a while (a background sync's log keeps them)."""
+    render.stderr.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False)
+
+
+def _progress_note(every: float) -> Callable[[FetchResult], None]:
+    return lambda result: _note(f"{render.fetch_progress(result)}; next in {format_duration(every)}")
 
 
 @cli.command()

@@ -9,9 +9,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from runner.durations import format_duration
 from runner.fetch import FetchResult
 from runner.hosts import SyncStats
 from runner.state import Job, JobState
@@ -102,7 +104,15 @@ def duration(seconds: float | None) -> str:
 
 def submit_document(submitted: Submitted) -> dict[str, Any]:
     syncs = {"workdir": submitted.workdir_sync, **{f"dataset:{n}": s for n, s in submitted.dataset_syncs.items()}}
-    return {**job_document(submitted.job), "sync": {name: _sync_document(stats) for name, stats in syncs.items() if stats}}
+    return {
+        **job_document(submitted.job),
+        "sync": {name: _sync_document(stats) for name, stats in syncs.items() if stats},
+        "artifact_syncs": [
+            {"artifact": sync.artifact, "every_seconds": sync.every_s, "dest": str(sync.dest), "pid": sync.pid,
+             "log": str(sync.log)}  # fmt: skip
+            for sync in submitted.artifact_syncs
+        ],
+    }
 
 
 def submit_summary(submitted: Submitted) -> str:
@@ -111,6 +121,11 @@ def submit_summary(submitted: Submitted) -> str:
     if submitted.workdir_sync:
         lines.append(f"  workdir: {_sync_text(submitted.workdir_sync)}")
     lines += [f"  dataset {name}: {_sync_text(stats)}" for name, stats in submitted.dataset_syncs.items()]
+    lines += [
+        f"  syncing {sync.artifact} every {format_duration(sync.every_s)} to {escape(str(sync.dest))}"
+        f" (log: {escape(str(sync.log))})"
+        for sync in submitted.artifact_syncs
+    ]
     lines.append(f"  runner status {job.id}    runner logs -f {job.id}    runner fetch weights {job.id}")
     if job.spec.get("tensorboard"):
         lines.append(f"  runner tensorboard {job.id}    runner attach {job.id}")
@@ -140,6 +155,11 @@ def fetch_document(result: FetchResult) -> dict[str, Any]:
         "bytes_copied": result.bytes_copied,
         "seconds": round(result.seconds, 3),
     }
+
+
+def fetch_progress(result: FetchResult) -> str:
+    changing = f" ({len(result.changing)} still being written)" if result.changing else ""
+    return f"{len(result.files)} files, {human_size(result.bytes_copied)} new{changing}"
 
 
 def fetch_table(result: FetchResult) -> Table:

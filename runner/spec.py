@@ -8,9 +8,25 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+    computed_field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from runner.durations import parse_duration
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -21,6 +37,8 @@ DEFAULT_ARTIFACTS: dict[str, list[str]] = {
     "results": ["runs/**/results.csv", "runs/**/results.txt", "runs/**/*.yaml"],
     "logs": ["runs/**/events.out.tfevents.*"],
 }
+# Each sync lists the whole set on the host (hashing what changed): more often than this is a busy loop.
+MIN_SYNC_SECONDS = 10.0
 
 
 def _one_or_many(value: object) -> object:
@@ -45,13 +63,67 @@ def _stays_inside(glob: str) -> str:
     return glob
 
 
+def _sync_interval(value: object) -> float:
+    """`sync_every: 10m` (or plain seconds), no more often than MIN_SYNC_SECONDS."""
+    seconds = parse_duration(value)
+    if seconds < MIN_SYNC_SECONDS:
+        raise ValueError(f"'{value}' is too often: each sync lists the set on the host; at least {MIN_SYNC_SECONDS:g}s")
+    return seconds
+
+
 ShellLines = Annotated[list[str], BeforeValidator(_one_or_many)]
 Globs = Annotated[list[Annotated[str, AfterValidator(_stays_inside)]], BeforeValidator(_one_or_many)]
 EnvValue = Annotated[str, BeforeValidator(_scalar_as_text)]
+SyncInterval = Annotated[
+    float,
+    BeforeValidator(_sync_interval),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*[0-9.]+\s*[smhSMH]?\s*$"}, {"type": "number"}]}),
+]
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArtifactSet(StrictModel):
+    """A named glob set in its long form, for what the short form (a list of globs) cannot say."""
+
+    paths: Globs | None = Field(None, description="globs, relative to the workdir; weights/results/logs have defaults")
+    sync_every: SyncInterval | None = Field(
+        None,
+        description=f"fetch the set in the background while the job runs, at this interval (30s, 10m, 1h;"
+        f" at least {MIN_SYNC_SECONDS:g}s), and once more when it ends",
+    )
+    dest: str | None = Field(
+        None,
+        min_length=1,
+        description="where sync_every fetches to, relative to the job file (default: artifacts/JOB_ID where"
+        " `runner submit` ran, as `runner fetch`)",
+    )
+
+    @model_validator(mode="after")
+    def _dest_needs_sync(self) -> "ArtifactSet":
+        if self.dest is not None and self.sync_every is None:
+            raise ValueError("dest is only used with sync_every (`runner fetch --dest` sets it for one fetch)")
+        return self
+
+
+class ArtifactSync(StrictModel):
+    """What the background sync of one set does, as stored with the job (`artifact_sync`)."""
+
+    every_s: float
+    dest: str | None  # as written in the job file: relative to it; None: artifacts/JOB_ID
+
+
+def _artifact_form(value: Any) -> str:
+    return "set" if isinstance(value, dict) else "globs"
+
+
+# `weights: [globs]` or `weights: {paths: [...], sync_every: 10m}`. The tag picks the form by the YAML
+# shape, so an error speaks of that form only (specfile drops the tag from the error's location).
+ArtifactEntry = Annotated[
+    Union[Annotated[Globs, Tag("globs")], Annotated[ArtifactSet, Tag("set")]], Discriminator(_artifact_form)
+]
 
 
 class TensorBoard(StrictModel):
@@ -100,8 +172,10 @@ class JobSpec(StrictModel):
     datasets: dict[str, Annotated[Dataset, BeforeValidator(_dataset_shorthand)]] = Field(
         default_factory=dict, description="dataset folders, shared by the jobs on a host and synced only when changed"
     )
-    artifacts: dict[str, Globs] = Field(
-        default_factory=dict, description="named glob sets, relative to the workdir; weights/results/logs have defaults"
+    artifacts: dict[str, ArtifactEntry] = Field(
+        default_factory=dict,
+        description="named glob sets, relative to the workdir (weights/results/logs have defaults): a list of globs,"
+        " or {paths, sync_every, dest} to fetch the set in the background while the job runs",
     )
     tensorboard: TensorBoard | None = Field(default_factory=TensorBoard)
     progress: Literal["auto", "ultralytics", "yolov7", "tqdm", "none"] = Field(
@@ -132,8 +206,44 @@ class JobSpec(StrictModel):
                 raise ValueError(f"'{name}' is not a valid name (letters, digits, '-' and '_')")
         return named
 
+    @field_validator("artifacts")
+    @classmethod
+    def _own_sets_have_paths(cls, sets: dict[str, object]) -> dict[str, object]:
+        for name, entry in sets.items():
+            if isinstance(entry, ArtifactSet) and entry.paths is None and name not in DEFAULT_ARTIFACTS:
+                # ctx "entry" points the error at this set's line, not at `artifacts:` (see specfile).
+                raise PydanticCustomError(
+                    "no_default_paths",
+                    "needs paths: only {defaults} have default globs",
+                    {"entry": name, "defaults": "/".join(DEFAULT_ARTIFACTS)},
+                )
+        return sets
+
     @model_validator(mode="after")
     def _default_artifact_sets(self) -> "JobSpec":
-        merged = {**DEFAULT_ARTIFACTS, **self.artifacts}
+        # Every set in its long form, its globs filled in: a default set named without paths keeps them.
+        merged: dict[str, ArtifactSet] = {}
+        for name, entry in {**DEFAULT_ARTIFACTS, **self.artifacts}.items():
+            if not isinstance(entry, ArtifactSet):
+                entry = ArtifactSet(paths=entry)
+            elif entry.paths is None:
+                entry = entry.model_copy(update={"paths": DEFAULT_ARTIFACTS[name]})
+            merged[name] = entry
         object.__setattr__(self, "artifacts", merged)
         return self
+
+    # Stored with the job (and in the host's spec.json), `artifacts` stays a name -> list of globs mapping,
+    # the shape `runner fetch` reads; the background syncs are a mapping of their own beside it.
+    @field_serializer("artifacts")
+    def _globs_only(self, sets: dict[str, ArtifactSet]) -> dict[str, list[str]]:
+        return {name: list(entry.paths or []) for name, entry in sets.items()}
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def artifact_sync(self) -> dict[str, ArtifactSync]:
+        """The sets fetched in the background while the job runs, by name."""
+        return {
+            name: ArtifactSync(every_s=entry.sync_every, dest=entry.dest)
+            for name, entry in self.artifacts.items()
+            if isinstance(entry, ArtifactSet) and entry.sync_every is not None
+        }

@@ -13,7 +13,7 @@ from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 
 from runner.errors import SpecError
 from runner.spec import JobSpec
@@ -114,9 +114,9 @@ def validate(model: type[BaseModel], data: dict[str, Any], marks: Marks, path: P
         errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        loc: FieldPath = tuple(first["loc"])
+        loc = _file_location(model, first)
         mark = marks.key_or_value(loc) if first["type"] == "extra_forbidden" else marks.nearest_value(loc)
-        raise SpecError(f"{path}:{mark.line}:{mark.column}: {_describe(model, first)}{more}") from None
+        raise SpecError(f"{path}:{mark.line}:{mark.column}: {_describe(model, first, loc)}{more}") from None
 
 
 def dotted(path: FieldPath) -> str:
@@ -161,8 +161,23 @@ def _collect_marks(node: yaml.Node, path: FieldPath, marks: Marks) -> None:
             _collect_marks(item, path + (index,), marks)
 
 
-def _describe(model: type[BaseModel], error: dict[str, Any]) -> str:
-    loc: FieldPath = tuple(error["loc"])
+def _file_location(model: type[BaseModel], error: dict[str, Any]) -> FieldPath:
+    """The error's place in the file: pydantic's location without the tags of tagged unions (the file has
+    no such level), and down to the entry a mapping's validator named in its context ("entry")."""
+    kept: list[str | int] = []
+    current: Any = model
+    for part in error["loc"]:
+        branch = _tagged_branches(current).get(part) if isinstance(part, str) else None
+        if branch is None:
+            kept.append(part)
+            current = _step(current, part)
+        else:
+            current = _unwrap(branch)
+    entry = (error.get("ctx") or {}).get("entry")
+    return tuple(kept) + ((entry,) if isinstance(entry, str) else ())
+
+
+def _describe(model: type[BaseModel], error: dict[str, Any], loc: FieldPath) -> str:
     where = dotted(loc)
     if error["type"] == "extra_forbidden":
         unknown = str(loc[-1])
@@ -179,7 +194,9 @@ def _closest_field(model: type[BaseModel], parent: FieldPath, name: str) -> str 
     current: Any = model
     for part in parent:
         current = _step(current, part)
-    fields = list(getattr(current, "model_fields", {})) if isinstance(current, type) else []
+    # A tagged union (`weights: [globs]` or `weights: {paths: ...}`): a mapping's keys are a model branch's.
+    options = [_unwrap(branch) for branch in _tagged_branches(current).values()] or [current]
+    fields = [name for option in options if isinstance(option, type) for name in getattr(option, "model_fields", {})]
     matches = difflib.get_close_matches(name, fields, n=1)
     return matches[0] if matches else None
 
@@ -192,6 +209,18 @@ def _step(annotation: Any, part: str | int) -> Any:
     if get_origin(annotation) in (dict, list):
         return _unwrap(get_args(annotation)[-1])
     return None
+
+
+def _tagged_branches(annotation: Any) -> dict[str, Any]:
+    """A tagged union's branches by tag (`Union[Annotated[X, Tag("x")], ...]`); {} for any other type."""
+    if get_origin(annotation) not in (Union, UnionType):
+        return {}
+    branches = {}
+    for option in get_args(annotation):
+        tags = [meta.tag for meta in getattr(option, "__metadata__", ()) if isinstance(meta, Tag)]
+        if tags:
+            branches[tags[0]] = option
+    return branches
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from runner import session
+from runner.artifactsync import Sync, start_syncs
 from runner.errors import HostUnreachable, NotFound, RunnerError, SpecError
 from runner.hosts import Host, SyncStats, get_host
 from runner.jobscript import render_job_sh, render_run_sh
@@ -24,6 +25,7 @@ class Submitted:
     job: Job
     workdir_sync: SyncStats | None = None
     dataset_syncs: dict[str, SyncStats] = field(default_factory=dict)
+    artifact_syncs: list[Sync] = field(default_factory=list)  # background fetchers (artifacts.NAME.sync_every)
 
 
 def submit(store: Store, loaded: LoadedJob, host_override: str | None = None, trust_new_host: bool = False) -> Submitted:
@@ -50,6 +52,8 @@ def submit(store: Store, loaded: LoadedJob, host_override: str | None = None, tr
         _end_session_quietly(host, name)
         raise
     submitted.job = store.get(job.id)
+    if submitted.job.state is JobState.RUNNING:  # never for a job that failed or was stopped meanwhile
+        submitted.artifact_syncs = start_syncs(store, submitted.job, spec.artifact_sync, loaded.path)
     return submitted
 
 

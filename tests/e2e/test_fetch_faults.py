@@ -51,3 +51,36 @@ def test_a_fetch_survives_its_sshd_being_killed_halfway(runner: Runner, trusted_
     assert [item["sha256"] for item in result["files"]] == [on_host]
     assert hashlib.sha256(final.read_bytes()).hexdigest() == on_host
     assert torn_sightings == [] and not part.exists()
+
+
+def test_a_paused_host_does_not_end_fetch_every(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+    job_file = write_job(
+        tmp_path,
+        "epochs",
+        "name: epochs\nrun: mkdir -p runs/e/weights && for i in $(seq 1 15); do echo $i > runs/e/weights/epoch$i.pt; sleep 1; done\n",
+    )
+    job_id = runner.submit(job_file, "--host", "box")
+    notes = tmp_path / "fetch.stderr"
+    with notes.open("w") as err:
+        fetch = subprocess.Popen(
+            [runner_executable(), "fetch", "weights", job_id, "--dest", str(tmp_path / "d"), "--every", "1s", "--json"],
+            env=runner.env, stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "next in 1s" in notes.read_text(), 60, what="a fetch while the job runs")
+        trusted_box.pause()
+        try:
+            wait_for(lambda: "trying again in 1s" in notes.read_text(), 150, what="the fetch loop to meet the paused host")
+            time.sleep(3)  # a few more intervals against a host that does not answer
+            assert fetch.poll() is None, notes.read_text()
+        finally:
+            trusted_box.unpause()
+        out, _ = fetch.communicate(timeout=180)
+    finally:
+        if fetch.poll() is None:
+            fetch.kill()
+    assert fetch.returncode == 0, notes.read_text()
+    assert "unreachable" in notes.read_text() or "did not answer" in notes.read_text()
+    assert runner.state(job_id) == "succeeded"
+    paths = sorted(item["path"] for item in json.loads(out)["files"])
+    assert paths == sorted(f"runs/e/weights/epoch{i}.pt" for i in range(1, 16))

@@ -185,3 +185,65 @@ def test_fetch_every_keeps_pulling_until_the_job_ends(runner: Runner, tmp_path: 
     paths = sorted(item["path"] for item in json.loads(result.stdout)["files"])
     assert paths == [f"runs/e/weights/epoch{i}.pt" for i in range(1, 5)]
     assert (tmp_path / "d" / "runs/e/weights/epoch4.pt").read_text() == "4\n"
+
+
+def running(pid: int) -> bool:
+    """Alive, not a zombie waiting for a parent that is gone to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_sync_every_fetches_in_the_background_until_the_job_ends(runner: Runner, tmp_path: Path) -> None:
+    job_file = write_job(
+        tmp_path,
+        "synced",
+        "name: synced\n"
+        "run: |\n"
+        "  mkdir -p runs/s/weights\n"
+        "  for i in $(seq 1 12); do head -c 65536 /dev/urandom > runs/s/weights/last.pt; echo epoch $i; sleep 1; done\n"
+        "artifacts:\n"
+        "  weights:\n"
+        "    paths: ['runs/**/weights/*.pt']\n"
+        "    sync_every: 10s\n"
+        "    dest: synced-weights\n"
+        "  results: ['runs/**/results.csv']\n",
+    )
+    dest = tmp_path / "synced-weights"
+    submitted = runner.run("submit", str(job_file), check=True)  # returns at once: the fetcher holds no pipe of it
+    job_id = submitted.stdout.strip()
+    assert f"syncing weights every 10s to {dest}" in submitted.stderr
+    pid_file, log = runner.home / "syncs" / f"{job_id}-weights.pid", runner.home / "syncs" / f"{job_id}-weights.log"
+    pid = int(pid_file.read_text())
+    assert running(pid)
+    assert runner.state(job_id) == "running"
+
+    done = runner.wait_state(job_id, {"succeeded", "failed", "lost", "stopped"}, timeout=60)
+    assert done["state"] == "succeeded"
+    assert "next in 10s" in log.read_text()  # it fetched while the job ran
+    # The loop notices the end within an interval, fetches once more and is gone, its pid file with it.
+    wait_for(lambda: not running(pid), 40, interval=0.5, what="the background fetcher to exit")
+    assert not pid_file.exists()
+    written = Path(done["job_dir"]) / "work" / "runs/s/weights/last.pt"
+    assert sha256(dest / "runs/s/weights/last.pt") == sha256(written)
+    assert "1 files in" in log.read_text()
+    assert not (tmp_path / "artifacts").exists() and not list(dest.rglob("*.part"))
+
+
+def test_the_sync_of_a_stopped_job_makes_its_last_fetch_and_ends(runner: Runner, tmp_path: Path) -> None:
+    job_file = write_job(
+        tmp_path,
+        "stopsync",
+        "name: stopsync\nrun: |\n  mkdir -p runs/s/weights && echo one > runs/s/weights/a.pt\n  echo ready\n  sleep 600\n"
+        "artifacts:\n  weights: {sync_every: 10s, dest: out}\n",
+    )
+    job_id = runner.submit(job_file)
+    pid = int((runner.home / "syncs" / f"{job_id}-weights.pid").read_text())
+    wait_for(lambda: runner.json("status", job_id)["last_line"] == "ready", 30, what="job output")
+    assert runner.json("stop", job_id)["state"] == "stopped"  # runner stop leaves the fetcher be, and waits for nothing
+    wait_for(lambda: not running(pid), 40, interval=0.5, what="the background fetcher to exit")
+    log = (runner.home / "syncs" / f"{job_id}-weights.log").read_text()
+    assert log.rstrip().splitlines()[-1].startswith(f"1 files in {tmp_path / 'out'}")  # its last fetch, after the stop
+    assert (tmp_path / "out" / "runs/s/weights/a.pt").read_text() == "one\n"

@@ -19,6 +19,18 @@ MALFORMED = {
     "empty_file": ("", ": empty job file"),
     "duplicate_key": ("name: x\nrun: a\nname: y\n", ":3:1: invalid YAML: duplicate key 'name'"),
     "huge_file": ("# padding\n" * (MAX_SPEC_BYTES // 10 + 1), f"is too large for a job file (limit {MAX_SPEC_BYTES})"),
+    "bad_sync_every": (
+        "name: x\nrun: a\nartifacts:\n  weights:\n    sync_every: 10 minutes\n",
+        ":5:17: artifacts.weights.sync_every: '10 minutes' is not a duration like 30s, 10m or 1h",
+    ),
+    "sync_too_often": (
+        "name: x\nrun: a\nartifacts:\n  weights: {paths: a.pt, sync_every: 2s}\n",
+        ":4:38: artifacts.weights.sync_every: '2s' is too often: each sync lists the set on the host; at least 10s",
+    ),
+    "unknown_sync_key": (
+        "name: x\nrun: a\nartifacts:\n  weights:\n    paths: [a.pt]\n    sync_evrey: 10m\n",
+        ":6:5: artifacts.weights.sync_evrey: unknown field 'sync_evrey', did you mean 'sync_every'?",
+    ),
 }
 
 
