@@ -65,7 +65,8 @@ def fetch(job: Job, artifact: str, dest: Path) -> FetchResult:
 
 
 def list_remote(host: Host, root: str, globs: list[str]) -> tuple[list[RemoteFile], list[str]]:
-    answer = json.loads(run_agent(host, "manifest", root, *globs, timeout=MANIFEST_SECONDS).check().text)
+    defer = f"--defer-hash-over={SMALL_FILE_BYTES}"  # large files are hashed while they are sent
+    answer = json.loads(run_agent(host, "manifest", defer, root, *globs, timeout=MANIFEST_SECONDS).check().text)
     files = [RemoteFile(item["path"], item["size"], item["sha256"], item.get("stable", True)) for item in answer["files"]]
     return files, list(answer["refused"])
 
@@ -122,8 +123,7 @@ def _fetch_one(host: Host, root: str, remote: RemoteFile, final: Path) -> Remote
     final.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(ROUNDS_PER_FILE):
         try:
-            download(host, str(PurePosixPath(root, remote.path)), remote, final)
-            return remote
+            return download(host, root, remote, final)
         except Changed:
             remote = _relist(host, root, remote.path)  # rewritten while copied: take the new version
     raise RunnerError(f"{remote.path}: changed on the host during each of {ROUNDS_PER_FILE} copies; try again")
@@ -148,7 +148,7 @@ class LocalManifest:
 
     def holds(self, remote: RemoteFile, final: Path) -> bool:
         entry = self.entries.get(remote.path)
-        if not entry or not final.is_file() or entry[2] != remote.sha256:
+        if not entry or not final.is_file() or remote.sha256 is None or entry[2] != remote.sha256:
             return False
         stat = final.stat()
         return [stat.st_size, stat.st_mtime_ns] == entry[:2]

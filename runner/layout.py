@@ -6,6 +6,7 @@ import io
 import posixpath
 import tarfile
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from runner import hostside
 from runner.hosts.base import CommandResult, Host, Stdin
@@ -71,15 +72,22 @@ def agent_argv(host: Host, *args: str) -> list[str]:
     return [host.python, agent_path(host), *args]
 
 
-def run_agent(host: Host, *args: str, stdin: Stdin = None, timeout: float | None = 60) -> CommandResult:
+def run_agent(
+    host: Host, *args: str, stdin: Stdin = None, timeout: float | None = 60, stdout: BinaryIO | None = None
+) -> CommandResult:
     """Run an agent command, installing this version's agent first if the host lacks it (a job
-    submitted by an older runner): no extra round trip when it is there."""
+    submitted by an older runner): no extra round trip when it is there. With stdout, the output is
+    appended to that open file instead of returned."""
     start = stdin.tell() if stdin is not None and not isinstance(stdin, bytes) else None
     argv = ["sh", "-c", f'[ -f "$2" ] || exit {AGENT_MISSING}; exec "$@"', "sh", *agent_argv(host, *args)]
-    result = host.run(argv, stdin=stdin, timeout=timeout)
+
+    def once() -> CommandResult:
+        return host.run(argv, stdin=stdin, timeout=timeout) if stdout is None else host.run_into(argv, stdout)
+
+    result = once()
     if result.returncode == AGENT_MISSING:
         install_hostside(host)
         if start is not None:
             stdin.seek(start)  # type: ignore[union-attr]
-        result = host.run(argv, stdin=stdin, timeout=timeout)
+        result = once()
     return result

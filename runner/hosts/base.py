@@ -68,6 +68,11 @@ class Host(Protocol):
         """Replace path atomically with data, creating parent directories."""
         ...
 
+    def run_into(self, argv: Sequence[str], out: BinaryIO) -> CommandResult:
+        """Run argv with its stdout appended to the open file out (result.stdout is empty).
+        Raises HostUnreachable when the link drops: what arrived stays in out."""
+        ...
+
     def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
         """Append the file's bytes from offset to its end to the open file out.
         Raises HostUnreachable when the link drops (the caller resumes), NotFound when it is gone."""

@@ -43,6 +43,11 @@ class LocalHost:
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         write_atomically(Path(path), data, mode)
 
+    def run_into(self, argv: Sequence[str], out: BinaryIO) -> CommandResult:
+        out.flush()
+        completed = subprocess.run(list(argv), stdout=out, stderr=subprocess.PIPE, check=False, env=_host_environment())
+        return CommandResult(list(argv), completed.returncode, b"", completed.stderr)
+
     def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
         try:
             with open(path, "rb") as source:

@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
-def run_over_paramiko(host: SshHost, argv: Sequence[str], stdin: Stdin, timeout: float | None) -> CommandResult:
+def run_over_paramiko(
+    host: SshHost, argv: Sequence[str], stdin: Stdin, timeout: float | None, stdout: BinaryIO | None = None
+) -> CommandResult:
+    """Run argv on the host; its output is returned, or appended to the open file stdout when given."""
     transport = host.connection().transport
     try:
         channel = transport.open_session(timeout=host.entry.connect_timeout)
@@ -34,13 +37,21 @@ def run_over_paramiko(host: SshHost, argv: Sequence[str], stdin: Stdin, timeout:
             for block in iter(lambda: stdin.read(CHUNK_BYTES), b""):
                 channel.sendall(block)
         channel.shutdown_write()
-        stdout = channel.makefile("rb").read()
+        output = _drain(channel, stdout)
         code = channel.recv_exit_status()
         stderr.join()
     except (socket.timeout, paramiko.SSHException, EOFError, OSError) as error:
         host.close()
         raise HostUnreachable(f"host '{host.name}' unreachable: connection lost running {command_name(argv)}: {describe(error)}") from None
-    return CommandResult(list(argv), code, stdout, stderr.data)
+    return CommandResult(list(argv), code, output, stderr.data)
+
+
+def _drain(channel: paramiko.Channel, out: BinaryIO | None) -> bytes:
+    if out is None:
+        return channel.makefile("rb").read()
+    for block in iter(lambda: channel.recv(CHUNK_BYTES), b""):
+        out.write(block)
+    return b""
 
 
 def read_over_sftp(host: SshHost, path: str, offset: int, out: BinaryIO) -> None:

@@ -102,6 +102,17 @@ class SshHost:
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         self.run(["sh", "-c", WRITE_FILE_SCRIPT, "sh", path, format(mode, "o")], stdin=data).check()
 
+    def run_into(self, argv: Sequence[str], out: BinaryIO) -> CommandResult:
+        if not self.uses_openssh:
+            from runner.hosts.paramikorun import run_over_paramiko
+
+            return run_over_paramiko(self, argv, None, None, stdout=out)
+        out.flush()
+        code, _, stderr = self._run_openssh(argv, None, None, stdout=out)
+        if code == SSH_FAILED:
+            raise HostUnreachable(f"host '{self.name}' unreachable: connection lost running {command_name(argv)}: {last_line(stderr)}")
+        return CommandResult(list(argv), code, b"", stderr.encode())
+
     def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
         if not self.uses_openssh:
             from runner.hosts.paramikorun import read_over_sftp

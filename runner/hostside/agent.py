@@ -3,7 +3,9 @@
 
 Subcommands (each prints one JSON document on stdout, except `monitor`):
   probe JOB_DIR...           per job: tmux session alive?, exit code, last progress line
-  manifest ROOT GLOB...      files under ROOT matching the globs: path, size, mtime, sha256
+  manifest [--defer-hash-over=N] ROOT GLOB...
+                             files under ROOT matching the globs: path, size, mtime, sha256
+  send ROOT PATH OFFSET      PATH's bytes from OFFSET on stdout; its sha256 and stability on stderr
   tree ROOT                  every file under ROOT with its sha256, and interrupted uploads' parts
   part-size ROOT PATH SHA256 bytes already received of that version of PATH
   receive ROOT PATH SIZE SHA256 MTIME_NS MODE OFFSET
@@ -210,7 +212,7 @@ def main(argv):
         sys.stderr.write(__doc__)
         return 2
     command, args = argv[1], argv[2:]
-    needed = {"monitor": 1, "manifest": 1, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 7, "receive-batch": 1}
+    needed = {"monitor": 1, "manifest": 1, "send": 3, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 7, "receive-batch": 1}
     if len(args) < needed.get(command, 0):
         sys.stderr.write("agent: %s needs %d arguments\n" % (command, needed[command]))
         return 2
@@ -220,7 +222,12 @@ def main(argv):
     if command == "probe":
         result = probe(args)
     elif command == "manifest":
-        result = transfer.manifest(args[0], args[1:])
+        defer_over = None
+        if args[0].startswith("--defer-hash-over="):
+            defer_over, args = int(args[0].split("=", 1)[1]), args[1:]
+        result = transfer.manifest(args[0], args[1:], defer_over)
+    elif command == "send":
+        return _send(*args[:3])
     elif command == "tree":
         result = transfer.tree(args[0])
     elif command == "part-size":
@@ -240,6 +247,17 @@ def main(argv):
         return 2
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
+    return 0
+
+
+def _send(root, rel, offset):
+    """The data on stdout; the report, as the last line of stderr."""
+    try:
+        report = transfer.send(root, rel, int(offset), sys.stdout.buffer)
+    except OSError as error:
+        sys.stderr.write("%s\n" % json.dumps({"error": "%s: %s" % (rel, error.strerror or error)}))
+        return 1
+    sys.stderr.write("%s\n" % json.dumps(report))
     return 0
 
 

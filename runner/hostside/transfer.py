@@ -53,9 +53,11 @@ class HashCache(object):
 # Listing
 
 
-def manifest(root, patterns):
+def manifest(root, patterns, defer_over=None):
     """Regular files under root matching the globs; anything resolving outside root is refused.
-    Files still changing are reported "stable": false, to be fetched in a later round."""
+    Files still changing are reported "stable": false, to be fetched in a later round. Files larger
+    than defer_over with no cached hash are listed with "sha256": null: `send` hashes them as it
+    sends them, so a new 2 GB checkpoint is read once, not twice."""
     real_root = os.path.realpath(root)
     cache = HashCache(real_root)
     files, refused = {}, []
@@ -67,7 +69,7 @@ def manifest(root, patterns):
                 refused.append(rel)
                 continue
             if os.path.isfile(path) and rel not in files and not rel.endswith(PART_SUFFIX):
-                files[rel] = _describe_settled(path, rel, cache)
+                files[rel] = _describe_settled(path, rel, cache, defer_over)
     cache.save()
     return {"root": root, "files": [files[rel] for rel in sorted(files)], "refused": sorted(set(refused))}
 
@@ -96,18 +98,47 @@ def tree(root):
     return {"root": root, "files": files, "parts": parts}
 
 
-def _describe_settled(path, rel, cache):
-    """Size, mtime and sha256 of a file that held still while it was hashed."""
+def _describe_settled(path, rel, cache, defer_over=None):
+    """Size, mtime and sha256 of a file that held still while it was hashed (or, when its hash is
+    deferred to `send`, that was not written in the last second)."""
     for _ in range(HASH_ATTEMPTS):
         before = os.stat(path)
-        digest = cache.get(rel, before) or _sha256(path)
+        digest = cache.get(rel, before)
+        if digest is None and (defer_over is None or before.st_size <= defer_over):
+            digest = _sha256(path)
         after = os.stat(path)
         settled = time.time() - after.st_mtime >= SETTLE_SECONDS
         if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and settled:
-            cache.put(rel, after, digest)
+            if digest:
+                cache.put(rel, after, digest)
             return {"path": rel, "size": after.st_size, "mtime": after.st_mtime, "sha256": digest, "stable": True}
         time.sleep(SETTLE_SECONDS)
     return {"path": rel, "size": after.st_size, "mtime": after.st_mtime, "sha256": digest, "stable": False}
+
+
+# Sending
+
+
+def send(root, rel, offset, out):
+    """rel's bytes from offset to out, hashing the whole file on the way (the part before offset
+    from disk): the report says its sha256 and whether it held still, so the receiver knows
+    whether what it got is one whole version. A stable file's hash goes to the cache."""
+    path = os.path.join(root, rel)
+    before = os.stat(path)
+    digest = _hash_prefix(path, offset)
+    with open(path, "rb") as source:
+        source.seek(offset)
+        for block in iter(lambda: source.read(CHUNK_BYTES), b""):
+            digest.update(block)
+            out.write(block)
+    out.flush()
+    after = os.stat(path)
+    stable = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+    if stable:
+        cache = HashCache(os.path.realpath(root))
+        cache.put(rel, after, digest.hexdigest())
+        cache.save()
+    return {"path": rel, "size": after.st_size, "sha256": digest.hexdigest(), "stable": stable}
 
 
 # Receiving

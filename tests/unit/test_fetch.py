@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import time
 from pathlib import Path
@@ -30,6 +31,13 @@ class CountingHost(LocalHost):
     def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
         self.reads.append((path, offset))
         super().read_into(path, offset, out)
+
+    def run_into(self, argv, out):  # type: ignore[no-untyped-def]
+        # The agent's `send ROOT PATH OFFSET`: a large file not hashed yet, hashed as it is sent.
+        self.commands.append(list(argv))
+        root, rel, offset = argv[-3:]
+        self.reads.append((os.path.join(root, rel), int(offset)))
+        return super().run_into(argv, out)
 
 
 @pytest.fixture(autouse=True)
@@ -94,18 +102,16 @@ class RewritingHost(CountingHost):
         super().__init__()
         self.path, self.new_content = path, new_content
 
-    def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
-        self.reads.append((path, offset))
-        if len(self.reads) == 1:
-            with open(path, "rb") as source:
-                out.write(source.read(len(self.new_content) // 2))
-            self.path.write_bytes(self.new_content)
-            settled(self.path, seconds_ago=50)  # a newer mtime, as a real rewrite has
-            with open(path, "rb") as source:
-                source.seek(len(self.new_content) // 2)
-                out.write(source.read())
-            return
-        LocalHost.read_into(self, path, offset, out)
+    def run_into(self, argv, out):  # type: ignore[no-untyped-def]
+        if self.reads:
+            return super().run_into(argv, out)
+        half = len(self.new_content) // 2
+        self.reads.append((str(self.path), int(argv[-1])))
+        with self.path.open("rb") as source:
+            out.write(source.read(half))  # the old version's first half arrives...
+        self.path.write_bytes(self.new_content)  # ...the training saves a new one...
+        settled(self.path, seconds_ago=50)  # (a newer mtime, as a real rewrite has)
+        return LocalHost.run_into(self, [*argv[:-1], str(half)], out)  # ...and the rest comes from it
 
 
 def test_a_file_rewritten_during_its_copy_is_never_kept_torn(tmp_path: Path) -> None:
@@ -141,3 +147,37 @@ def test_hostile_names_write_nothing_outside_the_destination(tmp_path: Path) -> 
     fetched, _ = fetch_files(CountingHost(), str(root), listed, dest, refused)
     assert fetched == [] and sorted(refused) == sorted(item.path for item in listed)
     assert list(outside.iterdir()) == [] and not Path("/tmp/abs.pt").exists()
+
+
+def test_a_new_large_file_is_read_once_on_the_host_and_then_known(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    content = os.urandom(12 * 1024 * 1024)
+    (root / "best.pt").write_bytes(content)
+    settled(root / "best.pt")
+    listed, _ = list_remote(CountingHost(), str(root), ["*.pt"])
+    assert listed[0].sha256 is None  # not hashed by the listing: the send hashes it
+    host = CountingHost()
+    fetched, _, _ = fetch(host, root, tmp_path / "dest", "*.pt")
+    assert fetched[0].sha256 == hashlib.sha256(content).hexdigest() and fetched[0].copied
+    assert len(host.commands) == 2  # the manifest, one send
+    host = CountingHost()
+    again, _, _ = fetch(host, root, tmp_path / "dest", "*.pt")
+    assert again[0].sha256 == hashlib.sha256(content).hexdigest() and not again[0].copied
+    assert len(host.commands) == 1 and host.reads == []  # the send left its hash in the host's cache
+
+
+def test_the_host_reports_a_file_that_changed_while_it_was_sent(tmp_path: Path) -> None:
+    from runner.hostside import transfer
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"A" * (3 * transfer.CHUNK_BYTES))
+
+    class RewriteAfterFirstChunk(io.BytesIO):
+        def write(self, block: bytes) -> int:  # type: ignore[override]
+            if self.tell() == 0:
+                path.write_bytes(b"B" * (3 * transfer.CHUNK_BYTES))  # torch.save, mid-send
+            return super().write(block)
+
+    report = transfer.send(str(tmp_path), "last.pt", 0, RewriteAfterFirstChunk())
+    assert report["stable"] is False
