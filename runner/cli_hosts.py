@@ -56,7 +56,7 @@ def add(name: str, target: str, identity: str | None, trust_new_host: bool) -> N
 @TRUST_OPTION
 @JSON_OPTION
 def check(name: str, trust_new_host: bool, as_json: bool) -> None:
-    """Connect to NAME and report OS, Python, tmux, rsync, docker, free disk and GPUs."""
+    """Connect to NAME and report OS, Python, tmux, docker, free disk and GPUs."""
     facts = check_host(name, trust_new_host)
     if as_json:
         render.print_json(facts)

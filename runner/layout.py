@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from runner import hostside
+from runner.errors import RunnerError
 from runner.hosts.base import CommandResult, Host, Stdin
+from runner.hosts.feed import rewinder
 
 AGENT = "agent.py"
 AGENT_MISSING = 86  # the exit code of run_agent's check, distinct from the agent's own (0, 1, 2)
@@ -78,7 +80,7 @@ def run_agent(
     """Run an agent command, installing this version's agent first if the host lacks it (a job
     submitted by an older runner): no extra round trip when it is there. With stdout, the output is
     appended to that open file instead of returned."""
-    start = stdin.tell() if stdin is not None and not isinstance(stdin, bytes) else None
+    rewind = rewinder(stdin)
     argv = ["sh", "-c", f'[ -f "$2" ] || exit {AGENT_MISSING}; exec "$@"', "sh", *agent_argv(host, *args)]
 
     def once() -> CommandResult:
@@ -87,7 +89,8 @@ def run_agent(
     result = once()
     if result.returncode == AGENT_MISSING:
         install_hostside(host)
-        if start is not None:
-            stdin.seek(start)  # type: ignore[union-attr]
+        if rewind is None:
+            raise RunnerError(f"host '{host.name}' lacked this runner's agent (now installed): run the command again")
+        rewind()
         result = once()
     return result

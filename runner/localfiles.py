@@ -1,5 +1,6 @@
-"""The local side of a push: the files of a folder with their sha256, hashes cached by path, size
-and mtime (in RUNNER_HOME), so a 10 GB dataset that did not change is not read again."""
+"""The local side of a push: the files of a folder, and their sha256 when a comparison needs it,
+cached by path, size and mtime (in RUNNER_HOME) so a 10 GB dataset that did not change is not read
+again. A file the host does not have is not hashed up front: the upload hashes it as it reads it."""
 
 from __future__ import annotations
 
@@ -25,17 +26,44 @@ class LocalFile:
     size: int
     mtime_ns: int
     mode: int
-    sha256: str
+    sha256: str | None = None  # None: not hashed yet
 
-    def rehashed(self) -> "LocalFile":
+    @property
+    def version(self) -> str:
+        """What names this version of the file for a resumable upload (the agent's part name)."""
+        return f"{self.size}-{self.mtime_ns}"
+
+    def restat(self) -> "LocalFile":
         info = self.path.stat()
-        return replace(self, size=info.st_size, mtime_ns=info.st_mtime_ns, mode=stat.S_IMODE(info.st_mode), sha256=sha256_of(self.path))
+        return replace(self, size=info.st_size, mtime_ns=info.st_mtime_ns, mode=stat.S_IMODE(info.st_mode), sha256=None)
 
 
-def list_local_tree(source: Path, exclude: Sequence[str]) -> list[LocalFile]:
+class LocalTree:
     """Regular files under source, less the excluded ones. Symlinks are not followed or sent: a link
     means something on this machine that it may not mean on the host."""
-    cache = _HashCache(source)
+
+    def __init__(self, source: Path, exclude: Sequence[str]) -> None:
+        self._cache = _HashCache(source)
+        self.files = [self._with_cached_hash(item) for item in _walk(source, exclude)]
+
+    def hashed(self, item: LocalFile) -> LocalFile:
+        if item.sha256:
+            return item
+        return self.record(item, sha256_of(item.path))
+
+    def record(self, item: LocalFile, sha256: str) -> LocalFile:
+        """Remember item's hash (as of its size and mtime), learnt by hashing it or sending it."""
+        self._cache.put(item.rel, item.size, item.mtime_ns, sha256)
+        return replace(item, sha256=sha256)
+
+    def save(self) -> None:
+        self._cache.save()
+
+    def _with_cached_hash(self, item: LocalFile) -> LocalFile:
+        return replace(item, sha256=self._cache.get(item.rel, item.size, item.mtime_ns))
+
+
+def _walk(source: Path, exclude: Sequence[str]) -> list[LocalFile]:
     found = []
     for folder, subfolders, names in os.walk(source):
         rel_folder = Path(folder).relative_to(source).as_posix()
@@ -44,12 +72,8 @@ def list_local_tree(source: Path, exclude: Sequence[str]) -> list[LocalFile]:
             rel = _join(rel_folder, name)
             path = Path(folder, name)
             info = path.lstat()
-            if is_excluded(rel, exclude) or not stat.S_ISREG(info.st_mode):
-                continue
-            digest = cache.get(rel, info) or sha256_of(path)
-            cache.put(rel, info, digest)
-            found.append(LocalFile(path, rel, info.st_size, info.st_mtime_ns, stat.S_IMODE(info.st_mode), digest))
-    cache.save()
+            if not is_excluded(rel, exclude) and stat.S_ISREG(info.st_mode):
+                found.append(LocalFile(path, rel, info.st_size, info.st_mtime_ns, stat.S_IMODE(info.st_mode)))
     return found
 
 
@@ -71,13 +95,13 @@ class _HashCache:
             self.entries = {}
         self.changed = False
 
-    def get(self, rel: str, info: os.stat_result) -> str | None:
+    def get(self, rel: str, size: int, mtime_ns: int) -> str | None:
         entry = self.entries.get(rel)
-        return entry[2] if entry and entry[:2] == [info.st_size, info.st_mtime_ns] else None
+        return entry[2] if entry and entry[:2] == [size, mtime_ns] else None
 
-    def put(self, rel: str, info: os.stat_result, digest: str) -> None:
-        if self.entries.get(rel) != [info.st_size, info.st_mtime_ns, digest]:
-            self.entries[rel] = [info.st_size, info.st_mtime_ns, digest]
+    def put(self, rel: str, size: int, mtime_ns: int, digest: str) -> None:
+        if self.entries.get(rel) != [size, mtime_ns, digest]:
+            self.entries[rel] = [size, mtime_ns, digest]
             self.changed = True
 
     def save(self) -> None:

@@ -199,7 +199,6 @@ def facts_table(facts: dict[str, Any]) -> Table:
         "os": facts["os"],
         "python": facts["python"],
         "tmux": facts["tmux"] or "missing: jobs need tmux",
-        "rsync": facts["rsync"] or "missing: files move over SFTP",
         "docker": facts["docker"] or "missing",
         "free disk": f"{human_size(facts['disk_free_bytes'])} under {facts['runner_dir']}",
         "gpus": ", ".join(_gpu_text(gpu) for gpu in gpus) or "no GPU",

@@ -2,7 +2,7 @@
 
 Two files are read: the user's ~/.ssh/known_hosts (hosts they already trust with ssh) and runner's
 own known_hosts in the config directory, where `--trust-new-host` records keys. OpenSSH commands
-(rsync, attach) are pointed at the same two files with StrictHostKeyChecking=yes, so both SSH
+(commands, file transfers, attach) are pointed at the same two files with StrictHostKeyChecking=yes, so both SSH
 stacks accept exactly the same keys.
 """
 

@@ -14,6 +14,7 @@ from runner import paths
 from runner.atomicfile import write_atomically
 from runner.errors import NotFound
 from runner.hosts.base import CommandResult, Stdin
+from runner.hosts.feed import StdinFeed
 
 
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -34,11 +35,19 @@ class LocalHost:
     transport = "local"
 
     def run(self, argv: Sequence[str], stdin: Stdin = None, timeout: float | None = 60) -> CommandResult:
-        feed = {"input": stdin} if isinstance(stdin, bytes) or stdin is None else {"stdin": stdin}
-        completed = subprocess.run(
-            list(argv), **feed, capture_output=True, timeout=timeout, check=False, env=_host_environment()
-        )
-        return CommandResult(list(argv), completed.returncode, completed.stdout, completed.stderr)
+        feed = StdinFeed(stdin)
+        with subprocess.Popen(
+            list(argv), stdin=feed.arg, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_host_environment()
+        ) as process:
+            feed.started()
+            try:
+                stdout, stderr = process.communicate(feed.input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                feed.abandon()
+                raise
+            feed.finish()
+        return CommandResult(list(argv), process.returncode, stdout, stderr)
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         write_atomically(Path(path), data, mode)

@@ -18,6 +18,8 @@ from typing import BinaryIO
 from runner import paths
 from runner.atomicfile import write_atomically
 from runner.errors import RunnerError
+from runner.hosts.base import Stdin
+from runner.hosts.feed import StdinFeed
 from runner.hostsfile import SSH_TARGET, SshHostEntry
 from runner.paths import runner_known_hosts, user_known_hosts
 
@@ -85,23 +87,18 @@ def control_dir() -> Path:
     return folder
 
 
-def run_openssh(
-    argv: list[str], stdin: bytes | BinaryIO | None, timeout: float | None, stdout: BinaryIO | None = None
-) -> tuple[int, bytes, str]:
+def run_openssh(argv: list[str], stdin: Stdin, timeout: float | None, stdout: BinaryIO | None = None) -> tuple[int, bytes, str]:
     """Run an ssh command line: (exit code, stdout, stderr); stdout goes to the open file when given.
     stderr goes through a file, not a pipe: a master that stays in the background (ControlPersist)
-    keeps the first command's stderr open, and reading a pipe to its end would wait for it to exit.
-    A file as stdin is read by ssh itself, from its current position."""
-    feeds_file = stdin is not None and not isinstance(stdin, bytes)
+    keeps the first command's stderr open, and reading a pipe to its end would wait for it to exit."""
+    feed = StdinFeed(stdin)
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(
-            argv,
-            stdin=stdin if feeds_file else subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=stdout if stdout is not None else subprocess.PIPE,
-            stderr=errors,
+            argv, stdin=feed.arg, stdout=stdout if stdout is not None else subprocess.PIPE, stderr=errors
         )
+        feed.started()
         try:
-            output, _ = process.communicate(None if feeds_file else stdin, timeout=timeout)
+            output, _ = process.communicate(feed.input, timeout=timeout)
         except subprocess.TimeoutExpired:
             # Not communicate() again: a multiplexed client hands its stdout to the master, which
             # would keep the pipe open until its own link times out.
@@ -109,7 +106,9 @@ def run_openssh(
             process.wait()
             if process.stdout:
                 process.stdout.close()
+            feed.abandon()
             raise
+        feed.finish()
         errors.seek(0)
         return process.returncode, output or b"", errors.read().decode("utf-8", "replace")
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from runner.errors import HostUnreachable, NotFound, RunnerError
 from runner.hosts.base import CommandResult, Stdin, command_name
+from runner.hosts.feed import rewinder
 from runner.hosts.openssh import SSH_FAILED, last_line, openssh_argv, run_openssh, stop_master
 from runner.hostsfile import SshHostEntry
 
@@ -87,13 +88,12 @@ class SshHost:
             return run_over_paramiko(self, argv, stdin, timeout)
         if self.trust_new and not self._verified:
             self.connection()  # records a new host's key, as the user asked, before OpenSSH needs it
-        start = stdin.tell() if stdin is not None and not isinstance(stdin, bytes) else 0
+        rewind = rewinder(stdin)
         code, stdout, stderr = self._run_openssh(argv, stdin, timeout)
         if code == SSH_FAILED and not self._verified:
             self.connection()  # raises the precise reason: unknown or changed key, login, unreachable
-            if any(sign in stderr for sign in NOT_STARTED):  # it was transient, and nothing ran: again
-                if start:
-                    stdin.seek(start)  # type: ignore[union-attr]
+            if rewind and any(sign in stderr for sign in NOT_STARTED):  # transient, and nothing ran: again
+                rewind()
                 code, stdout, stderr = self._run_openssh(argv, stdin, timeout)
         if code == SSH_FAILED:
             raise HostUnreachable(f"host '{self.name}' unreachable: connection lost running {command_name(argv)}: {last_line(stderr)}")

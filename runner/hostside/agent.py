@@ -7,12 +7,14 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
                              files under ROOT matching the globs: path, size, mtime, sha256
   send ROOT PATH OFFSET      PATH's bytes from OFFSET on stdout; its sha256 and stability on stderr
   tree ROOT                  every file under ROOT with its sha256, and interrupted uploads' parts
-  part-size ROOT PATH SHA256 bytes already received of that version of PATH
-  receive ROOT PATH SIZE SHA256 MTIME_NS MODE OFFSET
-                             PATH's bytes from OFFSET on stdin: placed only when whole and verified
+  part-size ROOT PATH VERSION
+                             bytes already received of that version (SIZE-MTIME_NS) of PATH
+  receive ROOT PATH SIZE MTIME_NS MODE OFFSET
+                             PATH's bytes from OFFSET on stdin, then its sha256: placed only when
+                             whole and verified
   receive-batch ROOT         a JSON line of files, then a tar stream of them, each verified
   kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
-  facts ROOT                 OS, Python, tmux, rsync, docker, free disk under ROOT, GPUs
+  facts ROOT                 OS, Python, tmux, docker, free disk under ROOT, GPUs
   monitor JOB_DIR            print the job's latest progress line every few seconds (the monitor window)
 """
 
@@ -139,7 +141,6 @@ def facts(root):
         "os": _os_name(),
         "python": "%d.%d.%d" % sys.version_info[:3],
         "tmux": _first_line(["tmux", "-V"]),
-        "rsync": _first_line(["rsync", "--version"]),
         "docker": _first_line(["docker", "--version"]),
         "disk_free_bytes": shutil.disk_usage(folder).free,
         "gpus": _nvidia_gpus() + _amd_gpus(),
@@ -212,7 +213,7 @@ def main(argv):
         sys.stderr.write(__doc__)
         return 2
     command, args = argv[1], argv[2:]
-    needed = {"monitor": 1, "manifest": 1, "send": 3, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 7, "receive-batch": 1}
+    needed = {"monitor": 1, "manifest": 1, "send": 3, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 6, "receive-batch": 1}
     if len(args) < needed.get(command, 0):
         sys.stderr.write("agent: %s needs %d arguments\n" % (command, needed[command]))
         return 2
@@ -233,9 +234,8 @@ def main(argv):
     elif command == "part-size":
         result = transfer.part_size(*args[:3])
     elif command == "receive":
-        root, rel, size, sha256, mtime_ns, mode, offset = args[:7]
-        numbers = int(size), int(mtime_ns), int(mode, 8), int(offset)
-        result = transfer.receive(root, rel, numbers[0], sha256, numbers[1], numbers[2], numbers[3], sys.stdin.buffer)
+        root, rel, size, mtime_ns, mode, offset = args[:6]
+        result = transfer.receive(root, rel, int(size), int(mtime_ns), int(mode, 8), int(offset), sys.stdin.buffer)
     elif command == "receive-batch":
         result = transfer.receive_batch(args[0], sys.stdin.buffer)
     elif command == "kill":

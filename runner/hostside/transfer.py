@@ -144,9 +144,11 @@ def send(root, rel, offset, out):
 # Receiving
 
 
-def part_path(final, sha256):
+def part_path(final, version):
+    """Where an upload of final collects: named by the sender's version of the file (its size and
+    mtime), so an interrupted upload is resumed only by the same version."""
     folder, name = os.path.split(final)
-    return os.path.join(folder, ".%s.%s%s" % (name, sha256[:16], PART_SUFFIX))
+    return os.path.join(folder, ".%s.%s%s" % (name, version, PART_SUFFIX))
 
 
 def safe_target(root, rel):
@@ -167,45 +169,67 @@ def safe_target(root, rel):
     return None if os.path.islink(final) or os.path.isdir(final) else final
 
 
-def part_size(root, rel, sha256):
+def part_size(root, rel, version):
     final = safe_target(root, rel)
     if final is None:
         return {"refused": rel}
     try:
-        return {"size": os.path.getsize(part_path(final, sha256))}
+        return {"size": os.lstat(part_path(final, version)).st_size}
     except OSError:
         return {"size": 0}
 
 
-def receive(root, rel, size, sha256, mtime_ns, mode, offset, source):
-    """Append source to the part file from offset; place the file when it is whole and verified.
-    status: placed | incomplete (kept, to resume) | mismatch (dropped) | busy | moved (offset differs)."""
+def receive(root, rel, size, mtime_ns, mode, offset, source):
+    """Bytes offset..size of rel from source, then the sender's sha256 of the whole file (64 hex
+    digits; anything else means the sender saw the file change and the upload is void). The file
+    is placed only when the part hashes to it. status: placed | incomplete (kept, to resume) |
+    mismatch (dropped) | busy (another upload of it is under way) | moved (the part is not at offset)."""
     final = safe_target(root, rel)
     if final is None:
         return {"status": "refused", "path": rel}
-    part = part_path(final, sha256)
-    with open(part, "ab") as out:
+    part = part_path(final, "%d-%d" % (size, mtime_ns))
+    with _open_part(part) as out:
         try:
-            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another push of the same file is under way
+            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return {"status": "busy", "path": rel}
-        if out.tell() != offset:
+        if offset == 0:
+            out.truncate(0)  # a part of unknown length from an earlier try: start over
+        if out.seek(0, os.SEEK_END) != offset:
             return {"status": "moved", "path": rel, "size": out.tell()}
         digest = _hash_prefix(part, offset)
-        for block in iter(lambda: source.read(CHUNK_BYTES), b""):
-            digest.update(block)
-            out.write(block)
-        out.flush()
-        received = out.tell()
-        if received < size:
-            return {"status": "incomplete", "path": rel, "size": received}
-        if received != size or digest.hexdigest() != sha256:
+        if not _copy_exactly(source, out, size - offset, digest):
+            return {"status": "incomplete", "path": rel, "size": out.tell()}
+        claimed = source.read(64).decode("ascii", "replace")
+        if digest.hexdigest() != claimed:
             os.unlink(part)
-            return {"status": "mismatch", "path": rel, "size": received}
+            return {"status": "mismatch", "path": rel, "size": out.tell()}
         os.fsync(out.fileno())
     _place(part, final, mode, mtime_ns)
-    _remember(root, rel, final, sha256)
-    return {"status": "placed", "path": rel, "size": size}
+    _remember(root, rel, final, claimed)
+    return {"status": "placed", "path": rel, "size": size, "sha256": claimed}
+
+
+def _copy_exactly(source, out, length, digest):
+    """length bytes from source to out, hashed on the way, through one reused buffer; False when
+    source ends first."""
+    buffer = memoryview(bytearray(CHUNK_BYTES))
+    while length > 0:
+        got = source.readinto(buffer[: min(CHUNK_BYTES, length)])
+        if not got:
+            out.flush()
+            return False
+        digest.update(buffer[:got])
+        out.write(buffer[:got])
+        length -= got
+    out.flush()
+    return True
+
+
+def _open_part(part):
+    """The part file, never through a symlink planted at its name."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(part, flags, 0o600), "wb")
 
 
 def receive_batch(root, source):
@@ -220,9 +244,10 @@ def receive_batch(root, source):
             if final is None or not member.isfile():
                 failed.append({"path": member.name, "reason": "not asked for, or outside the root"})
                 continue
-            part = part_path(final, entry["sha256"])
+            part = part_path(final, entry["sha256"][:16])
             digest = hashlib.sha256()
-            with archive.extractfile(member) as data, open(part, "wb") as out:
+            with archive.extractfile(member) as data, _open_part(part) as out:
+                out.truncate(0)
                 for block in iter(lambda: data.read(CHUNK_BYTES), b""):
                     digest.update(block)
                     out.write(block)
