@@ -23,6 +23,7 @@ class Observation:
     exit_code: int | None
     last_line: str | None
     processes_alive: bool | None = None  # processes carrying the job's RUNNER_JOB_ID; None: unknown
+    snapshot: dict | None = None  # the host monitor's status.json
 
     @property
     def ended(self) -> bool:
@@ -49,7 +50,9 @@ def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
     except (ValueError, KeyError) as exc:
         raise RunnerError(f"host '{host.name}': the agent's probe answered unreadable output ({exc})") from None
     return {
-        job_dir: Observation(seen["session_alive"], seen["exit_code"], seen["last_line"], seen["processes_alive"])
+        job_dir: Observation(
+            seen["session_alive"], seen["exit_code"], seen["last_line"], seen["processes_alive"], seen.get("snapshot")
+        )
         for job_dir, seen in reported.items()
     }
 
@@ -103,6 +106,8 @@ def _apply(store: Store, job: Job, seen: Observation | None) -> None:
         return
     if seen.last_line != job.last_line:
         store.set_last_line(job.id, seen.last_line)
+    if seen.snapshot and seen.snapshot != job.snapshot:
+        store.set_snapshot(job.id, seen.snapshot)
     if seen.ended:
         unrecorded = "the tmux session ended without recording an exit code" if seen.exit_code is None else None
         store.record_end(job.id, seen.exit_code, message=unrecorded)

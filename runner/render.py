@@ -16,6 +16,7 @@ from rich.text import Text
 from runner.durations import format_duration
 from runner.fetch import FetchResult
 from runner.hosts import SyncStats
+from runner.monitoring import monitor_document, table_cells
 from runner.state import Job, JobState
 from runner.submit import Submitted
 
@@ -67,11 +68,15 @@ def job_document(job: Job, unreachable_since: float | None = None) -> dict[str, 
         "job_dir": job.job_dir,
         "session": job.session,
         "unreachable_since": iso(unreachable_since),
+        **monitor_document(job.snapshot),
     }
 
 
+MONITOR_COLUMNS = ("EPOCH", "IT/S", "ETA", "LOSS", "mAP", "GPU", "ALERTS")
+
+
 def jobs_table(jobs: list[Job], unreachable: dict[str, float]) -> Table:
-    headers = ("JOB", "NAME", "HOST", "STATE", "ELAPSED", "EXIT")
+    headers = ("JOB", "NAME", "HOST", "STATE", "ELAPSED", *MONITOR_COLUMNS)
     rows = [_job_row(job, unreachable.get(job.host)) for job in jobs]
     table = Table(box=None, header_style="bold", pad_edge=False)
     for index, header in enumerate(headers):
@@ -81,7 +86,8 @@ def jobs_table(jobs: list[Job], unreachable: dict[str, float]) -> Table:
     table.add_column("LAST LINE", no_wrap=True, overflow="ellipsis")
     for job, row in zip(jobs, rows):
         state = Text(row[3], style=STATE_STYLES.get(job.state, ""))
-        _add_plain_row(table, *row[:3], state, *row[4:])
+        alerts = Text(row[-2], style="bold red")
+        _add_plain_row(table, *row[:3], state, *row[4:-2], alerts, row[-1])
     return table
 
 
@@ -89,8 +95,10 @@ def _job_row(job: Job, unreachable_since: float | None) -> list[str]:
     shown = job.message if job.state in (JobState.FAILED, JobState.LOST) and job.message else job.last_line
     if unreachable_since is not None and not job.finished:
         shown = f"unreachable since {iso(unreachable_since)}; last seen: {shown or '-'}"
-    exit_code = "" if job.exit_code is None else str(job.exit_code)
-    return [job.id, job.name, job.host, job.state.value, duration(elapsed_seconds(job)), exit_code, shown or ""]
+    state = job.state.value if job.exit_code in (None, 0) else f"{job.state.value} ({job.exit_code})"
+    cells = table_cells(job.snapshot)
+    monitor = [cells[column] for column in MONITOR_COLUMNS]
+    return [job.id, job.name, job.host, state, duration(elapsed_seconds(job)), *monitor, shown or ""]
 
 
 def duration(seconds: float | None) -> str:

@@ -85,6 +85,24 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _duration(value: object) -> float:
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+class MonitorSettings(StrictModel):
+    """What the host's monitor watches for (seen in `runner status`)."""
+
+    interval: Duration = Field(10.0, ge=1, description="how often the monitor takes a snapshot (10s, 1m)")
+    stalled_after: Duration = Field(900.0, description="alert when the training prints nothing for this long")
+    gpu_temp_limits: dict[Literal["edge", "junction", "mem"], float] = Field(
+        default_factory=dict, description="alert at these GPU temperatures, in °C (default edge 90, junction 100, mem 95)"
+    )
+    min_free_disk: float = Field(0.05, ge=0, lt=1, description="alert when less than this fraction of the disk is free")
+
+
 class ArtifactSet(StrictModel):
     """A named glob set in its long form, for what the short form (a list of globs) cannot say."""
 
@@ -182,6 +200,7 @@ class JobSpec(StrictModel):
         "auto", description="the progress format the training prints"
     )
     resources: Resources = Field(default_factory=Resources)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @field_validator("run")
     @classmethod

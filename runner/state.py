@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code    INTEGER,
     stop_requested_at REAL,
     last_line    TEXT,
-    message      TEXT
+    message      TEXT,
+    snapshot     TEXT                                 -- the host monitor's latest snapshot, as JSON
 );
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
 CREATE TABLE IF NOT EXISTS hosts (
@@ -82,6 +83,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
 """
+# Columns added since the first release, for stores made before them: (table, column, declaration).
+ADDED_COLUMNS = [("jobs", "snapshot", "TEXT")]
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class Job:
     stop_requested_at: float | None
     last_line: str | None
     message: str | None
+    snapshot: dict[str, Any] | None = None  # the host monitor's latest: progress, results, GPUs, alerts
 
     @property
     def finished(self) -> bool:
@@ -127,9 +131,17 @@ class Store:
         self._db.execute("PRAGMA synchronous = NORMAL")
         # executescript commits before it runs, so the schema carries its own transaction.
         self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;")
+        self._add_missing_columns()
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_missing_columns(self) -> None:
+        for table, column, declaration in ADDED_COLUMNS:
+            with self._write() as db:  # checked inside the write lock: two processes may both be here
+                present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -197,6 +209,10 @@ class Store:
     def set_last_line(self, job_id: str, last_line: str | None) -> None:
         with self._write() as db:
             db.execute("UPDATE jobs SET last_line = ? WHERE id = ?", (last_line, job_id))
+
+    def set_snapshot(self, job_id: str, snapshot: dict[str, Any]) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET snapshot = ? WHERE id = ?", (json.dumps(snapshot), job_id))
 
     def request_stop(self, job_id: str) -> None:
         with self._write() as db:
@@ -295,4 +311,5 @@ def _job(row: sqlite3.Row) -> Job:
     values.pop("seq")
     values["state"] = JobState(values["state"])
     values["spec"] = json.loads(values["spec"])
+    values["snapshot"] = json.loads(values["snapshot"]) if values.get("snapshot") else None
     return Job(**values)

@@ -2,7 +2,7 @@
 """runner's host-side agent. Standard library only, Python >= 3.7: job images can be old.
 
 Subcommands (each prints one JSON document on stdout, except `monitor`):
-  probe JOB_DIR...           per job: tmux session alive?, exit code, last progress line
+  probe JOB_DIR...           per job: tmux session alive?, exit code, last line, the monitor's snapshot
   manifest [--defer-hash-over=N] ROOT GLOB...
                              files under ROOT matching the globs: path, size, mtime, sha256
   send ROOT PATH OFFSET      PATH's bytes from OFFSET on stdout; its sha256 and stability on stderr
@@ -15,7 +15,7 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
   receive-batch ROOT         a JSON line of files, then a tar stream of them, each verified
   kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
   facts ROOT                 OS, Python, tmux, docker, free disk under ROOT, GPUs
-  monitor JOB_DIR            print the job's latest progress line every few seconds (the monitor window)
+  monitor JOB_DIR            the monitor window: status.json and telemetry.jsonl every interval
 """
 
 import json
@@ -89,8 +89,21 @@ def probe(job_dirs):
             "processes_alive": None if running_ids is None else spec.get("id") in running_ids,
             "exit_code": read_exit_code(job_dir),
             "last_line": last_line(os.path.join(job_dir, "train.log")),
+            "snapshot": _fresh_snapshot(job_dir),
         }
     return {"jobs": jobs}
+
+
+def _fresh_snapshot(job_dir):
+    """The monitor's latest snapshot, with the progress read now: the monitor writes every 10 s or
+    so, and the progress line moves faster than that."""
+    snapshot = _read_json(os.path.join(job_dir, "status.json"))
+    if snapshot:
+        import monitor
+        import progress
+
+        snapshot["progress"] = progress.parse_log_tail(monitor.read_tail(os.path.join(job_dir, "train.log")))
+    return snapshot
 
 
 def job_ids_with_processes():
@@ -122,15 +135,6 @@ def kill_job_processes(job_id):
         except (OSError, ProcessLookupError):
             continue
     return {"killed": killed}
-
-
-def monitor(job_dir, interval=5.0):
-    log = os.path.join(job_dir, "train.log")
-    while True:
-        line = last_line(log) or "(nothing printed yet)"
-        sys.stdout.write("\r\x1b[K%s  %s" % (time.strftime("%H:%M:%S"), line[:150]))
-        sys.stdout.flush()
-        time.sleep(interval)
 
 
 def facts(root):
@@ -218,7 +222,9 @@ def main(argv):
         sys.stderr.write("agent: %s needs %d arguments\n" % (command, needed[command]))
         return 2
     if command == "monitor":
-        monitor(args[0])
+        import monitor  # here, not at the top: probes and transfers need none of its parsers
+
+        monitor.run(args[0])
         return 0
     if command == "probe":
         result = probe(args)

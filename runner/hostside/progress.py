@@ -34,6 +34,7 @@ ULTRA_BAR = re.compile(r"\d+% [\u2501\u2500\u2578]+ (?P<batch>\d+)/(?P<batches>\
                        r"[\d:.]+s?(?:<(?P<remaining>[\d:.]+s?))?\s*$")
 RATE = re.compile(r"^([\d.]+)(?:([kKMG]?)([A-Za-z]+)/s|s/([A-Za-z]+))$")
 UNIT_SCALE = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+TQDM_POSTFIX_LOSS = re.compile(r"[,\s]([A-Za-z_]*loss[A-Za-z_]*)=(" + NUMBER + r")")  # `..., loss=0.0230]`
 GENERIC_EPOCH = re.compile(r"\bepoch\W*(\d+)\s*/\s*(\d+)", re.IGNORECASE)
 DEFAULT_LOSS_NAMES = {  # used when the column header scrolled out of the tail
     "ultralytics": {3: ["box", "cls", "dfl"], 4: ["box", "seg", "cls", "dfl"],
@@ -197,6 +198,9 @@ def _read_generic_bar(result, line):
     epoch = GENERIC_EPOCH.search(line)
     if epoch:
         result["epoch"], result["epochs"] = int(epoch.group(1)), int(epoch.group(2))
+    losses = {name: _float(value) for name, value in TQDM_POSTFIX_LOSS.findall(line)}
+    if losses:
+        result["losses"] = losses
     _fill_timing(result, bar)
 
 
@@ -293,6 +297,8 @@ def _place_csv_value(row, column, value):
     group, _, name = column.partition("/")
     if group == "train" and name.endswith("_loss"):
         row["losses"][name[:-5]] = value
+    elif group == "train" and name == "loss":  # a single-loss training (runner's own demo)
+        row["losses"]["loss"] = value
     elif group == "metrics":
         # `metrics/mAP50-95(B)`: (B) is the box metric; segment/pose runs add (M)/(P) columns, left out here.
         key, _, suffix = name.partition("(")

@@ -153,10 +153,12 @@ def test_probe_reports_exit_code_session_and_last_line(tmp_path: Path, no_tmux_s
         "processes_alive": False,
         "exit_code": 3,
         "last_line": "ValueError: bad label",
+        "snapshot": None,  # no monitor ran here
     }
     assert jobs[str(garbled)]["exit_code"] is None
     assert jobs[missing] == {
         "exists": False, "session_alive": False, "processes_alive": False, "exit_code": None, "last_line": None,
+        "snapshot": None,
     }  # fmt: skip
 
 

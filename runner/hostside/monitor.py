@@ -1,0 +1,246 @@
+"""The monitor window: every interval, one snapshot of the job (progress, results, GPUs, the machine,
+alerts) written atomically to status.json, and one line appended to telemetry.jsonl.
+
+Standard library only, Python >= 3.7. Every read is bounded: the log's last 64 KiB, the results
+file (one row per epoch), one call of the GPU tool; a snapshot costs the same for a 1 GB log as for
+a 1 MB one. `runner status` reads status.json in the one probe per host.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import alerts
+import gpus
+import progress
+
+TAIL_BYTES = 64 * 1024
+RESULTS_RESCAN_S = 60  # finding the results file walks runs/: not at every snapshot
+GPU_TOOL_TIMEOUT_S = 10
+DEFAULT_SETTINGS = {"interval": 10.0, "stalled_after": 900.0, "gpu_temp_limits": {}, "min_free_disk": 0.05}  # the job file's `monitor`
+GPU_TOOLS = (  # (program, argv, parser): the first one present is used
+    ("nvidia-smi", gpus.nvidia_smi_argv, gpus.parse_nvidia_smi_csv),
+    ("amd-smi", gpus.amd_smi_argv, gpus.parse_amd_smi_json),
+    ("rocm-smi", gpus.rocm_smi_argv, gpus.parse_rocm_smi_json),
+)
+
+
+class Monitor(object):
+    def __init__(self, job_dir, settings=None):
+        self.job_dir = job_dir
+        self.settings = dict(DEFAULT_SETTINGS, **(settings or {}))
+        self.results_path, self.results_scanned_at = None, 0.0
+        self.log_size, self.log_grew_at = None, time.time()
+        self.gpu_tool = _first_gpu_tool()
+
+    def snapshot(self):
+        now = time.time()
+        tail = read_tail(os.path.join(self.job_dir, "train.log"))
+        parsed = progress.parse_log_tail(tail)
+        exit_code = _read_int(os.path.join(self.job_dir, "exit_code"))
+        snapshot = {
+            "updated_at": now,
+            "progress": parsed,
+            "results": self._results(now),
+            "gpus": self._gpus(),
+            "system": system_sample(self.job_dir),
+            "exit_code": exit_code,
+            "log_grew_at": self._log_grew_at(now),
+        }
+        snapshot["alerts"] = self._alerts(snapshot, tail, now)
+        return snapshot
+
+    def _results(self, now):
+        if self.results_path is None or now - self.results_scanned_at > RESULTS_RESCAN_S:
+            self.results_path, self.results_scanned_at = find_results(os.path.join(self.job_dir, "work")), now
+        if self.results_path is None:
+            return None
+        try:
+            with open(self.results_path, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+        except OSError:
+            return None
+        parse = progress.parse_results_csv if self.results_path.endswith(".csv") else progress.parse_results_txt
+        summary = parse(text)
+        return {"file": os.path.relpath(self.results_path, os.path.join(self.job_dir, "work")),
+                "epochs_done": len(summary["rows"]), "latest": summary["latest"], "best": summary["best"]}
+
+    def _gpus(self):
+        if self.gpu_tool is None:
+            return {"tool": None, "gpus": [], "error": None}
+        program, argv, parse = self.gpu_tool
+        try:
+            done = subprocess.run(argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  universal_newlines=True, timeout=GPU_TOOL_TIMEOUT_S, check=False)
+        except (OSError, subprocess.SubprocessError) as error:
+            return {"tool": program, "gpus": [], "error": "tool present but failed: %s" % error}
+        return parse(done.stdout)
+
+    def _log_grew_at(self, now):
+        try:
+            size = os.path.getsize(os.path.join(self.job_dir, "train.log"))
+        except OSError:
+            size = None
+        if size != self.log_size:
+            self.log_size, self.log_grew_at = size, now
+        return self.log_grew_at
+
+    def _alerts(self, snapshot, tail, now):
+        found = alerts.log_alerts(tail, snapshot["progress"].get("losses"))
+        found += alerts.gpu_too_hot(snapshot["gpus"]["gpus"], _limits(self.settings["gpu_temp_limits"]))
+        system = snapshot["system"]
+        found += alerts.disk_almost_full(system["disk_free_bytes"], system["disk_total_bytes"],
+                                         self.settings["min_free_disk"])
+        quiet_s = now - snapshot["log_grew_at"]
+        if snapshot["exit_code"] is None and quiet_s >= self.settings["stalled_after"]:
+            found.append({"kind": "stalled", "quiet_s": round(quiet_s),
+                          "message": "no output for %s (limit %s)" % (_duration(quiet_s), _duration(self.settings["stalled_after"]))})
+        if snapshot["exit_code"] not in (None, 0):
+            found.append({"kind": "exited", "exit_code": snapshot["exit_code"],
+                          "message": "the training exited with code %d" % snapshot["exit_code"]})
+        return found
+
+
+def run(job_dir, once=False):
+    """The monitor window's loop: a snapshot every interval, until the session ends."""
+    spec = (_read_json(os.path.join(job_dir, "spec.json")) or {}).get("spec") or {}
+    monitor = Monitor(job_dir, spec.get("monitor"))
+    while True:
+        snapshot = monitor.snapshot()
+        write_snapshot(job_dir, snapshot)
+        sys.stdout.write("\r\x1b[K%s  %s" % (time.strftime("%H:%M:%S"), summary_line(snapshot)[:200]))
+        sys.stdout.flush()
+        if once:
+            return snapshot
+        time.sleep(monitor.settings["interval"])
+
+
+def write_snapshot(job_dir, snapshot):
+    path = os.path.join(job_dir, "status.json")
+    temporary = "%s.%d.tmp" % (path, os.getpid())
+    with open(temporary, "w") as handle:
+        json.dump(snapshot, handle)
+    os.replace(temporary, path)  # a reader sees the previous snapshot or this one, never half of one
+    with open(os.path.join(job_dir, "telemetry.jsonl"), "a") as handle:
+        handle.write(json.dumps(telemetry_line(snapshot)) + "\n")
+
+
+def telemetry_line(snapshot):
+    """The time series `runner plot` draws: small, one line per snapshot."""
+    got = snapshot["progress"]
+    return {
+        "t": round(snapshot["updated_at"], 1), "epoch": got.get("epoch"), "epochs": got.get("epochs"),
+        "batch": got.get("batch"), "rate_its": got.get("rate_its"), "losses": got.get("losses"),
+        "load1": snapshot["system"]["load1"], "mem_used_mib": snapshot["system"]["mem_used_mib"],
+        "gpus": [{key: gpu.get(key) for key in ("index", "util_pct", "vram_used_mib", "vram_total_mib", "temp_edge_c",
+                                                 "temp_junction_c", "temp_mem_c", "power_w")}
+                 for gpu in snapshot["gpus"]["gpus"]],
+    }
+
+
+def summary_line(snapshot):
+    got = snapshot["progress"]
+    parts = []
+    if got.get("epoch"):
+        parts.append("epoch %s/%s" % (got["epoch"], got.get("epochs") or "?"))
+    if got.get("rate_its"):
+        parts.append("%.2f it/s" % got["rate_its"])
+    for gpu in snapshot["gpus"]["gpus"]:
+        parts.append("gpu%s %s%% %s°C" % (gpu.get("index"), _short(gpu.get("util_pct")), _short(gpu.get("temp_edge_c"))))
+    parts += ["!" + alert["kind"] for alert in snapshot["alerts"]]
+    return "  ".join(parts) or (got.get("last_line") or "(nothing printed yet)")
+
+
+def read_tail(path, size=TAIL_BYTES):
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - size))
+            return log.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def find_results(work_dir):
+    """The newest results file a trainer writes: ultralytics results.csv or YOLOv7 results.txt."""
+    found = []
+    for pattern in ("runs/**/results.csv", "runs/**/results.txt", "results.csv", "results.txt"):
+        found += glob.glob(os.path.join(glob.escape(work_dir), pattern), recursive=True)
+    dated = []
+    for path in found:
+        try:
+            dated.append((os.path.getmtime(path), path))
+        except OSError:
+            continue
+    return max(dated)[1] if dated else None
+
+
+def system_sample(folder):
+    disk = shutil.disk_usage(folder)
+    memory = _meminfo()
+    total, available = memory.get("MemTotal"), memory.get("MemAvailable")
+    return {
+        "load1": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+        "mem_total_mib": total // 1024 if total else None,
+        "mem_used_mib": (total - available) // 1024 if total and available is not None else None,
+        "disk_free_bytes": disk.free, "disk_total_bytes": disk.total,
+    }
+
+
+def _meminfo():
+    values = {}
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                name, _, rest = line.partition(":")
+                number = rest.split()
+                if number and number[0].isdigit():
+                    values[name] = int(number[0])  # kB
+    except OSError:
+        pass
+    return values
+
+
+def _first_gpu_tool():
+    for tool in GPU_TOOLS:
+        if shutil.which(tool[0]):
+            return tool
+    return None
+
+
+def _limits(configured):
+    """Job-file sensor names (edge, junction, mem) to the GPU readings' keys."""
+    return {"temp_%s_c" % sensor: float(limit) for sensor, limit in (configured or {}).items()}
+
+
+def _duration(seconds):
+    seconds = int(seconds)
+    if seconds < 120:
+        return "%ds" % seconds
+    if seconds < 7200:
+        return "%dm" % (seconds // 60)
+    return "%.1fh" % (seconds / 3600.0)
+
+
+def _short(value):
+    return "?" if value is None else "%.0f" % value
+
+
+def _read_int(path):
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
