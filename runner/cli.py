@@ -6,26 +6,24 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from runner import __version__, paths, render
-from runner.artifactsync import default_dest, fetch_every, fetch_locked
+from runner import __version__, paths
 from runner.cli_hosts import JSON_OPTION, TRUST_OPTION, hosts
 from runner.durations import format_duration, parse_duration
 from runner.errors import NotFound, RunnerError, SpecError
-from runner.fetch import FetchResult
-from runner.logs import follow_log, read_log
-from runner.observe import refresh
-from runner.session import WINDOWS, attach_argv
-from runner.spec import JobSpec
-from runner.specfile import load_job
-from runner.state import JobState, Store
-from runner.stop import stop as stop_job
-from runner.submit import submit as submit_job
-from runner.tunnel import tensorboard_url
+
+WINDOW_NAMES = ("train", "monitor", "gpu", "cpu", "tensorboard", "shell")  # runner.session.WINDOWS
+
+# Each command imports what it needs when it runs: `runner status` should not pay for pydantic,
+# paramiko or the fetch engine at start-up (see benchmarks/status_vs_ssh.py).
+if TYPE_CHECKING:
+    from runner.fetch import FetchResult
+    from runner.state import Store
 
 
 class Duration(click.ParamType):
@@ -45,6 +43,8 @@ DURATION = Duration()
 
 @contextmanager
 def open_store() -> Iterator[Store]:
+    from runner.state import Store
+
     store = Store(paths.state_db())
     try:
         yield store
@@ -65,6 +65,10 @@ def cli() -> None:
 @JSON_OPTION
 def submit(job_file: Path, host_name: str | None, trust_new_host: bool, as_json: bool) -> None:
     """Start JOB_FILE on its host; prints the job id."""
+    from runner import render
+    from runner.specfile import load_job
+    from runner.submit import submit as submit_job
+
     loaded = load_job(job_file)
     with open_store() as store:
         submitted = submit_job(store, loaded, host_name, trust_new_host)
@@ -81,6 +85,9 @@ def submit(job_file: Path, host_name: str | None, trust_new_host: bool, as_json:
 @JSON_OPTION
 def status(job_ref: str | None, as_json: bool) -> None:
     """Show all jobs, or one JOB (id, id prefix or name)."""
+    from runner import render
+    from runner.observe import refresh
+
     with open_store() as store:
         refreshed = refresh(store, [store.find(job_ref)] if job_ref else store.list_jobs())
     unreachable = {name: p.unreachable_since for name, p in refreshed.problems.items() if p.unreachable_since}
@@ -103,6 +110,10 @@ def status(job_ref: str | None, as_json: bool) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends; exit 1 unless it succeeded.")
 def logs(job_ref: str, last_lines: int | None, follow: bool) -> None:
     """Print JOB's train.log as the training printed it."""
+    from runner import render
+    from runner.logs import follow_log, read_log
+    from runner.state import JobState
+
     out = sys.stdout.buffer
 
     def write(data: bytes) -> None:
@@ -126,6 +137,9 @@ def logs(job_ref: str, last_lines: int | None, follow: bool) -> None:
 @JSON_OPTION
 def stop(job_ref: str, grace: float, as_json: bool) -> None:
     """Stop JOB: Ctrl-C, then kill whatever is left after the grace period."""
+    from runner import render
+    from runner.stop import stop as stop_job
+
     with open_store() as store:
         job = stop_job(store, store.find(job_ref), grace)
     if as_json:
@@ -147,6 +161,9 @@ def stop(job_ref: str, grace: float, as_json: bool) -> None:
 @JSON_OPTION
 def fetch(artifact: str, job_ref: str | None, dest: Path | None, every: float | None, as_json: bool) -> None:
     """Copy ARTIFACT (weights, results, logs, ...) of JOB (default: the newest job) here."""
+    from runner import render
+    from runner.artifactsync import default_dest, fetch_every, fetch_locked
+
     with open_store() as store:
         job = store.find(job_ref)
         where = dest or default_dest(job.id)
@@ -170,10 +187,14 @@ def fetch(artifact: str, job_ref: str | None, dest: Path | None, every: float | 
 
 def _note(text: str) -> None:
     """A line on stderr for a fetch that goes on a while (a background sync's log keeps them)."""
+    from runner import render
+
     render.stderr.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False)
 
 
 def _progress_note(every: float) -> Callable[[FetchResult], None]:
+    from runner import render
+
     return lambda result: _note(f"{render.fetch_progress(result)}; next in {format_duration(every)}")
 
 
@@ -182,6 +203,9 @@ def _progress_note(every: float) -> Callable[[FetchResult], None]:
 @click.option("--port", type=click.IntRange(1, 65535), help="Local port [default: the job's, or the next free one].")
 def tensorboard(job_ref: str, port: int | None) -> None:
     """Forward JOB's TensorBoard to this machine and print its URL; Ctrl-C ends the forward."""
+    from runner import render
+    from runner.tunnel import tensorboard_url
+
     with open_store() as store:
         job = store.find(job_ref)
     with tensorboard_url(job, port) as url:
@@ -196,9 +220,11 @@ def tensorboard(job_ref: str, port: int | None) -> None:
 
 @cli.command()
 @click.argument("job_ref", metavar="JOB")
-@click.option("--window", "-w", default="train", show_default=True, type=click.Choice(WINDOWS))
+@click.option("--window", "-w", default="train", show_default=True, type=click.Choice(WINDOW_NAMES))
 def attach(job_ref: str, window: str) -> None:
     """Attach this terminal to JOB's tmux session (detach with Ctrl-b d; the job goes on)."""
+    from runner.session import attach_argv
+
     with open_store() as store:
         job = store.find(job_ref)
     if not job.session or job.finished:
@@ -210,6 +236,9 @@ def attach(job_ref: str, window: str) -> None:
 @cli.command()
 def schema() -> None:
     """Print the job file's JSON Schema (for editor completion)."""
+    from runner import render
+    from runner.spec import JobSpec
+
     render.print_json(JobSpec.model_json_schema())
 
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import click
-from pydantic import ValidationError
 
-from runner import render
 from runner.errors import SpecError
-from runner.hostcheck import check_host
-from runner.hostsfile import SshHostEntry, add_host, hosts_path, load_hosts
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 TRUST_OPTION = click.option(
@@ -25,6 +21,9 @@ def hosts() -> None:
 @JSON_OPTION
 def list_hosts(as_json: bool) -> None:
     """List the hosts."""
+    from runner import render
+    from runner.hostsfile import load_hosts
+
     entries = load_hosts().hosts
     documents = [{"name": "local", "kind": "local", "ssh": None}] + [
         {"name": name, "kind": "ssh", "ssh": entry.ssh} for name, entry in sorted(entries.items())
@@ -42,6 +41,13 @@ def list_hosts(as_json: bool) -> None:
 @TRUST_OPTION
 def add(name: str, target: str, identity: str | None, trust_new_host: bool) -> None:
     """Add host NAME reached at TARGET (user@host[:port] or an ~/.ssh/config alias), then check it."""
+    from pydantic import ValidationError
+
+    from runner import render
+    from runner.hostcheck import check_host
+    from runner.hostsfile import hosts_path
+    from runner.hostsmodel import SshHostEntry, add_host
+
     try:
         entry = SshHostEntry(ssh=target, identity=identity)
         add_host(name, entry)
@@ -57,6 +63,9 @@ def add(name: str, target: str, identity: str | None, trust_new_host: bool) -> N
 @JSON_OPTION
 def check(name: str, trust_new_host: bool, as_json: bool) -> None:
     """Connect to NAME and report OS, Python, tmux, docker, free disk and GPUs."""
+    from runner import render
+    from runner.hostcheck import check_host
+
     facts = check_host(name, trust_new_host)
     if as_json:
         render.print_json(facts)

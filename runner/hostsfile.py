@@ -4,84 +4,84 @@
       gpubox:
         ssh: trainer@192.168.1.20:2222      # user@host[:port], or an alias from ~/.ssh/config
         identity: ~/.ssh/id_ed25519         # optional
+
+Validation (runner.hostsmodel, pydantic) runs when the file changed since it was last validated;
+otherwise the validated entries come from a cache keyed by the file's size and mtime, so a command
+like `runner status` starts without loading pydantic.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
-import yaml
-from pydantic import Field, field_validator
-
-from runner import paths
+from runner import __version__, paths
 from runner.atomicfile import write_atomically
-from runner.errors import NotFound, SpecError
-from runner.spec import NAME_PATTERN, StrictModel
-from runner.specfile import load_yaml_mapping, validate
+from runner.errors import NotFound
 
 # user@host:port, host:port, user@[v6addr]:port, or a bare alias; no spaces, no leading '-' (no ssh options)
 SSH_TARGET = re.compile(r"^(?:(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.][A-Za-z0-9_.-]*)(?::(?P<port>[0-9]{1,5}))?$")
 
 
-class SshHostEntry(StrictModel):
-    ssh: str = Field(description="user@host[:port], or a Host alias from ~/.ssh/config")
-    identity: str | None = Field(None, description="private key file")
-    python: str = Field("python3", description="the interpreter that runs runner's agent on the host")
-    connect_timeout: float = Field(10, gt=0, description="seconds for one connection attempt")
-    retry_seconds: float = Field(30, ge=0, description="how long transient connection failures are retried")
-    transport: Literal["auto", "openssh", "paramiko"] = Field(
-        "auto", description="auto: OpenSSH where this machine has ssh (fastest), else paramiko"
-    )
+@dataclass(frozen=True)
+class HostEntry:
+    """One validated host (the fields of hostsmodel.SshHostEntry)."""
 
-    @field_validator("ssh")
-    @classmethod
-    def _target(cls, target: str) -> str:
-        if not SSH_TARGET.match(target):
-            raise ValueError(f"'{target}' is not user@host[:port] or an ssh config alias")
-        return target
+    ssh: str
+    identity: str | None = None
+    python: str = "python3"
+    connect_timeout: float = 10
+    retry_seconds: float = 30
+    transport: str = "auto"
 
 
-class HostsFile(StrictModel):
-    hosts: dict[str, SshHostEntry] = Field(default_factory=dict)
-
-    @field_validator("hosts")
-    @classmethod
-    def _names(cls, hosts: dict[str, SshHostEntry]) -> dict[str, SshHostEntry]:
-        for name in hosts:
-            if not re.match(NAME_PATTERN, name) or name in ("local", "vast"):
-                raise ValueError(f"'{name}' cannot name a host (letters, digits, '-', '_'; not local or vast)")
-        return hosts
+@dataclass(frozen=True)
+class Hosts:
+    hosts: dict[str, HostEntry] = field(default_factory=dict)
 
 
 def hosts_path() -> Path:
     return paths.config_dir() / "hosts.yaml"
 
 
-def load_hosts() -> HostsFile:
+def load_hosts() -> Hosts:
     path = hosts_path()
-    if not path.exists():
-        return HostsFile()
-    try:
-        data, marks = load_yaml_mapping(path, what="hosts file")
-    except SpecError as exc:
-        if str(exc).endswith(": empty hosts file"):
-            return HostsFile()
-        raise
-    return validate(HostsFile, data, marks, path)
+    key = _file_key(path)
+    cached = _read_cache()
+    if cached and cached.get("key") == key:
+        return Hosts({name: HostEntry(**entry) for name, entry in cached["hosts"].items()})
+    from runner.hostsmodel import validated
+
+    entries = {name: HostEntry(**entry.model_dump()) for name, entry in validated(path).hosts.items()}
+    if key is not None:
+        document = {"key": key, "hosts": {name: asdict(entry) for name, entry in entries.items()}}
+        write_atomically(_cache_path(), json.dumps(document).encode(), mode=0o600)
+    return Hosts(entries)
 
 
-def host_entry(name: str) -> SshHostEntry:
+def host_entry(name: str) -> HostEntry:
     hosts = load_hosts().hosts
     if name not in hosts:
         raise NotFound(f"unknown host '{name}' (known hosts: {', '.join(['local', *sorted(hosts)])})")
     return hosts[name]
 
 
-def add_host(name: str, entry: SshHostEntry) -> None:
-    """Add or replace one host, then write the file atomically (a crash leaves the old file whole)."""
-    current = load_hosts()
-    merged = HostsFile.model_validate({"hosts": {**current.model_dump()["hosts"], name: entry.model_dump()}})
-    document = {"hosts": {key: value.model_dump(exclude_defaults=True) for key, value in merged.hosts.items()}}
-    write_atomically(hosts_path(), yaml.safe_dump(document, sort_keys=True).encode(), mode=0o600)
+def _file_key(path: Path) -> list | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return [__version__, str(path), info.st_size, info.st_mtime_ns, info.st_ino]  # a new runner validates anew
+
+
+def _cache_path() -> Path:
+    return paths.runner_home() / "cache" / "hosts.json"
+
+
+def _read_cache() -> dict | None:
+    try:
+        return json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return None

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,11 +14,13 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.durations import format_duration
-from runner.fetch import FetchResult
-from runner.hosts import SyncStats
 from runner.monitoring import monitor_document, table_cells
 from runner.state import Job, JobState
-from runner.submit import Submitted
+
+if TYPE_CHECKING:
+    from runner.fetch import FetchResult
+    from runner.hosts import SyncStats
+    from runner.submit import Submitted
 
 STATE_STYLES = {
     JobState.RUNNING: "bold cyan",

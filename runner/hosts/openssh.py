@@ -20,14 +20,14 @@ from runner.atomicfile import write_atomically
 from runner.errors import RunnerError
 from runner.hosts.base import Stdin
 from runner.hosts.feed import StdinFeed
-from runner.hostsfile import SSH_TARGET, SshHostEntry
+from runner.hostsfile import SSH_TARGET, HostEntry
 from runner.paths import runner_known_hosts, user_known_hosts
 
 SSH_FAILED = 255  # ssh's own exit code: the link or the login failed, not the remote command
 CONTROL_PERSIST_SECONDS = 60
 
 
-def openssh_argv(entry: SshHostEntry) -> list[str]:
+def openssh_argv(entry: HostEntry) -> list[str]:
     """`ssh` with runner's config file, plus this host's port and key when hosts.yaml gives them."""
     argv = ["ssh", "-F", str(write_ssh_config()), "-o", f"ConnectTimeout={max(1, round(entry.connect_timeout))}"]
     match = SSH_TARGET.match(entry.ssh)

@@ -19,7 +19,7 @@ from runner.errors import HostUnreachable, NotFound, RunnerError
 from runner.hosts.base import CommandResult, Stdin, command_name
 from runner.hosts.feed import rewinder
 from runner.hosts.openssh import SSH_FAILED, last_line, openssh_argv, run_openssh, stop_master
-from runner.hostsfile import SshHostEntry
+from runner.hostsfile import HostEntry
 
 if TYPE_CHECKING:
     import fabric
@@ -38,7 +38,7 @@ NOT_STARTED = (
 class SshHost:
     kind = "ssh"
 
-    def __init__(self, name: str, entry: SshHostEntry, trust_new: bool = False) -> None:
+    def __init__(self, name: str, entry: HostEntry, trust_new: bool = False) -> None:
         self.name = name
         self.entry = entry
         self.python = entry.python

@@ -19,7 +19,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_afte
 
 from runner.errors import HostKeyRejected, HostUnreachable, RunnerError
 from runner.hosts.keys import PinNewHost, changed_key_error, load_known_hosts
-from runner.hostsfile import SSH_TARGET, SshHostEntry
+from runner.hostsfile import SSH_TARGET, HostEntry
 
 # paramiko logs every failed attempt with a traceback; runner reports failures itself, in one line.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -48,7 +48,7 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-def connect(name: str, entry: SshHostEntry, trust_new: bool) -> fabric.Connection:
+def connect(name: str, entry: HostEntry, trust_new: bool) -> fabric.Connection:
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(MAX_ATTEMPTS) | stop_after_delay(entry.retry_seconds),
@@ -74,7 +74,7 @@ def describe(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _connect_once(name: str, entry: SshHostEntry, trust_new: bool) -> fabric.Connection:
+def _connect_once(name: str, entry: HostEntry, trust_new: bool) -> fabric.Connection:
     connect_kwargs: dict[str, object] = {
         "banner_timeout": entry.connect_timeout,  # a frozen host accepts TCP but never says hello
         "auth_timeout": entry.connect_timeout,

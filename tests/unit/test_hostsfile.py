@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import paramiko
@@ -11,12 +13,14 @@ import pytest
 
 from runner.errors import HostKeyRejected, NotFound, SpecError
 from runner.hosts.sshconnect import is_transient
-from runner.hostsfile import SshHostEntry, add_host, host_entry, load_hosts
+from runner.hostsfile import host_entry, load_hosts
+from runner.hostsmodel import SshHostEntry, add_host
 
 
 @pytest.fixture(autouse=True)
 def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RUNNER_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
     return tmp_path
 
 
@@ -39,6 +43,28 @@ def test_a_bad_hosts_file_names_its_line(config_dir: Path) -> None:
         f"{config_dir / 'hosts.yaml'}:4:5: hosts.box.conect_timeout: unknown field 'conect_timeout',"
         " did you mean 'connect_timeout'?"
     )
+
+
+def test_the_validation_cache_never_hides_an_edit(config_dir: Path) -> None:
+    (config_dir / "hosts.yaml").write_text("hosts:\n  box:\n    ssh: me@box\n")
+    assert load_hosts().hosts["box"].ssh == "me@box"
+    assert load_hosts().hosts["box"].ssh == "me@box"  # from the cache now
+    (config_dir / "hosts.yaml").write_text("hosts:\n  box:\n    ssh: me@box:22x\n")  # same size, new content
+    with pytest.raises(SpecError):
+        load_hosts()
+    (config_dir / "hosts.yaml").write_text("hosts:\n  box:\n    ssh: me@other\n")
+    assert load_hosts().hosts["box"].ssh == "me@other"
+
+
+def test_status_with_validated_hosts_starts_without_pydantic_or_paramiko(config_dir: Path) -> None:
+    (config_dir / "hosts.yaml").write_text("hosts:\n  box:\n    ssh: me@box\n")
+    load_hosts()  # validated once, as `runner hosts add` or any earlier command does
+    script = (
+        "import sys\nfrom runner.cli import cli\ncli.main(['status'], standalone_mode=False)\n"
+        "print(sorted(name for name in ('pydantic', 'paramiko', 'fabric', 'yaml') if name in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_add_host_keeps_the_others_and_unknown_names_list_the_known(config_dir: Path) -> None:
