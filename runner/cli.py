@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ WINDOW_NAMES = ("train", "monitor", "gpu", "cpu", "tensorboard", "shell")  # run
 # paramiko or the fetch engine at start-up (see benchmarks/status_vs_ssh.py).
 if TYPE_CHECKING:
     from runner.fetch import FetchResult
+    from runner.observe import Refreshed
     from runner.state import Store
 
 
@@ -82,26 +84,56 @@ def submit(job_file: Path, host_name: str | None, trust_new_host: bool, as_json:
 
 @cli.command()
 @click.argument("job_ref", metavar="[JOB]", required=False)
+@click.option("-w", "--watch", is_flag=True, help="Refresh in place until Ctrl-C (with --json: one document per line).")
+@click.option("--interval", type=DURATION, default=2.0, show_default=True, help="Seconds between refreshes with -w.")
 @JSON_OPTION
-def status(job_ref: str | None, as_json: bool) -> None:
-    """Show all jobs, or one JOB (id, id prefix or name)."""
+def status(job_ref: str | None, watch: bool, interval: float, as_json: bool) -> None:
+    """Show all jobs, or one JOB (id, id prefix or name): progress, GPUs, alerts."""
     from runner import render
     from runner.observe import refresh
 
     with open_store() as store:
-        refreshed = refresh(store, [store.find(job_ref)] if job_ref else store.list_jobs())
-    unreachable = {name: p.unreachable_since for name, p in refreshed.problems.items() if p.unreachable_since}
+
+        def poll() -> Refreshed:
+            return refresh(store, [store.find(job_ref)] if job_ref else store.list_jobs())
+
+        if watch:
+            _watch_status(poll, interval, as_json, bool(job_ref))
+            return
+        refreshed = poll()
     if as_json:
-        documents = [render.job_document(job, unreachable.get(job.host)) for job in refreshed.jobs]
-        render.print_json(documents[0] if job_ref else {"jobs": documents})
-    elif refreshed.jobs:
-        render.stdout.print(render.jobs_table(refreshed.jobs, unreachable))
+        render.print_json(_status_document(refreshed, bool(job_ref)))
     else:
-        render.stderr.print("no jobs yet: `runner submit JOBFILE` starts one")
-    for problem in refreshed.problems.values():
-        render.stderr.print(f"runner: {problem.error}", markup=False)
+        from runner.statusview import status_view
+
+        render.stdout.print(status_view(refreshed))
     if refreshed.problems:
+        for problem in refreshed.problems.values():
+            render.stderr.print(f"runner: {problem.error}", markup=False)
         sys.exit(max(problem.error.exit_code for problem in refreshed.problems.values()))
+
+
+def _status_document(refreshed: Refreshed, one_job: bool) -> dict:
+    from runner import render
+    from runner.statusview import unreachable_since
+
+    unreachable = unreachable_since(refreshed)
+    documents = [render.job_document(job, unreachable.get(job.host)) for job in refreshed.jobs]
+    return documents[0] if one_job else {"jobs": documents}
+
+
+def _watch_status(poll: Callable[[], Refreshed], interval: float, as_json: bool, one_job: bool) -> None:
+    if not as_json:
+        from runner.statusview import watch
+
+        watch(poll, interval)
+        return
+    try:
+        while True:
+            print(json.dumps(_status_document(poll(), one_job)), flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
 
 
 @cli.command()

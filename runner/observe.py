@@ -5,6 +5,7 @@ transitions in the store. A host that does not answer changes no job: it is an o
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ class Observation:
     last_line: str | None
     processes_alive: bool | None = None  # processes carrying the job's RUNNER_JOB_ID; None: unknown
     snapshot: dict | None = None  # the host monitor's status.json
+    exit_age_s: float | None = None  # how long ago the exit code was written, by the host's clock
 
     @property
     def ended(self) -> bool:
@@ -51,7 +53,8 @@ def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
         raise RunnerError(f"host '{host.name}': the agent's probe answered unreadable output ({exc})") from None
     return {
         job_dir: Observation(
-            seen["session_alive"], seen["exit_code"], seen["last_line"], seen["processes_alive"], seen.get("snapshot")
+            seen["session_alive"], seen["exit_code"], seen["last_line"], seen["processes_alive"], seen.get("snapshot"),
+            seen.get("exit_age_s"),
         )
         for job_dir, seen in reported.items()
     }
@@ -110,4 +113,5 @@ def _apply(store: Store, job: Job, seen: Observation | None) -> None:
         store.set_snapshot(job.id, seen.snapshot)
     if seen.ended:
         unrecorded = "the tmux session ended without recording an exit code" if seen.exit_code is None else None
-        store.record_end(job.id, seen.exit_code, message=unrecorded)
+        ended_at = time.time() - seen.exit_age_s if seen.exit_age_s is not None else None  # not when we noticed
+        store.record_end(job.id, seen.exit_code, message=unrecorded, ended_at=ended_at)

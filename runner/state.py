@@ -233,13 +233,16 @@ class Store:
         with self._write() as db:
             return self._set_state(db, job_id, to, leaving, exit_code, message)
 
-    def record_end(self, job_id: str, exit_code: int | None, message: str | None = None) -> JobState | None:
+    def record_end(
+        self, job_id: str, exit_code: int | None, message: str | None = None, ended_at: float | None = None
+    ) -> JobState | None:
         """The job is over on its host: finish it as `ended_state` says, judged on the row as it is now
-        (a stop requested a moment ago by another process counts). None if it was already finished."""
+        (a stop requested a moment ago by another process counts). None if it was already finished.
+        ended_at: when it ended, if known (else now, when it was noticed)."""
         with self._write() as db:
             row = db.execute("SELECT stop_requested_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
             state = ended_state(row["stop_requested_at"] is not None, exit_code)
-            return state if self._set_state(db, job_id, state, ACTIVE, exit_code, message) else None
+            return state if self._set_state(db, job_id, state, ACTIVE, exit_code, message, ended_at) else None
 
     def _set_state(
         self,
@@ -249,10 +252,11 @@ class Store:
         leaving: frozenset[JobState],
         exit_code: int | None,
         message: str | None,
+        ended_at: float | None = None,
     ) -> bool:
         now = time.time()
         started = now if to is JobState.RUNNING else None
-        ended = now if to in FINISHED else None
+        ended = (ended_at or now) if to in FINISHED else None
         placeholders = ",".join("?" for _ in leaving)
         cursor = db.execute(
             f"UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?), ended_at = COALESCE(?, ended_at),"

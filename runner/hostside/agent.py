@@ -88,10 +88,19 @@ def probe(job_dirs):
             # A second witness: tmux's socket can vanish (tmp cleaners) while the training runs on.
             "processes_alive": None if running_ids is None else spec.get("id") in running_ids,
             "exit_code": read_exit_code(job_dir),
+            "exit_age_s": _age(os.path.join(job_dir, "exit_code")),
             "last_line": last_line(os.path.join(job_dir, "train.log")),
             "snapshot": _fresh_snapshot(job_dir),
         }
     return {"jobs": jobs}
+
+
+def _age(path):
+    """Seconds since path was written, by this host's clock (the controller's may differ)."""
+    try:
+        return max(0.0, time.time() - os.path.getmtime(path))
+    except OSError:
+        return None
 
 
 def _fresh_snapshot(job_dir):

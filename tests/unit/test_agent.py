@@ -147,6 +147,8 @@ def test_probe_reports_exit_code_session_and_last_line(tmp_path: Path, no_tmux_s
     garbled = _job_dir(tmp_path, "y", "not a number\n", b"")
     missing = str(tmp_path / "gone")
     jobs = agent.probe([str(finished), str(garbled), missing])["jobs"]
+    assert 0 <= jobs[str(finished)].pop("exit_age_s") < 60  # written just now, by this clock
+    assert jobs[missing].pop("exit_age_s") is None
     assert jobs[str(finished)] == {
         "exists": True,
         "session_alive": False,

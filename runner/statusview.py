@@ -1,0 +1,46 @@
+"""`runner status`'s screen: the jobs table, then each alert in a line, then hosts that did not
+answer; `status -w` redraws it in place (rich Live) until Ctrl-C."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from runner import render
+from runner.observe import Refreshed
+
+
+def status_view(refreshed: Refreshed) -> RenderableType:
+    unreachable = unreachable_since(refreshed)
+    parts: list[RenderableType] = []
+    if refreshed.jobs:
+        parts.append(render.jobs_table(refreshed.jobs, unreachable))
+    else:
+        parts.append(Text("no jobs yet: `runner submit JOBFILE` starts one"))
+    for job in refreshed.jobs:
+        if job.finished and job.state.value == "succeeded":
+            continue  # a finished good run's old warnings are history, not news
+        for alert in (job.snapshot or {}).get("alerts") or []:
+            parts.append(Text(f"{job.id} {alert['kind']}: {alert['message']}", style="red"))
+    for name, problem in refreshed.problems.items():
+        parts.append(Text(f"host {name}: {problem.error}", style="yellow"))
+    return Group(*parts)
+
+
+def unreachable_since(refreshed: Refreshed) -> dict[str, float]:
+    return {name: p.unreachable_since for name, p in refreshed.problems.items() if p.unreachable_since}
+
+
+def watch(poll: Callable[[], Refreshed], interval: float) -> None:
+    """Redraw until interrupted; a poll that fails shows its error in place and the watch goes on."""
+    with Live(status_view(poll()), console=render.stdout, auto_refresh=False, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(status_view(poll()), refresh=True)
+        except KeyboardInterrupt:
+            return
