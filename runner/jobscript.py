@@ -29,6 +29,8 @@ fi
 # Both writers have exited here, so train.log is complete before exit_code appears.
 code=${{PIPESTATUS[0]}}
 printf '%s\\n' "$code" > exit_code.tmp && mv -f exit_code.tmp exit_code
+# The monitor's last snapshot, with the exit code and the log's final lines (a traceback, an OOM).
+{final_snapshot} >/dev/null 2>&1 || true
 tmux kill-session -t {session_target}
 """
 
@@ -46,9 +48,13 @@ cd {work_dir}
 """
 
 
-def render_run_sh(job_id: str, job_name: str, job_dir: str, session_target: str) -> str:
+def render_run_sh(job_id: str, job_name: str, job_dir: str, session_target: str, snapshot_argv: list[str]) -> str:
     return RUN_SH.format(
-        job_id=job_id, job_name=job_name, job_dir=shlex.quote(job_dir), session_target=shlex.quote(session_target)
+        job_id=job_id,
+        job_name=job_name,
+        job_dir=shlex.quote(job_dir),
+        session_target=shlex.quote(session_target),
+        final_snapshot=shlex.join(snapshot_argv),
     )
 
 

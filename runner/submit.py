@@ -106,7 +106,8 @@ def _place(
     host.write_file(layout.file("spec.json"), json.dumps(resolved, indent=2).encode(), mode=0o600)
     job_sh = render_job_sh(job.id, loaded.spec, job.job_file, layout.work)
     host.write_file(layout.file("job.sh"), job_sh.encode(), mode=0o700)
-    run_sh = render_run_sh(job.id, loaded.spec.name, layout.job_dir, session.target(session_name))
+    snapshot = agent_argv(host, "snapshot", layout.job_dir)
+    run_sh = render_run_sh(job.id, loaded.spec.name, layout.job_dir, session.target(session_name), snapshot)
     host.write_file(layout.file("run.sh"), run_sh.encode(), mode=0o700)
 
 

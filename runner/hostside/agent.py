@@ -16,6 +16,9 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
   kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
   facts ROOT                 OS, Python, tmux, docker, free disk under ROOT, GPUs
   monitor JOB_DIR            the monitor window: status.json and telemetry.jsonl every interval
+  snapshot JOB_DIR           one such snapshot (run.sh takes a last one when the training ends)
+  plotdata JOB_DIR           what `runner plot` draws: telemetry.jsonl (at most PLOT_MAX_POINTS samples,
+                             evenly spaced) and the results file's rows
 """
 
 import json
@@ -33,6 +36,7 @@ import transfer  # noqa: E402
 TAIL_BYTES = 64 * 1024  # the last progress line is in the log's tail; reading it must not cost the whole log
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 RECORDER_LINE = re.compile(r"^Script (started|done) on ")
+PLOT_MAX_POINTS = 5000  # weeks of 10 s samples would be megabytes of JSON; a plot needs a few thousand points
 
 
 def last_line(log_path):
@@ -221,19 +225,69 @@ def _read_json(path):
         return None
 
 
+def plot_data(job_dir, max_points=PLOT_MAX_POINTS):
+    """telemetry.jsonl, thinned to at most max_points samples, and the results file's rows, in one answer."""
+    telemetry, lines = sample_jsonl(os.path.join(job_dir, "telemetry.jsonl"), max_points)
+    return {"telemetry": telemetry, "telemetry_lines": lines, "results": _results_rows(os.path.join(job_dir, "work"))}
+
+
+def sample_jsonl(path, max_points):
+    """Every stride-th line from the first, and the last line, in one pass and bounded memory: the
+    stride doubles whenever more than max_points lines are kept, so a file of any length gives between
+    max_points / 2 and max_points + 1 evenly spaced samples. Lines that are not JSON (the one the
+    monitor is writing now) are left out. Returns (samples, lines in the file)."""
+    kept, stride, count, last = [], 1, 0, None
+    try:
+        with open(path, "rb") as handle:
+            for count, line in enumerate(handle, 1):
+                last = line
+                if (count - 1) % stride == 0:
+                    kept.append(line)
+                    if len(kept) > max_points:
+                        kept, stride = kept[::2], stride * 2
+    except OSError:
+        return [], 0
+    if last is not None and (count - 1) % stride:
+        kept.append(last)
+    samples = []
+    for line in kept:
+        try:
+            samples.append(json.loads(line.decode("utf-8", "replace")))
+        except ValueError:
+            continue
+    return samples, count
+
+
+def _results_rows(work_dir):
+    import monitor  # lazily, as for the `monitor` command: probes and transfers need none of its parsers
+    import progress
+
+    path = monitor.find_results(work_dir)
+    if path is None:
+        return {"file": None, "rows": []}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return {"file": None, "rows": []}
+    parse = progress.parse_results_csv if path.endswith(".csv") else progress.parse_results_txt
+    return {"file": os.path.relpath(path, work_dir), "rows": parse(text)["rows"]}
+
+
 def main(argv):
     if len(argv) < 2:
         sys.stderr.write(__doc__)
         return 2
     command, args = argv[1], argv[2:]
-    needed = {"monitor": 1, "manifest": 1, "send": 3, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 6, "receive-batch": 1}
+    needed = {"monitor": 1, "snapshot": 1, "manifest": 1, "send": 3, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 6, "receive-batch": 1,
+              "plotdata": 1}
     if len(args) < needed.get(command, 0):
         sys.stderr.write("agent: %s needs %d arguments\n" % (command, needed[command]))
         return 2
-    if command == "monitor":
+    if command in ("monitor", "snapshot"):
         import monitor  # here, not at the top: probes and transfers need none of its parsers
 
-        monitor.run(args[0])
+        monitor.run(args[0], once=command == "snapshot")
         return 0
     if command == "probe":
         result = probe(args)
@@ -257,6 +311,8 @@ def main(argv):
         result = kill_job_processes(args[0])
     elif command == "facts":
         result = facts(args[0])
+    elif command == "plotdata":
+        result = plot_data(args[0])
     else:
         sys.stderr.write("agent: unknown command %r\n" % command)
         return 2

@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import shlex
 import stat
+import json
 import subprocess
+import sys
 from pathlib import Path
 
+import runner.hostside
 from runner.jobscript import render_job_sh, render_run_sh
 from runner.spec import JobSpec
+
+AGENT = Path(runner.hostside.__file__).parent / "agent.py"
 
 NASTY = {
     "SINGLE": "it's 'quoted'",
@@ -71,7 +76,7 @@ def test_the_job_runs_in_its_work_dir(tmp_path: Path) -> None:
 
 def test_run_sh_quotes_a_job_dir_with_a_space_and_a_quote(tmp_path: Path) -> None:
     job_dir = tmp_path / "it's a job dir"
-    script = render_run_sh("0123abcd", "t", str(job_dir), "rj-0123abcd:train")
+    script = render_run_sh("0123abcd", "t", str(job_dir), "rj-0123abcd:train", ["python3", "agent.py", "snapshot", str(job_dir)])
     syntax = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, check=False)
     assert syntax.returncode == 0, syntax.stderr
     cd_line = next(line for line in script.splitlines() if line.startswith("cd "))
@@ -89,7 +94,8 @@ def test_run_sh_records_the_exit_code_and_the_log(tmp_path: Path) -> None:
     job_dir = tmp_path / "it's a job dir"
     job_dir.mkdir()
     (job_dir / "job.sh").write_text('echo hi\necho "id=$RUNNER_JOB_ID"\nexit 7\n')
-    (job_dir / "run.sh").write_text(render_run_sh("0123abcd", "t", str(job_dir), "rj-0123abcd:train"))
+    snapshot = [sys.executable, str(AGENT), "snapshot", str(job_dir)]
+    (job_dir / "run.sh").write_text(render_run_sh("0123abcd", "t", str(job_dir), "rj-0123abcd:train", snapshot))
     record = tmp_path / "tmux-args"
     _fake_tmux(tmp_path / "bin", record)
     env = {key: value for key, value in os.environ.items() if key not in ("TMUX", "TMUX_PANE")}
@@ -106,3 +112,6 @@ def test_run_sh_records_the_exit_code_and_the_log(tmp_path: Path) -> None:
     assert "hi" in log.splitlines()  # splitlines also ends lines at the pty's \r\n
     assert "id=0123abcd" in log
     assert record.read_text().splitlines() == ["kill-session", "-t", "rj-0123abcd:train"]
+    final = json.loads((job_dir / "status.json").read_text())  # the monitor's last word, before the session ends
+    assert final["exit_code"] == 7
+    assert [alert["kind"] for alert in final["alerts"]] == ["exited"]
