@@ -30,8 +30,10 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its sibling modules travel with it
-import transfer  # noqa: E402
+# Its sibling modules travel with it; each command imports the ones it needs, when it runs: a probe
+# (every `runner status`) should not pay for the transfer code or the monitor's parsers.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TRANSFER_COMMANDS = ("manifest", "tree", "part-size", "receive", "receive-batch", "send")
 
 TAIL_BYTES = 64 * 1024  # the last progress line is in the log's tail; reading it must not cost the whole log
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -41,18 +43,24 @@ PLOT_MAX_POINTS = 5000  # weeks of 10 s samples would be megabytes of JSON; a pl
 
 def last_line(log_path):
     """The last visible line of a log: after the last \\r or \\n, without ANSI codes."""
-    try:
-        with open(log_path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - TAIL_BYTES))
-            tail = log.read().decode("utf-8", "replace")
-    except OSError:
+    tail = _tail(log_path)
+    if tail is None:
         return None
     for segment in reversed(re.split(r"[\r\n]", ANSI.sub("", tail))):
         text = segment.strip()
         if text and not RECORDER_LINE.match(text):
             return text
     return None
+
+
+def _tail(log_path):
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - TAIL_BYTES))
+            return log.read().decode("utf-8", "replace")
+    except OSError:
+        return None
 
 
 def read_exit_code(job_dir):
@@ -112,10 +120,9 @@ def _fresh_snapshot(job_dir):
     so, and the progress line moves faster than that."""
     snapshot = _read_json(os.path.join(job_dir, "status.json"))
     if snapshot:
-        import monitor
         import progress
 
-        snapshot["progress"] = progress.parse_log_tail(monitor.read_tail(os.path.join(job_dir, "train.log")))
+        snapshot["progress"] = progress.parse_log_tail(_tail(os.path.join(job_dir, "train.log")))
     return snapshot
 
 
@@ -289,24 +296,12 @@ def main(argv):
 
         monitor.run(args[0], once=command == "snapshot")
         return 0
-    if command == "probe":
-        result = probe(args)
-    elif command == "manifest":
-        defer_over = None
-        if args[0].startswith("--defer-hash-over="):
-            defer_over, args = int(args[0].split("=", 1)[1]), args[1:]
-        result = transfer.manifest(args[0], args[1:], defer_over)
-    elif command == "send":
+    if command == "send":
         return _send(*args[:3])
-    elif command == "tree":
-        result = transfer.tree(args[0])
-    elif command == "part-size":
-        result = transfer.part_size(*args[:3])
-    elif command == "receive":
-        root, rel, size, mtime_ns, mode, offset = args[:6]
-        result = transfer.receive(root, rel, int(size), int(mtime_ns), int(mode, 8), int(offset), sys.stdin.buffer)
-    elif command == "receive-batch":
-        result = transfer.receive_batch(args[0], sys.stdin.buffer)
+    if command in TRANSFER_COMMANDS:
+        result = _transfer_command(command, args)
+    elif command == "probe":
+        result = probe(args)
     elif command == "kill":
         result = kill_job_processes(args[0])
     elif command == "facts":
@@ -321,8 +316,28 @@ def main(argv):
     return 0
 
 
+def _transfer_command(command, args):
+    import transfer
+
+    if command == "manifest":
+        defer_over = None
+        if args[0].startswith("--defer-hash-over="):
+            defer_over, args = int(args[0].split("=", 1)[1]), args[1:]
+        return transfer.manifest(args[0], args[1:], defer_over)
+    if command == "tree":
+        return transfer.tree(args[0])
+    if command == "part-size":
+        return transfer.part_size(*args[:3])
+    if command == "receive":
+        root, rel, size, mtime_ns, mode, offset = args[:6]
+        return transfer.receive(root, rel, int(size), int(mtime_ns), int(mode, 8), int(offset), sys.stdin.buffer)
+    return transfer.receive_batch(args[0], sys.stdin.buffer)
+
+
 def _send(root, rel, offset):
     """The data on stdout; the report, as the last line of stderr."""
+    import transfer
+
     try:
         report = transfer.send(root, rel, int(offset), sys.stdout.buffer)
     except OSError as error:

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from runner.hostside import agent
+
+import transfer  # noqa: E402  (the agent's sibling, as the agent imports it: agent put its folder on sys.path)
 from tests.conftest import SAMPLES
 
 @pytest.fixture(autouse=True)
 def hash_cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # In-process calls would otherwise cache beside the package's agent.py, inside the repo.
-    monkeypatch.setattr(agent.transfer.HashCache, "folder", str(tmp_path / "hashcache"))
+    monkeypatch.setattr(transfer.HashCache, "folder", str(tmp_path / "hashcache"))
 
 
 LEARN_MORE = "\N{ELECTRIC LIGHT BULB} Learn more at https://docs.ultralytics.com/modes/train"
@@ -90,7 +92,7 @@ def test_manifest_lists_matching_files_with_size_and_sha256(tmp_path: Path) -> N
     for rel, data in contents.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
-    answer = agent.transfer.manifest(str(root), ["runs/**/*.pt", "runs/*/results.csv", "runs/**/*.pt"])
+    answer = transfer.manifest(str(root), ["runs/**/*.pt", "runs/*/results.csv", "runs/**/*.pt"])
     expected = sorted(rel for rel in contents if rel.endswith((".pt", ".csv")))
     assert [entry["path"] for entry in answer["files"]] == expected
     for entry in answer["files"]:
@@ -113,7 +115,7 @@ def test_manifest_refuses_symlinks_leading_outside_the_root(tmp_path: Path) -> N
         (root / "runs" / "inner.txt").symlink_to(root / "runs" / "ok.txt")  # inside: fine
         (root / "runs" / "leak.txt").symlink_to(outside / "secret.txt")
         (root / "runs" / "linked").symlink_to(outside / "keys", target_is_directory=True)
-        answer = agent.transfer.manifest(str(root), ["runs/**/*.txt", "runs/*"])
+        answer = transfer.manifest(str(root), ["runs/**/*.txt", "runs/*"])
         listed = [entry["path"] for entry in answer["files"]]
         assert listed == ["runs/inner.txt", "runs/ok.txt"]
         assert answer["refused"] == ["runs/leak.txt", "runs/linked", "runs/linked/id.txt"]
