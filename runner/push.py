@@ -64,6 +64,7 @@ def push_tree(host: Host, source: Path, dest: str, exclude: Sequence[str]) -> Sy
                 _send_one(host, dest, local, item, remote_parts.get(_part_rel(item)), sent)
     finally:
         local.save()
+    _remove_stale_parts(host, dest, remote_parts, {_part_rel(item) for item in wanted})
     return SyncStats(host.transport, sent.files, sent.bytes, time.monotonic() - started)
 
 
@@ -77,6 +78,14 @@ def _list_remote(host: Host, dest: str) -> tuple[dict[str, RemoteEntry], dict[st
     files = {item["path"]: RemoteEntry(item["size"], item["sha256"]) for item in answer["files"]}
     parts = {item["part"]: item["size"] for item in answer["parts"]}
     return files, parts
+
+
+def _remove_stale_parts(host: Host, dest: str, listed: dict[str, int], used: set[str]) -> None:
+    """Parts of versions that are gone, left by interrupted uploads: after a push that went through,
+    each listed part was either completed (and is gone) or belongs to no file here any more."""
+    stale = sorted(set(listed) - used)
+    for start in range(0, len(stale), 500):  # far below the command-line limit
+        run_agent(host, "remove-parts", dest, *stale[start : start + 500]).check()
 
 
 def _part_rel(item: LocalFile) -> str:

@@ -13,6 +13,7 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
                              PATH's bytes from OFFSET on stdin, then its sha256: placed only when
                              whole and verified
   receive-batch ROOT         a JSON line of files, then a tar stream of them, each verified
+  remove-parts ROOT PART...  delete part files of uploads whose version is gone
   kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
   facts ROOT                 OS, Python, tmux, docker, free disk under ROOT, GPUs
   monitor JOB_DIR            the monitor window: status.json and telemetry.jsonl every interval
@@ -33,7 +34,7 @@ import time
 # Its sibling modules travel with it; each command imports the ones it needs, when it runs: a probe
 # (every `runner status`) should not pay for the transfer code or the monitor's parsers.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-TRANSFER_COMMANDS = ("manifest", "tree", "part-size", "receive", "receive-batch", "send")
+TRANSFER_COMMANDS = ("manifest", "tree", "part-size", "receive", "receive-batch", "send", "remove-parts")
 
 TAIL_BYTES = 64 * 1024  # the last progress line is in the log's tail; reading it must not cost the whole log
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -286,7 +287,7 @@ def main(argv):
         sys.stderr.write(__doc__)
         return 2
     command, args = argv[1], argv[2:]
-    needed = {"monitor": 1, "snapshot": 1, "manifest": 1, "send": 3, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 6, "receive-batch": 1,
+    needed = {"monitor": 1, "snapshot": 1, "manifest": 1, "send": 3, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 6, "receive-batch": 1, "remove-parts": 1,
               "plotdata": 1}
     if len(args) < needed.get(command, 0):
         sys.stderr.write("agent: %s needs %d arguments\n" % (command, needed[command]))
@@ -328,6 +329,8 @@ def _transfer_command(command, args):
         return transfer.tree(args[0])
     if command == "part-size":
         return transfer.part_size(*args[:3])
+    if command == "remove-parts":
+        return transfer.remove_parts(args[0], args[1:])
     if command == "receive":
         root, rel, size, mtime_ns, mode, offset = args[:6]
         return transfer.receive(root, rel, int(size), int(mtime_ns), int(mode, 8), int(offset), sys.stdin.buffer)

@@ -11,11 +11,14 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tarfile
 import time
 
 CHUNK_BYTES = 1024 * 1024
 PART_SUFFIX = ".runner-part"
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+VERSION = re.compile(r"^[0-9]+-[0-9]+$")  # a sender's SIZE-MTIME_NS
 SETTLE_SECONDS = 1.0  # a file written this recently may still be being written (torch.save is not atomic)
 HASH_ATTEMPTS = 3
 
@@ -170,13 +173,31 @@ def safe_target(root, rel):
 
 
 def part_size(root, rel, version):
-    final = safe_target(root, rel)
+    final = safe_target(root, rel) if VERSION.match(version) else None
     if final is None:
         return {"refused": rel}
-    try:
-        return {"size": os.lstat(part_path(final, version)).st_size}
-    except OSError:
+    part = part_path(final, version)
+    if not os.path.isfile(part) or os.path.islink(part):
         return {"size": 0}
+    return {"size": os.path.getsize(part)}
+
+
+def remove_parts(root, rels):
+    """Delete part files left by uploads of versions that are gone (a push ended without them);
+    one another upload is still writing (locked) is left to it."""
+    removed = []
+    for rel in rels:
+        final = safe_target(root, rel)
+        if final is None or not os.path.basename(final).endswith(PART_SUFFIX) or not os.path.isfile(final):
+            continue
+        with open(final, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            os.unlink(final)
+            removed.append(rel)
+    return {"removed": removed}
 
 
 def receive(root, rel, size, mtime_ns, mode, offset, source):
@@ -201,6 +222,8 @@ def receive(root, rel, size, mtime_ns, mode, offset, source):
         if not _copy_exactly(source, out, size - offset, digest):
             return {"status": "incomplete", "path": rel, "size": out.tell()}
         claimed = source.read(64).decode("ascii", "replace")
+        if len(claimed) < 64:  # the link went between the data and its hash: the part is whole, keep it
+            return {"status": "incomplete", "path": rel, "size": out.tell()}
         if digest.hexdigest() != claimed:
             os.unlink(part)
             return {"status": "mismatch", "path": rel, "size": out.tell()}
@@ -227,7 +250,10 @@ def _copy_exactly(source, out, length, digest):
 
 
 def _open_part(part):
-    """The part file, never through a symlink planted at its name."""
+    """The part file, never through a symlink planted at its name: such a link is removed (the link,
+    not what it points to), as a part that is not a regular file is."""
+    if os.path.islink(part) or (os.path.exists(part) and not os.path.isfile(part)):
+        os.unlink(part)
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     return os.fdopen(os.open(part, flags, 0o600), "wb")
 
@@ -240,6 +266,8 @@ def receive_batch(root, source):
     with tarfile.open(fileobj=source, mode="r|") as archive:
         for member in archive:
             entry = expected.pop(member.name, None)
+            if entry and not SHA256_HEX.match(str(entry.get("sha256"))):
+                entry = None  # the part's name is made from it: nothing but a sha256 may go there
             final = safe_target(root, member.name) if entry else None
             if final is None or not member.isfile():
                 failed.append({"path": member.name, "reason": "not asked for, or outside the root"})
