@@ -139,13 +139,29 @@ def _watch_status(poll: Callable[[], Refreshed], interval: float, as_json: bool,
 @cli.command()
 @click.argument("job_ref", metavar="JOB")
 @click.option("-n", "--lines", "last_lines", type=click.IntRange(min=0), help="Only the last N lines.")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends; exit 1 unless it succeeded.")
-def logs(job_ref: str, last_lines: int | None, follow: bool) -> None:
-    """Print JOB's train.log as the training printed it."""
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Keep printing until the job ends; exit 1 unless it succeeded. A line is printed once it ends, so a"
+    " bar shows once, finished (--raw -f shows it live).",
+)
+@click.option("--raw", is_flag=True, help="The bytes exactly as recorded: every \\r update of every bar, all escape codes.")
+@click.option(
+    "--color",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Colours in the rendered log. auto: only when stdout is a terminal and NO_COLOR is unset; without them"
+    " every escape code is removed. --raw ignores this.",
+)
+def logs(job_ref: str, last_lines: int | None, follow: bool, raw: bool, color: str) -> None:
+    """Print JOB's train.log as a terminal shows it: each progress bar once, in its final state."""
     from runner import render
-    from runner.logs import follow_log, read_log
+    from runner.logs import follow_log, show_log, wants_color
     from runner.state import JobState
 
+    colored = wants_color(color, sys.stdout)
     out = sys.stdout.buffer
 
     def write(data: bytes) -> None:
@@ -155,9 +171,11 @@ def logs(job_ref: str, last_lines: int | None, follow: bool) -> None:
     with open_store() as store:
         job = store.find(job_ref)
         if not follow:
-            write(read_log(job, last_lines))
+            show_log(job, last_lines, write, raw=raw, color=colored)
             return
-        job = follow_log(store, job, last_lines, write, lambda note: render.stderr.print(note, markup=False))
+        job = follow_log(
+            store, job, last_lines, write, lambda note: render.stderr.print(note, markup=False), raw=raw, color=colored
+        )
     render.stderr.print(f"\n{job.id} {job.state.value}" + ("" if job.exit_code is None else f" (exit {job.exit_code})"))
     if job.state is not JobState.SUCCEEDED:
         sys.exit(1)
@@ -263,6 +281,26 @@ def attach(job_ref: str, window: str) -> None:
         raise NotFound(f"job {job.id} is {job.state.value}: its tmux session is gone; `runner logs {job.id}` has its output")
     argv = attach_argv(job, window)
     os.execvp(argv[0], argv)
+
+
+@cli.command()
+@click.argument("job_ref", metavar="JOB")
+@click.option("--out", type=click.Path(path_type=Path), help="The PNG, or a folder for it [default: JOBNAME-JOBID.png here].")
+@JSON_OPTION
+def plot(job_ref: str, out: Path | None, as_json: bool) -> None:
+    """Draw JOB's losses, validation metrics and GPU telemetry into one PNG; prints its path."""
+    from runner import render
+    from runner.plot import plot_document, plot_job, plot_summary, require_matplotlib
+
+    require_matplotlib()  # before any round trip: without the extra there is nothing to draw with
+    with open_store() as store:
+        job = store.find(job_ref)
+    result = plot_job(job, out)
+    if as_json:
+        render.print_json(plot_document(result))
+        return
+    click.echo(result.path)
+    render.stderr.print(plot_summary(result), markup=False)
 
 
 @cli.command()
