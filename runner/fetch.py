@@ -18,8 +18,8 @@ from runner.atomicfile import write_atomically
 from runner.download import Changed, RemoteFile, download
 from runner.smallfiles import SMALL_FILE_BYTES, fetch_small_files
 from runner.errors import NotFound, RunnerError
-from runner.hosts import Host, get_host
-from runner.layout import JobLayout, run_agent
+from runner.hosts import Host
+from runner.layout import JobLayout, job_host, run_agent
 from runner.state import Job
 
 ROUNDS_PER_FILE = 3  # a file rewritten during each of its copies is reported, not fetched torn
@@ -57,7 +57,7 @@ def fetch(job: Job, artifact: str, dest: Path) -> FetchResult:
         raise NotFound(f"job {job.id} has no artifact set '{artifact}' (it has: {names})")
     if not job.job_dir:
         raise NotFound(f"job {job.id} never reached its host: there is nothing to fetch")
-    host = get_host(job.host)
+    host = job_host(job.host, job.job_dir)
     started = time.monotonic()
     listed, refused = list_remote(host, JobLayout(job.job_dir).work, globs)
     files, changing = fetch_files(host, JobLayout(job.job_dir).work, listed, dest, refused)

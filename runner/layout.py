@@ -41,6 +41,21 @@ class JobLayout:
     def work(self) -> str:
         return self.file("work")
 
+    @property
+    def root(self) -> str:
+        """The host's runner directory: job directories are ROOT/jobs/ID."""
+        return posixpath.dirname(posixpath.dirname(self.job_dir))
+
+
+def job_host(host_name: str, job_dir: str | None) -> Host:
+    """The host of a placed job, knowing its runner directory from the job's: no round trip to ask."""
+    from runner.hosts import get_host
+
+    host = get_host(host_name)
+    if job_dir:
+        host.learn_root(JobLayout(job_dir).root)
+    return host
+
 
 def hostside_dir(host: Host) -> str:
     return posixpath.join(host.root(), f"hostside-{hostside.version()}")

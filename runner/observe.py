@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from runner.errors import HostUnreachable, RunnerError
-from runner.hosts import Host, get_host
-from runner.layout import run_agent
+from runner.hosts import Host
+from runner.layout import job_host, run_agent
 from runner.state import Job, JobState, Store, ended_state
 
 MAX_PARALLEL_HOSTS = 8
@@ -100,8 +100,9 @@ def refresh_one(store: Store, job: Job) -> Job:
 
 
 def _probe_host(host_name: str, jobs: list[Job]) -> dict[str, Observation]:
-    host = get_host(host_name)
-    return probe(host, [job.job_dir for job in jobs if job.job_dir])
+    job_dirs = [job.job_dir for job in jobs if job.job_dir]
+    host = job_host(host_name, job_dirs[0])  # the probe is the host's one round trip
+    return probe(host, job_dirs)
 
 
 def _apply(store: Store, job: Job, seen: Observation | None) -> None:

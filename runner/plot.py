@@ -107,12 +107,11 @@ def output_path(job: Job, out: Path | None) -> Path:
 
 
 def fetch_plot_data(job: Job) -> PlotData:
-    from runner.hosts import get_host
-    from runner.layout import run_agent
+    from runner.layout import job_host, run_agent
 
     if not job.job_dir:
         raise NotFound(f"job {job.id} never reached its host: there is nothing to plot")
-    host = get_host(job.host)
+    host = job_host(job.host, job.job_dir)
     result = run_agent(host, "plotdata", job.job_dir, timeout=max(host.patience, AGENT_TIMEOUT_S)).check()
     try:
         document = json.loads(result.text)  # NaN losses arrive as NaN: Python's json reads them

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 from runner import session
-from runner.hosts import get_host
-from runner.layout import run_agent
+from runner.layout import job_host, run_agent
 from runner.observe import probe, refresh_one
 from runner.state import ACTIVE, Job, JobState, Store
 
@@ -27,7 +26,7 @@ def stop(store: Store, job: Job, grace_seconds: float) -> Job:
     job = refresh_one(store, store.get(job.id))
     if job.finished or not (job.session and job.job_dir):
         return job
-    host = get_host(job.host)
+    host = job_host(job.host, job.job_dir)
     store.request_stop(job.id)
     host.run(session.interrupt_argv(job.session))
     if not _ends_within(host, job.job_dir, grace_seconds):

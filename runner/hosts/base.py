@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Protocol, Union
 
 from runner.errors import CommandFailed, command_name  # noqa: F401  (re-exported for the hosts)
@@ -58,6 +57,10 @@ class Host(Protocol):
     @property
     def patience(self) -> float:
         """How long a short command may take before the host counts as unreachable."""
+        ...
+
+    def learn_root(self, root: str) -> None:
+        """Take root as the runner directory, as a job's directory (ROOT/jobs/ID) shows it."""
         ...
 
     def run(self, argv: Sequence[str], stdin: Stdin = None, timeout: float | None = 60) -> CommandResult:

@@ -81,6 +81,10 @@ class SshHost:
             self._root = f"{home}/.runner"
         return self._root
 
+    def learn_root(self, root: str) -> None:
+        """The runner directory, as a job's directory (ROOT/jobs/ID) shows it: no round trip to ask."""
+        self._root = self._root or root
+
     def run(self, argv: Sequence[str], stdin: Stdin = None, timeout: float | None = 60) -> CommandResult:
         if not self.uses_openssh:
             from runner.hosts.paramikorun import run_over_paramiko

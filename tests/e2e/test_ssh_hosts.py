@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, Runner, runner_executable, wait_for, write_job
 from tests.e2e.testhost import TestHost, write_hosts_file
 
@@ -240,3 +242,32 @@ def test_attach_joins_the_remote_session_and_closing_the_terminal_leaves_the_job
     wait_for(lambda: clients() == [], 15, what="the remote client to go")
     assert runner.json("status", job_id)["state"] == "running"
     runner.run("stop", job_id, "--grace", "1", check=True)
+
+
+def test_status_costs_one_round_trip_per_host_however_many_jobs(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_ids = [runner.submit(write_job(tmp_path, f"tick{n}", f"name: tick{n}\nrun: echo tick{n}; sleep 600\n"), "--host", "box")
+               for n in range(3)]  # fmt: skip
+    try:
+        for key in ("RUNNER_HOME", "RUNNER_CONFIG_DIR", "HOME", "TMUX_TMPDIR"):
+            monkeypatch.setenv(key, runner.env[key])
+        from runner import hosts, paths
+        from runner.observe import refresh
+        from runner.state import Store
+
+        monkeypatch.setattr(hosts, "_open_hosts", {})
+        host = hosts.get_host("box")
+        commands: list[list[str]] = []
+        real_run = host.run
+        monkeypatch.setattr(host, "run", lambda argv, *a, **k: commands.append(list(argv)) or real_run(argv, *a, **k))
+        store = Store(paths.state_db())
+        wait_for(lambda: all((job.last_line or "").startswith("tick") for job in refresh(store, store.list_jobs()).jobs),
+                 30, what="every job's first line")  # fmt: skip
+        commands.clear()
+        refreshed = refresh(store, store.list_jobs())
+        assert [job.state.value for job in refreshed.jobs] == ["running"] * 3
+        assert len(commands) == 1 and "probe" in commands[0]  # one command for the three jobs, nothing else
+    finally:
+        for job_id in job_ids:
+            runner.run("stop", job_id, "--grace", "1")
