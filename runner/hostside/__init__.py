@@ -7,7 +7,7 @@ import functools
 import hashlib
 from importlib import resources
 
-FILES = ("agent.py", "transfer.py", "monitor.py", "progress.py", "gpus.py", "alerts.py", "window.sh")
+FILES = ("agent.py", "hostfiles.py", "transfer.py", "monitor.py", "progress.py", "gpus.py", "alerts.py", "window.sh")
 
 
 def read(name: str) -> bytes:

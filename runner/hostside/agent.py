@@ -34,9 +34,10 @@ import time
 # Its sibling modules travel with it; each command imports the ones it needs, when it runs: a probe
 # (every `runner status`) should not pay for the transfer code or the monitor's parsers.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hostfiles import TAIL_BYTES, read_int, read_json, read_tail  # noqa: E402
+
 TRANSFER_COMMANDS = ("manifest", "tree", "part-size", "receive", "receive-batch", "send", "remove-parts")
 
-TAIL_BYTES = 64 * 1024  # the last progress line is in the log's tail; reading it must not cost the whole log
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 RECORDER_LINE = re.compile(r"^Script (started|done) on ")
 PLOT_MAX_POINTS = 5000  # weeks of 10 s samples would be megabytes of JSON; a plot needs a few thousand points
@@ -44,7 +45,7 @@ PLOT_MAX_POINTS = 5000  # weeks of 10 s samples would be megabytes of JSON; a pl
 
 def last_line(log_path):
     """The last visible line of a log: after the last \\r or \\n, without ANSI codes."""
-    tail = _tail(log_path)
+    tail = read_tail(log_path)
     if tail is None:
         return None
     for segment in reversed(re.split(r"[\r\n]", ANSI.sub("", tail))):
@@ -54,22 +55,8 @@ def last_line(log_path):
     return None
 
 
-def _tail(log_path):
-    try:
-        with open(log_path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - TAIL_BYTES))
-            return log.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
 def read_exit_code(job_dir):
-    try:
-        with open(os.path.join(job_dir, "exit_code")) as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        return None
+    return read_int(os.path.join(job_dir, "exit_code"))
 
 
 def tmux_sessions():
@@ -94,7 +81,7 @@ def probe(job_dirs):
     running_ids = job_ids_with_processes()
     jobs = {}
     for job_dir in job_dirs:
-        spec = _read_json(os.path.join(job_dir, "spec.json")) or {}
+        spec = read_json(os.path.join(job_dir, "spec.json")) or {}
         jobs[job_dir] = {
             "exists": os.path.isdir(job_dir),
             "session_alive": None if sessions is None else spec.get("session") in sessions,
@@ -119,11 +106,11 @@ def _age(path):
 def _fresh_snapshot(job_dir):
     """The monitor's latest snapshot, with the progress read now: the monitor writes every 10 s or
     so, and the progress line moves faster than that."""
-    snapshot = _read_json(os.path.join(job_dir, "status.json"))
+    snapshot = read_json(os.path.join(job_dir, "status.json"))
     if snapshot:
         import progress
 
-        snapshot["progress"] = progress.parse_log_tail(_tail(os.path.join(job_dir, "train.log")))
+        snapshot["progress"] = progress.parse_log_tail(read_tail(os.path.join(job_dir, "train.log")) or "")
     return snapshot
 
 
@@ -223,14 +210,6 @@ def _pids():
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) != own:
             yield int(name)
-
-
-def _read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
 
 
 def plot_data(job_dir, max_points=PLOT_MAX_POINTS):

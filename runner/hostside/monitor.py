@@ -17,8 +17,11 @@ import time
 import alerts
 import gpus
 import progress
+try:
+    from hostfiles import read_int, read_json, read_tail
+except ImportError:  # imported as runner.hostside.monitor (the controller's tests and tools), not beside agent.py
+    from runner.hostside.hostfiles import read_int, read_json, read_tail
 
-TAIL_BYTES = 64 * 1024
 RESULTS_RESCAN_S = 60  # finding the results file walks runs/: not at every snapshot
 GPU_TOOL_TIMEOUT_S = 10
 DEFAULT_SETTINGS = {"interval": 10.0, "stalled_after": 900.0, "gpu_temp_limits": {}, "min_free_disk": 0.05}  # the job file's `monitor`
@@ -39,9 +42,9 @@ class Monitor(object):
 
     def snapshot(self):
         now = time.time()
-        tail = read_tail(os.path.join(self.job_dir, "train.log"))
+        tail = read_tail(os.path.join(self.job_dir, "train.log")) or ""
         parsed = progress.parse_log_tail(tail)
-        exit_code = _read_int(os.path.join(self.job_dir, "exit_code"))
+        exit_code = read_int(os.path.join(self.job_dir, "exit_code"))
         snapshot = {
             "updated_at": now,
             "progress": parsed,
@@ -107,7 +110,7 @@ class Monitor(object):
 
 def run(job_dir, once=False):
     """The monitor window's loop: a snapshot every interval, until the session ends."""
-    spec = (_read_json(os.path.join(job_dir, "spec.json")) or {}).get("spec") or {}
+    spec = (read_json(os.path.join(job_dir, "spec.json")) or {}).get("spec") or {}
     monitor = Monitor(job_dir, spec.get("monitor"))
     while True:
         snapshot = monitor.snapshot()
@@ -153,16 +156,6 @@ def summary_line(snapshot):
         parts.append("gpu%s %s%% %s°C" % (gpu.get("index"), _short(gpu.get("util_pct")), _short(gpu.get("temp_edge_c"))))
     parts += ["!" + alert["kind"] for alert in snapshot["alerts"]]
     return "  ".join(parts) or (got.get("last_line") or "(nothing printed yet)")
-
-
-def read_tail(path, size=TAIL_BYTES):
-    try:
-        with open(path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - size))
-            return log.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def find_results(work_dir):
@@ -230,17 +223,3 @@ def _short(value):
     return "?" if value is None else "%.0f" % value
 
 
-def _read_int(path):
-    try:
-        with open(path) as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None

@@ -15,6 +15,11 @@ import re
 import tarfile
 import time
 
+try:
+    from hostfiles import read_json
+except ImportError:  # imported as runner.hostside.transfer (the controller's tests and tools), not beside agent.py
+    from runner.hostside.hostfiles import read_json
+
 CHUNK_BYTES = 1024 * 1024
 PART_SUFFIX = ".runner-part"
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -30,7 +35,7 @@ class HashCache(object):
 
     def __init__(self, real_root):
         self.path = os.path.join(self.folder, hashlib.sha1(real_root.encode()).hexdigest() + ".json")
-        self.entries = _read_json(self.path) or {}
+        self.entries = read_json(self.path) or {}
         self.changed = False
 
     def get(self, rel, stat):
@@ -323,9 +328,3 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
