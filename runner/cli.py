@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from runner import __version__, paths
+from runner import __version__, paths, transferprogress
 from runner.cli_hosts import JSON_OPTION, TRUST_OPTION, hosts
 from runner.durations import format_duration, parse_duration
 from runner.errors import NotFound, RunnerError, SpecError
@@ -72,7 +72,7 @@ def submit(job_file: Path, host_name: str | None, trust_new_host: bool, as_json:
     from runner.submit import submit as submit_job
 
     loaded = load_job(job_file)
-    with open_store() as store:
+    with open_store() as store, transferprogress.shown(f"{loaded.spec.name}: files", _bars(as_json)):
         submitted = submit_job(store, loaded, host_name, trust_new_host)
     job = submitted.job
     if as_json:
@@ -218,7 +218,8 @@ def fetch(artifact: str, job_ref: str | None, dest: Path | None, every: float | 
         job = store.find(job_ref)
         where = dest or default_dest(job.id)
         if every is None:
-            result = fetch_locked(job, artifact, where, _note)
+            with transferprogress.shown(f"{artifact} of {job.id}", _bars(as_json)):
+                result = fetch_locked(job, artifact, where, _note)
         else:
             result = fetch_every(store, job, artifact, where, every, _progress_note(every), _note)
     if as_json:
@@ -233,6 +234,11 @@ def fetch(artifact: str, job_ref: str | None, dest: Path | None, every: float | 
         render.stderr.print(f"refused {path}: it leads outside the job's workdir or the destination", markup=False)
     for path in result.changing:
         render.stderr.print(f"skipped {path}: still being written on the host; the next fetch takes it", markup=False)
+
+
+def _bars(as_json: bool) -> bool:
+    """Progress bars only for a person at a terminal: not in --json output, logs or pipes."""
+    return not as_json and sys.stderr.isatty()
 
 
 def _note(text: str) -> None:

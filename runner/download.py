@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from runner import transferprogress
 from runner.errors import HostUnreachable, NotFound, RunnerError
 from runner.hosts import Host
 from runner.layout import run_agent
@@ -107,6 +108,7 @@ class _GrowingFileHasher:
             block = self._source.read(HASH_CHUNK_BYTES)
             if block:
                 self._digest.update(block)
+                transferprogress.current().advance(len(block))  # what is hashed has arrived
             elif done:
                 return
             else:

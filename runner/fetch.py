@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from runner import transferprogress
 from runner.atomicfile import write_atomically
 from runner.download import Changed, RemoteFile, download
 from runner.smallfiles import SMALL_FILE_BYTES, fetch_small_files
@@ -91,12 +92,14 @@ def fetch_files(
         have.record(got, final)
         fetched.append(FetchedFile(got.path, got.size, got.sha256, copied=True))
 
+    transferprogress.current().add_total(sum(remote.size for remote, _ in wanted))
     try:
         # Small files come in a few tar streams (one round trip per batch); whatever a batch could not
         # deliver verified, and every large file, is copied one by one, resumably.
         batched = fetch_small_files(host, root, [pair for pair in wanted if pair[0].size <= SMALL_FILE_BYTES])
         for got, final in batched:
             arrived(got, final)
+            transferprogress.current().advance(got.size)
         delivered = {got.path for got, _ in batched}
         for remote, final in wanted:
             if remote.path not in delivered:

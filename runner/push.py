@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from runner import transferprogress
 from runner.errors import HostUnreachable, RunnerError
 from runner.hosts import Host, SyncStats
 from runner.hosts.feed import write_all
@@ -57,6 +58,7 @@ def push_tree(host: Host, source: Path, dest: str, exclude: Sequence[str]) -> Sy
     sent = Sent()
     try:
         wanted = [item for item in local.files if _differs(local, item, remote_files.get(item.rel))]
+        transferprogress.current().add_total(sum(item.size for item in wanted))
         small = [local.hashed(item) for item in wanted if item.size <= SMALL_FILE_BYTES]
         placed = _send_batches(host, dest, small, sent)
         for item in wanted:
@@ -108,6 +110,7 @@ def _send_batches(host: Host, dest: str, items: list[LocalFile], sent: Sent) -> 
             placed.add(rel)
             sent.files += 1
             sent.bytes += included[rel]
+            transferprogress.current().advance(included[rel])
     return placed
 
 
@@ -227,6 +230,7 @@ class _HashingReader:
                 if moved == 0:
                     break  # it shrank: the hash below cannot match its listing
                 self._position += moved
+                transferprogress.current().advance(moved)
         finally:
             hasher.join()
         whole = self._position == self.item.size and hashed and self._held_still()
@@ -238,6 +242,7 @@ class _HashingReader:
             block = self._file.read(min(size, self.item.size - self._position))
             self._position = self._position + len(block) if block else self.item.size
             if block:
+                transferprogress.current().advance(len(block))
                 return block
         if self._trailer_sent:
             return b""

@@ -181,3 +181,23 @@ def test_the_host_reports_a_file_that_changed_while_it_was_sent(tmp_path: Path) 
 
     report = transfer.send(str(tmp_path), "last.pt", 0, RewriteAfterFirstChunk())
     assert report["stable"] is False
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_bar_shows_the_transfer_on_a_terminal_and_nothing_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    from rich.console import Console
+
+    from runner import render, transferprogress
+
+    screen = io.StringIO()
+    monkeypatch.setattr(render, "stderr", Console(file=screen, force_terminal=True, width=120))
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "last.pt").write_bytes(os.urandom(20 * 1024 * 1024))
+    settled(root / "last.pt")
+    with transferprogress.shown("weights of job", enabled):
+        fetch(CountingHost(), root, tmp_path / "dest", "*.pt")
+    shown = screen.getvalue()
+    assert ("weights of job" in shown and "21.0/21.0 MB" in shown) if enabled else shown == ""  # 20 MiB, in MB
