@@ -59,6 +59,7 @@ def command_name(argv: Sequence[str]) -> str:
     words = list(argv)
     if words[:2] == ["sh", "-c"] and len(words) > 4:
         words = words[4:]  # our `sh -c SCRIPT sh ARGS...` wrappers: the arguments say what it is
-    if len(words) > 2 and words[1].endswith("agent.py"):
-        return f"agent {words[2]}"
+    for index, word in enumerate(words[:-1]):
+        if word.endswith("/agent.py") and index > 0:  # `python3 -E -S .../agent.py COMMAND ...`
+            return f"agent {words[index + 1]}"
     return words[0].rsplit("/", 1)[-1] if words else "a command"

@@ -86,7 +86,10 @@ def _hostside_tar() -> bytes:
 
 
 def agent_argv(host: Host, *args: str) -> list[str]:
-    return [host.python, agent_path(host), *args]
+    # -S: the agent needs the standard library only, and a job image's site-packages (conda, many .pth
+    # files) can cost more to import than the agent's whole work; -E: no PYTHONPATH or PYTHONHOME
+    # from the host's environment can change what the agent imports.
+    return [host.python, "-E", "-S", agent_path(host), *args]
 
 
 def run_agent(
@@ -96,7 +99,8 @@ def run_agent(
     submitted by an older runner): no extra round trip when it is there. With stdout, the output is
     appended to that open file instead of returned."""
     rewind = rewinder(stdin)
-    argv = ["sh", "-c", f'[ -f "$2" ] || exit {AGENT_MISSING}; exec "$@"', "sh", *agent_argv(host, *args)]
+    check = f'[ -f "$1" ] || exit {AGENT_MISSING}; shift; exec "$@"'
+    argv = ["sh", "-c", check, "sh", agent_path(host), *agent_argv(host, *args)]
 
     def once() -> CommandResult:
         return host.run(argv, stdin=stdin, timeout=timeout) if stdout is None else host.run_into(argv, stdout)

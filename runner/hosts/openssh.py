@@ -24,7 +24,7 @@ from runner.hostsfile import SSH_TARGET, HostEntry
 from runner.paths import runner_known_hosts, user_known_hosts
 
 SSH_FAILED = 255  # ssh's own exit code: the link or the login failed, not the remote command
-CONTROL_PERSIST_SECONDS = 60
+CONTROL_PERSIST_SECONDS = 300  # a status or fetch within 5 minutes of the last one pays no handshake
 
 
 def openssh_argv(entry: HostEntry) -> list[str]:
