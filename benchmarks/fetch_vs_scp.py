@@ -6,7 +6,7 @@ both from the same loopback sshd (a test-host container), measured in the same r
 
 Prints each timing and the ratio scp_seconds / runner_seconds (>= 1.0: runner is at least as fast).
 runner's time is the whole `runner fetch` command: process start, connect, manifest, copy, sha256
-check, rename. "cold" is the first fetch: the host hashes 512 MiB first. The other rounds find the
+check, rename. "cold" is the first fetch: the host hashes the file as it sends it. The other rounds find the
 hash cached on the host (as after any earlier fetch or listing). "new connection" closes runner's
 shared SSH connection before each fetch, so runner pays a handshake as scp does; "shared connection"
 reuses the one the previous runner command left open (for a minute), as successive commands do.
@@ -78,7 +78,7 @@ def run_benchmark(base: Path, host: TestHost, mib: int, rounds: int) -> None:
 def show(mib: int, cold: float, times: dict[str, list[float]]) -> None:
     new, shared, scp, gcm = (statistics.median(times[key]) for key in ("new", "shared", "scp", "scp_gcm"))
     rows = [
-        ("runner fetch, cold (host hashes first)", cold, [cold]),
+        ("runner fetch, cold (hashed while sent)", cold, [cold]),
         ("runner fetch, new connection", new, times["new"]),
         ("runner fetch, shared connection", shared, times["shared"]),
         ("scp (OpenSSH defaults)", scp, times["scp"]),
@@ -103,7 +103,10 @@ def close_shared_connection(env: dict[str, str]) -> None:
 
 
 def runner(env: dict[str, str], *args: str) -> str:
-    return subprocess.run([RUNNER, *args], env=env, check=True, capture_output=True, text=True).stdout
+    done = subprocess.run([RUNNER, *args], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"runner {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def wait_finished(env: dict[str, str], job_id: str) -> None:
