@@ -12,6 +12,7 @@ from rich.text import Text
 
 from runner import render
 from runner.observe import Refreshed
+from runner.state import JobState
 
 
 def status_view(refreshed: Refreshed) -> RenderableType:
@@ -22,7 +23,7 @@ def status_view(refreshed: Refreshed) -> RenderableType:
     else:
         parts.append(Text("no jobs yet: `runner submit JOBFILE` starts one"))
     for job in refreshed.jobs:
-        if job.finished and job.state.value == "succeeded":
+        if job.state is JobState.SUCCEEDED:
             continue  # a finished good run's old warnings are history, not news
         for alert in (job.snapshot or {}).get("alerts") or []:
             parts.append(Text(f"{job.id} {alert['kind']}: {alert['message']}", style="red"))
