@@ -23,6 +23,8 @@ except ImportError:  # imported as runner.hostside.monitor (the controller's tes
     from runner.hostside.hostfiles import read_int, read_json, read_tail
 
 RESULTS_RESCAN_S = 60  # finding the results file walks runs/: not at every snapshot
+PREHASH_EVERY_S = 60  # new checkpoints are hashed ahead of a fetch this often...
+PREHASH_BUDGET_BYTES = 4 * 1024 ** 3  # ...and at most this much per turn (a few seconds of one core)
 GPU_TOOL_TIMEOUT_S = 10
 DEFAULT_SETTINGS = {"interval": 10.0, "stalled_after": 900.0, "gpu_temp_limits": {}, "min_free_disk": 0.05}  # the job file's `monitor`
 GPU_TOOLS = (  # (program, argv, parser): the first one present is used
@@ -33,9 +35,10 @@ GPU_TOOLS = (  # (program, argv, parser): the first one present is used
 
 
 class Monitor(object):
-    def __init__(self, job_dir, settings=None):
+    def __init__(self, job_dir, settings=None, artifact_globs=()):
         self.job_dir = job_dir
         self.settings = dict(DEFAULT_SETTINGS, **(settings or {}))
+        self.artifact_globs, self.prehashed_at = list(artifact_globs), 0.0
         self.results_path, self.results_scanned_at = None, 0.0
         self.log_size, self.log_grew_at = None, time.time()
         self.gpu_tool = _first_gpu_tool()
@@ -56,6 +59,18 @@ class Monitor(object):
         }
         snapshot["alerts"] = self._alerts(snapshot, tail, now)
         return snapshot
+
+    def prehash_artifacts(self):
+        """Hash new checkpoints between snapshots, so `runner fetch` finds their hashes ready."""
+        now = time.time()
+        if not self.artifact_globs or now - self.prehashed_at < PREHASH_EVERY_S:
+            return
+        self.prehashed_at = now
+        try:
+            from transfer import prehash
+        except ImportError:  # imported as runner.hostside.monitor (the controller's tests and tools)
+            from runner.hostside.transfer import prehash
+        prehash(os.path.join(self.job_dir, "work"), self.artifact_globs, PREHASH_BUDGET_BYTES)
 
     def _results(self, now):
         if self.results_path is None or now - self.results_scanned_at > RESULTS_RESCAN_S:
@@ -111,10 +126,13 @@ class Monitor(object):
 def run(job_dir, once=False):
     """The monitor window's loop: a snapshot every interval, until the session ends."""
     spec = (read_json(os.path.join(job_dir, "spec.json")) or {}).get("spec") or {}
-    monitor = Monitor(job_dir, spec.get("monitor"))
+    globs = [pattern for patterns in (spec.get("artifacts") or {}).values() for pattern in patterns]
+    monitor = Monitor(job_dir, spec.get("monitor"), globs)
     while True:
         snapshot = monitor.snapshot()
         write_snapshot(job_dir, snapshot)
+        if not once:
+            monitor.prehash_artifacts()
         sys.stdout.write("\r\x1b[K%s  %s" % (time.strftime("%H:%M:%S"), summary_line(snapshot)[:200]))
         sys.stdout.flush()
         if once:

@@ -83,6 +83,32 @@ def manifest(root, patterns, defer_over=None):
     return {"root": root, "files": [files[rel] for rel in sorted(files)], "refused": sorted(set(refused))}
 
 
+def prehash(root, patterns, budget_bytes):
+    """Hash files matching the globs that are settled and not in the cache yet, up to budget_bytes
+    per call: the monitor calls it now and then, so a fetch of a new checkpoint finds its hash ready
+    and the host reads the file once, to send it. Returns the bytes hashed."""
+    real_root = os.path.realpath(root)
+    cache = HashCache(real_root)
+    spent = 0
+    for pattern in patterns:
+        for path in glob.glob(os.path.join(glob.escape(root), pattern), recursive=True):
+            rel = os.path.relpath(path, root)
+            if spent >= budget_bytes or rel.endswith(PART_SUFFIX) or not os.path.isfile(path):
+                continue
+            if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+                continue
+            before = os.stat(path)
+            if cache.get(rel, before) or time.time() - before.st_mtime < SETTLE_SECONDS:
+                continue
+            digest = _sha256(path)
+            after = os.stat(path)
+            if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
+                cache.put(rel, after, digest)  # changed meanwhile: left for the next call
+            spent += before.st_size
+    cache.save()
+    return spent
+
+
 def tree(root):
     """Every regular file under root (symlinks not followed) with its sha256, and the part files of
     interrupted uploads: what a push needs to send only what is missing and resume what was cut."""

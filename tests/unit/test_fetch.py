@@ -201,3 +201,26 @@ def test_a_bar_shows_the_transfer_on_a_terminal_and_nothing_otherwise(
         fetch(CountingHost(), root, tmp_path / "dest", "*.pt")
     shown = screen.getvalue()
     assert ("weights of job" in shown and "21.0/21.0 MB" in shown) if enabled else shown == ""  # 20 MiB, in MB
+
+
+def test_files_hashed_ahead_by_the_monitor_are_listed_with_their_hash(tmp_path: Path) -> None:
+    from runner.hostside import transfer
+
+    root = tmp_path / "work"
+    (root / "w").mkdir(parents=True)
+    content = os.urandom(12 * 1024 * 1024)
+    (root / "w" / "best.pt").write_bytes(content)
+    (root / "w" / "fresh.pt").write_bytes(b"being written")  # too new: left for a later turn
+    settled(root / "w" / "best.pt")
+    host = CountingHost()
+    # The installed agent's cache is where its manifest looks: RUNNER_HOME/local/hashcache.
+    monkey_folder = Path(host.root()) / "hashcache"
+    original = transfer.HashCache.folder
+    transfer.HashCache.folder = str(monkey_folder)
+    try:
+        assert transfer.prehash(str(root), ["w/*.pt"], budget_bytes=1 << 40) == len(content)
+        assert transfer.prehash(str(root), ["w/*.pt"], budget_bytes=1 << 40) == 0  # nothing new
+    finally:
+        transfer.HashCache.folder = original
+    listed, _ = list_remote(host, str(root), ["w/best.pt"])
+    assert listed[0].sha256 == hashlib.sha256(content).hexdigest()  # no deferral: the fetch is warm
