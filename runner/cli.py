@@ -63,9 +63,10 @@ def cli() -> None:
 @cli.command()
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("--host", "host_name", help="Run on this host instead of the job file's.")
+@click.option("--skip-preflight", is_flag=True, help="Start even if the job's dataset (`dataset:`) has errors: no check.")
 @TRUST_OPTION
 @JSON_OPTION
-def submit(job_file: Path, host_name: str | None, trust_new_host: bool, as_json: bool) -> None:
+def submit(job_file: Path, host_name: str | None, skip_preflight: bool, trust_new_host: bool, as_json: bool) -> None:
     """Start JOB_FILE on its host; prints the job id."""
     from runner import render
     from runner.specfile import load_job
@@ -73,7 +74,7 @@ def submit(job_file: Path, host_name: str | None, trust_new_host: bool, as_json:
 
     loaded = load_job(job_file)
     with open_store() as store, transferprogress.shown(f"{loaded.spec.name}: files", _bars(as_json)):
-        submitted = submit_job(store, loaded, host_name, trust_new_host)
+        submitted = submit_job(store, loaded, host_name, trust_new_host, preflight=not skip_preflight)
     job = submitted.job
     if as_json:
         render.print_json(render.submit_document(submitted))
@@ -307,6 +308,26 @@ def plot(job_ref: str, out: Path | None, as_json: bool) -> None:
         return
     click.echo(result.path)
     render.stderr.print(plot_summary(result), markup=False)
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(path_type=Path))
+@JSON_OPTION
+def check(job_file: Path, as_json: bool) -> None:
+    """Check JOB_FILE's dataset (its `dataset:` data YAML) here, as submit does on the host before
+    training: labels, classes, images. Exits 2 when it has errors."""
+    from runner import render
+    from runner.datareport import report_text
+    from runner.preflight import check_here, refusal
+    from runner.specfile import load_job
+
+    report = check_here(load_job(job_file))
+    if as_json:
+        render.print_json(report)
+    else:
+        render.stdout.print(report_text(report), markup=False)
+    if not report["ok"]:
+        raise refusal(report, job_file)
 
 
 @cli.command()

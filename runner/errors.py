@@ -4,6 +4,7 @@
     ├── SpecError               exit 2   a job file or hosts file is wrong (file:line:col: field: message)
     ├── UsageError              exit 2   the command line asks for something that cannot be done
     ├── HostKeyRejected         exit 2   a host's SSH key is unknown (see --trust-new-host) or changed
+    ├── PreflightFailed         exit 2   the job's dataset has errors (its first offenders as file:line)
     ├── HostUnreachable         exit 3   the host or API cannot be reached now; try again
     ├── NotFound                exit 4   no such job, host or artifact set
     └── CommandFailed           exit 1   a command on a host exited non-zero
@@ -26,6 +27,12 @@ class SpecError(RunnerError):
 
 
 class UsageError(RunnerError):
+    exit_code = 2
+
+
+class PreflightFailed(RunnerError):
+    """The dataset check found errors: the job is refused before its training starts."""
+
     exit_code = 2
 
 

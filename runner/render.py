@@ -122,6 +122,7 @@ def submit_document(submitted: Submitted) -> dict[str, Any]:
              "log": str(sync.log)}  # fmt: skip
             for sync in submitted.artifact_syncs
         ],
+        "preflight": submitted.preflight,  # the dataset check's report; null where the job names no dataset
     }
 
 
@@ -131,6 +132,8 @@ def submit_summary(submitted: Submitted) -> str:
     if submitted.workdir_sync:
         lines.append(f"  workdir: {_sync_text(submitted.workdir_sync)}")
     lines += [f"  dataset {name}: {_sync_text(stats)}" for name, stats in submitted.dataset_syncs.items()]
+    if submitted.preflight:
+        lines.append(f"  preflight: {escape(_preflight_text(submitted.preflight))}")
     lines += [
         f"  syncing {sync.artifact} every {format_duration(sync.every_s)} to {escape(str(sync.dest))}"
         f" (log: {escape(str(sync.log))})"
@@ -140,6 +143,11 @@ def submit_summary(submitted: Submitted) -> str:
     if job.spec.get("tensorboard"):
         lines.append(f"  runner tensorboard {job.id}    runner attach {job.id}")
     return "\n".join(lines)
+
+
+def _preflight_text(report: dict[str, Any]) -> str:
+    splits = ", ".join(f"{name} {split['images']} images" for name, split in report["splits"].items())
+    return f"{report['dataset']}: {splits}; {report['errors']} errors, {report['warnings']} warnings in {report['seconds']:.1f}s"
 
 
 def _sync_document(stats: SyncStats) -> dict[str, Any]:

@@ -190,6 +190,11 @@ class JobSpec(StrictModel):
     datasets: dict[str, Annotated[Dataset, BeforeValidator(_dataset_shorthand)]] = Field(
         default_factory=dict, description="dataset folders, shared by the jobs on a host and synced only when changed"
     )
+    dataset: Annotated[str, AfterValidator(_stays_inside)] | None = Field(
+        None,
+        description="the training's data YAML (ultralytics or YOLOv7), relative to the workdir: `runner check` and"
+        " submit's preflight check its labels and images before any training starts",
+    )
     artifacts: dict[str, ArtifactEntry] = Field(
         default_factory=dict,
         description="named glob sets, relative to the workdir (weights/results/logs have defaults): a list of globs,"

@@ -1,13 +1,15 @@
 """submit: validate, place the job on its host, start its tmux session.
 
 Every check that can refuse the job runs before anything is written to a host or the store,
-so bad input changes nothing anywhere.
+so bad input changes nothing anywhere; the one exception is the dataset check (preflight), which
+runs on the host after the sync, where the data lies, and fails the job before its session starts.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from runner import session
 from runner.artifactsync import Sync, start_syncs
@@ -16,6 +18,7 @@ from runner.hosts import Host, SyncStats, get_host
 from runner.jobscript import render_job_sh, render_run_sh
 from runner.layout import JobLayout, agent_argv, install_hostside, window_script_path
 from runner.placement import DatasetPlacement, plan_datasets, push_datasets, push_workdir
+from runner.preflight import check_on_host, describe, refusal
 from runner.specfile import LoadedJob
 from runner.state import ACTIVE, Job, JobState, Store
 
@@ -26,12 +29,21 @@ class Submitted:
     workdir_sync: SyncStats | None = None
     dataset_syncs: dict[str, SyncStats] = field(default_factory=dict)
     artifact_syncs: list[Sync] = field(default_factory=list)  # background fetchers (artifacts.NAME.sync_every)
+    preflight: dict[str, Any] | None = None  # the dataset check's report, where the job names its dataset
 
 
-def submit(store: Store, loaded: LoadedJob, host_override: str | None = None, trust_new_host: bool = False) -> Submitted:
+# A job leaves these states for running; any other (stopped meanwhile, failed) must not start.
+STARTING = frozenset({JobState.SYNCING, JobState.PREFLIGHT})
+
+
+def submit(
+    store: Store, loaded: LoadedJob, host_override: str | None = None, trust_new_host: bool = False, preflight: bool = True
+) -> Submitted:
     host = _host_for(loaded, host_override, trust_new_host)
     _check_placeable(loaded, host)
     datasets = plan_datasets(loaded)
+    # The data YAML is read here: a malformed one refuses the job before anything moves.
+    description = describe(loaded, datasets) if preflight and loaded.spec.dataset else None
     host.root()  # connect and verify the host key now: a refused or unreachable host leaves no job behind
     spec = loaded.spec
     store.remember_host(host.name, host.kind)
@@ -43,7 +55,9 @@ def submit(store: Store, loaded: LoadedJob, host_override: str | None = None, tr
         layout = JobLayout.on(host, job.id)
         _place(host, loaded, job, layout, name, datasets, submitted)
         store.set_placement(job.id, layout.job_dir, name)
-        if store.get(job.id).finished:  # `runner stop` came while the files moved: start nothing
+        if description is not None and not store.get(job.id).finished:
+            submitted.preflight = _preflight(store, host, job, layout, description, loaded)
+        if store.get(job.id).finished:  # `runner stop` came while the files moved or the data was checked
             submitted.job = store.get(job.id)
             return submitted
         _start_session(store, host, job, name, _windows(host, loaded, layout), layout)
@@ -65,11 +79,23 @@ def _start_session(
     except HostUnreachable:
         # The link dropped with the start command sent: the session may well be running. Let status
         # find out (it probes running jobs) rather than call a possibly healthy job failed.
-        store.transition(job.id, JobState.RUNNING, frozenset({JobState.SYNCING}), message="link lost while starting")
+        store.transition(job.id, JobState.RUNNING, STARTING, message="link lost while starting")
         raise
-    if not store.transition(job.id, JobState.RUNNING, frozenset({JobState.SYNCING})):
+    if not store.transition(job.id, JobState.RUNNING, STARTING):
         # Stopped between the check above and the start: honour the stop.
         _end_session_quietly(host, name)
+
+
+def _preflight(
+    store: Store, host: Host, job: Job, layout: JobLayout, description: dict[str, Any], loaded: LoadedJob
+) -> dict[str, Any]:
+    """The dataset check on the host, where the data now lies: errors refuse the job (its message names
+    the first offenders), before its session, and so its training, ever starts."""
+    store.transition(job.id, JobState.PREFLIGHT, frozenset({JobState.SYNCING}))
+    report = check_on_host(host, layout, description)
+    if not report["ok"]:
+        raise refusal(report, loaded.path)
+    return report
 
 
 def _host_for(loaded: LoadedJob, host_override: str | None, trust_new_host: bool) -> Host:

@@ -20,6 +20,8 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
   snapshot JOB_DIR           one such snapshot (run.sh takes a last one when the training ends)
   plotdata JOB_DIR           what `runner plot` draws: telemetry.jsonl (at most PLOT_MAX_POINTS samples,
                              evenly spaced) and the results file's rows
+  datacheck WORKDIR          the dataset check (preflight): the data YAML's description, as JSON on stdin,
+                             checked against the files under WORKDIR; the report
 """
 
 import json
@@ -267,7 +269,7 @@ def main(argv):
         return 2
     command, args = argv[1], argv[2:]
     needed = {"monitor": 1, "snapshot": 1, "manifest": 1, "send": 3, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 6, "receive-batch": 1, "remove-parts": 1,
-              "plotdata": 1}
+              "plotdata": 1, "datacheck": 1}
     if len(args) < needed.get(command, 0):
         sys.stderr.write("agent: %s needs %d arguments\n" % (command, needed[command]))
         return 2
@@ -288,6 +290,10 @@ def main(argv):
         result = facts(args[0])
     elif command == "plotdata":
         result = plot_data(args[0])
+    elif command == "datacheck":
+        import datacheck  # here, not at the top: only a submit's preflight needs the checker
+
+        result = datacheck.check(json.load(sys.stdin), args[0])
     else:
         sys.stderr.write("agent: unknown command %r\n" % command)
         return 2
