@@ -25,7 +25,7 @@ WINDOW_NAMES = ("train", "monitor", "gpu", "cpu", "tensorboard", "shell")  # run
 if TYPE_CHECKING:
     from runner.fetch import FetchResult
     from runner.observe import Refreshed
-    from runner.state import Store
+    from runner.state import Job, Store
 
 
 class Duration(click.ParamType):
@@ -90,10 +90,10 @@ def submit(job_file: Path, host_name: str | None, skip_preflight: bool, trust_ne
 @JSON_OPTION
 def status(job_ref: str | None, watch: bool, interval: float, as_json: bool) -> None:
     """Show all jobs, or one JOB (id, id prefix or name): progress, GPUs, alerts."""
-    from runner import render
-    from runner.observe import refresh
-
     with open_store() as store:
+        _prewarm_hosts([store.find(job_ref)] if job_ref else store.list_jobs())  # handshakes overlap the imports
+        from runner import render
+        from runner.observe import refresh
 
         def poll() -> Refreshed:
             return refresh(store, [store.find(job_ref)] if job_ref else store.list_jobs())
@@ -112,6 +112,20 @@ def status(job_ref: str | None, watch: bool, interval: float, as_json: bool) -> 
         for problem in refreshed.problems.values():
             render.stderr.print(f"runner: {problem.error}", markup=False)
         sys.exit(max(problem.error.exit_code for problem in refreshed.problems.values()))
+
+
+def _prewarm_hosts(jobs: list[Job]) -> None:
+    """Start the SSH handshakes with the hosts status will probe; problems are for the probe to report."""
+    from runner.hosts import get_host
+    from runner.state import JobState
+
+    for name in sorted({job.host for job in jobs if job.state is JobState.RUNNING and job.job_dir}):
+        try:
+            host = get_host(name)
+        except RunnerError:
+            continue
+        if hasattr(host, "prewarm"):
+            host.prewarm()
 
 
 def _status_document(refreshed: Refreshed, one_job: bool) -> dict:

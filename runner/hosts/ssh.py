@@ -47,6 +47,7 @@ class SshHost:
         self._connection: fabric.Connection | None = None
         self._verified = False  # paramiko connected once in this process: keys and login are fine
         self._root: str | None = None
+        self._warming: subprocess.Popen[bytes] | None = None
 
     @property
     def transport(self) -> str:
@@ -80,6 +81,15 @@ class SshHost:
             home = self.run(["sh", "-c", "cd && pwd"], timeout=self.patience).check().text.strip()
             self._root = f"{home}/.runner"
         return self._root
+
+    def prewarm(self) -> None:
+        """Start the shared connection's handshake now, in the background, so it overlaps whatever
+        this process does before its first command (status: its imports). Best effort: a failure
+        here is found, and explained, by the first real command."""
+        if self.uses_openssh and self._warming is None and not self.trust_new:
+            argv = [*openssh_argv(self.entry), self.openssh_target(), "true"]
+            devnull = subprocess.DEVNULL
+            self._warming = subprocess.Popen(argv, stdin=devnull, stdout=devnull, stderr=devnull)
 
     def learn_root(self, root: str) -> None:
         """The runner directory, as a job's directory (ROOT/jobs/ID) shows it: no round trip to ask."""
@@ -140,12 +150,23 @@ class SshHost:
         self, argv: Sequence[str], stdin: Stdin, timeout: float | None, stdout: BinaryIO | None = None
     ) -> tuple[int, bytes, str]:
         command = [*openssh_argv(self.entry), self.openssh_target(), shlex.join(argv)]
+        self._wait_for_warming()
         try:
             return run_openssh(command, stdin, timeout, stdout)
         except subprocess.TimeoutExpired:
             # A master whose link hung would keep every later command waiting: the next one starts afresh.
             stop_master(openssh_argv(self.entry), self.openssh_target())
             raise HostUnreachable(f"host '{self.name}' unreachable: no answer within {timeout:g}s running {command_name(argv)}") from None
+
+    def _wait_for_warming(self) -> None:
+        # A command started before the handshake ended would make a connection of its own.
+        if self._warming is not None:
+            try:
+                self._warming.wait(timeout=self.entry.connect_timeout)
+            except subprocess.TimeoutExpired:
+                self._warming.kill()
+                self._warming.wait()
+            self._warming = None
 
     def openssh_target(self) -> str:
         return self.entry.ssh.rsplit(":", 1)[0] if _has_port(self.entry.ssh) else self.entry.ssh
