@@ -270,7 +270,8 @@ def _float(text):
 # ---------------------------------------------------------------- results files
 
 LOWEST = float("-inf")
-RESULT_METRICS = {"precision": "precision", "recall": "recall", "map50": "mAP50", "map50-95": "mAP50-95"}
+# accuracy: a classifier's (and runner's demo's) metric; a row has it only when its file does.
+RESULT_METRICS = {"precision": "precision", "recall": "recall", "map50": "mAP50", "map50-95": "mAP50-95", "accuracy": "accuracy"}
 RESULTS_TXT_COLUMNS = ("epoch", "gpu_mem", "box", "obj", "cls", "total", "labels", "img_size",
                        "precision", "recall", "mAP50", "mAP50-95", "val_box", "val_obj", "val_cls")
 

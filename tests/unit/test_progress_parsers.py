@@ -291,3 +291,12 @@ def test_the_packaged_module_reads_the_same() -> None:
 
     text = tail("yolov7/train_pipe.log")
     assert packaged.parse_log_tail(text) == progress.parse_log_tail(text)
+
+
+def test_a_results_csv_with_accuracy_keeps_it_and_its_single_loss() -> None:
+    from runner.hostside.progress import parse_results_csv
+
+    text = "epoch,time,train/loss,val/loss,metrics/accuracy,lr\n1,0.7,0.20204,0.11939,0.95792,0.5\n2,1.1,0.08456,0.08364,0.97458,0.49\n"
+    rows = parse_results_csv(text)["rows"]
+    assert [row["accuracy"] for row in rows] == [0.95792, 0.97458]
+    assert [row["losses"] for row in rows] == [{"loss": 0.20204}, {"loss": 0.08456}]
