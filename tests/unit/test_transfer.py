@@ -1,105 +1,24 @@
-"""The push engine's host side, through the real agent on the local host: hostile names, interrupted
-and wrong uploads, and push_tree against files that change or parts that are wrong."""
+"""The push engine's host side, through the real agent on the local host: hostile names, and
+interrupted and wrong uploads."""
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
-from tenacity import wait_none
 
-from runner import push
-from runner.errors import RunnerError
 from runner.hosts.local import LocalHost
 from runner.hostside import transfer
 from runner.layout import run_agent
 
-MTIME_NS = 1_600_000_000_123_456_789
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The agent is installed under RUNNER_HOME/local and caches its hashes beside itself there;
-    # in-process calls would otherwise cache beside the package's agent.py, inside the repo.
-    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "runner-home"))
-    monkeypatch.setattr(transfer.HashCache, "folder", str(tmp_path / "hashcache"))
-
-
-@pytest.fixture
-def host() -> LocalHost:
-    return LocalHost()
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    folder = tmp_path / "outside"
-    folder.mkdir()
-    (folder / "victim").write_bytes(b"precious")
-    return folder
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _call(host: LocalHost, *args: str, stdin: bytes | None = None) -> dict[str, Any]:
-    result = run_agent(host, *args, stdin=stdin)
-    assert result.returncode == 0, result.stderr.decode()
-    return json.loads(result.text)
-
-
-def _version(size: int, mtime_ns: int = MTIME_NS) -> str:
-    return f"{size}-{mtime_ns}"
-
-
-def _receive(host: LocalHost, root: Path, rel: str, data: bytes, size: int, trailer: bytes | str = b"", offset: int = 0,
-             mode: int = 0o640, mtime_ns: int = MTIME_NS) -> dict[str, Any]:  # fmt: skip
-    """receive: data (bytes offset.. of the file) then the trailer (the sender's sha256 of the whole file)."""
-    fields = [str(size), str(mtime_ns), format(mode, "o"), str(offset)]
-    trailer = trailer.encode() if isinstance(trailer, str) else trailer
-    return _call(host, "receive", str(root), rel, *fields, stdin=data + trailer)
-
-
-def _batch(entries: list[dict[str, Any]], members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    buffer.write(json.dumps(entries).encode() + b"\n")
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for info, data in members:
-            archive.addfile(info, io.BytesIO(data) if info.isfile() else None)
-    return buffer.getvalue()
-
-
-def _member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, target: str = "") -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, target
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    return info, data
-
-
-def _entry(name: str, data: bytes) -> dict[str, Any]:
-    return {"path": name, "size": len(data), "sha256": _sha256(data), "mode": 0o644, "mtime_ns": MTIME_NS}
-
-
-def _files_under(folder: Path) -> dict[str, bytes]:
-    """Every regular file (symlinks not followed) under folder, with its content."""
-    found = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            found[path.relative_to(folder).as_posix()] = path.read_bytes()
-    return found
-
-
-def _snapshot(tmp_path: Path, dest: Path) -> dict[str, bytes]:
-    """Everything under tmp_path except dest and the runner's own folders: what must never change."""
-    return {rel: data for rel, data in _files_under(tmp_path).items()
-            if not rel.startswith((dest.name + "/", "runner-home/", "hashcache/"))}  # fmt: skip
+from tests.unit.localagent import (  # noqa: F401  (fixtures are found by name)
+    MTIME_NS, _batch, _call, _entry, _files_under, _member, _receive, _sha256, _snapshot, _version, host, isolated, outside,
+)
 
 
 # Hostile names
@@ -315,118 +234,3 @@ def test_a_second_upload_of_the_same_file_meanwhile_is_busy(host: LocalHost, tmp
         for offset, data in ((half, payload[half:]), (0, payload)):
             assert _receive(host, dest, "w.bin", data, size, sha, offset=offset) == {"status": "busy", "path": "w.bin"}
     assert part.read_bytes() == payload[:half] and not (dest / "w.bin").exists()
-
-
-# push_tree on the local host
-
-
-@pytest.fixture
-def no_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(push, "wait_random_exponential", lambda **_: wait_none())
-
-
-def _source(tmp_path: Path, files: dict[str, bytes]) -> Path:
-    source = tmp_path / "source"
-    for rel, data in files.items():
-        (source / rel).parent.mkdir(parents=True, exist_ok=True)
-        (source / rel).write_bytes(data)
-    return source
-
-
-def _local_version(path: Path) -> str:
-    info = path.stat()
-    return _version(info.st_size, info.st_mtime_ns)
-
-
-def test_push_resumes_from_the_part_an_interrupted_upload_left(host: LocalHost, tmp_path: Path) -> None:
-    big = os.urandom(12 * 1024 * 1024)  # above SMALL_FILE_BYTES: sent one by one, resumable
-    source, dest = _source(tmp_path, {"big.bin": big, "small.txt": b"small\n"}), tmp_path / "dest"
-    third = len(big) // 3
-    mtime_ns = (source / "big.bin").stat().st_mtime_ns
-    assert _receive(host, dest, "big.bin", big[:third], len(big), mtime_ns=mtime_ns)["status"] == "incomplete"
-    stats = push.push_tree(host, source, str(dest), [])
-    assert (stats.files_sent, stats.bytes_sent) == (2, len(big) - third + len(b"small\n"))
-    assert _files_under(dest) == {"big.bin": big, "small.txt": b"small\n"}  # the part gone too
-    again = push.push_tree(host, source, str(dest), [])
-    assert (again.files_sent, again.bytes_sent) == (0, 0)
-
-
-@pytest.mark.parametrize("part_size", [0.5, 1.0, 1.5])
-def test_push_gets_past_a_corrupt_part_and_sends_the_file_whole(
-    host: LocalHost, tmp_path: Path, no_waits: None, part_size: float
-) -> None:
-    big = os.urandom(10 * 1024 * 1024)
-    source, dest = _source(tmp_path, {"big.bin": big}), tmp_path / "dest"
-    dest.mkdir()
-    # the right name, wrong bytes: shorter, as long, or longer than the file
-    (dest / f".big.bin.{_local_version(source / 'big.bin')}.runner-part").write_bytes(os.urandom(int(len(big) * part_size)))
-    push.push_tree(host, source, str(dest), [])
-    assert _files_under(dest) == {"big.bin": big}
-
-
-def test_push_never_writes_through_a_symlink_planted_at_a_part_name(
-    host: LocalHost, tmp_path: Path, outside: Path, no_waits: None
-) -> None:
-    small = b"small\n"
-    source, dest = _source(tmp_path, {"small.txt": small}), tmp_path / "dest"
-    dest.mkdir()
-    (dest / f".small.txt.{_sha256(small)[:16]}.runner-part").symlink_to(outside / "victim")
-    assert push.push_tree(host, source, str(dest), []).files_sent == 1
-    assert _files_under(dest) == {"small.txt": small} and (outside / "victim").read_bytes() == b"precious"
-    (source / "big.bin").write_bytes(os.urandom(9 * 1024 * 1024))
-    (dest / f".big.bin.{_local_version(source / 'big.bin')}.runner-part").symlink_to(outside / "victim")
-    assert push.push_tree(host, source, str(dest), []).files_sent == 1  # the link is removed, not followed
-    assert (outside / "victim").read_bytes() == b"precious"
-    assert (dest / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
-
-
-def test_a_file_changed_between_listing_and_sending_lands_as_its_new_version(
-    host: LocalHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_waits: None
-) -> None:
-    old_small, old_big = b"a" * 1000, os.urandom(10 * 1024 * 1024)
-    new_small, new_big = b"b" * 1000, os.urandom(len(old_big))  # same sizes: only the bytes differ
-    source, dest = _source(tmp_path, {"s.txt": old_small, "big.bin": old_big, "still.txt": b"still"}), tmp_path / "dest"
-    build_stream = push._batch_stream
-
-    def rewrite_then_build(batch: Any) -> Any:  # after the small files were listed and hashed
-        with (source / "s.txt").open("r+b") as small, (source / "big.bin").open("r+b") as large:
-            small.write(new_small)
-            large.write(new_big)  # in place: the listing is stale now
-        return build_stream(batch)
-
-    monkeypatch.setattr(push, "_batch_stream", rewrite_then_build)
-    stats = push.push_tree(host, source, str(dest), [])
-    assert _files_under(dest) == {"s.txt": new_small, "big.bin": new_big, "still.txt": b"still"}
-    assert stats.files_sent == 3
-
-
-def test_a_file_that_never_holds_still_is_reported_and_never_lands(
-    host: LocalHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_waits: None
-) -> None:
-    source, dest = _source(tmp_path, {"log.bin": os.urandom(9 * 1024 * 1024)}), tmp_path / "dest"
-    real_run_agent = push.run_agent
-    rewrites = []
-
-    def rewrite_before_each_receive(target: Any, command: str, *args: Any, **options: Any) -> Any:
-        if command == "receive":  # the file changes while each upload reads it
-            (source / "log.bin").write_bytes(os.urandom(9 * 1024 * 1024))
-            rewrites.append(command)
-        return real_run_agent(target, command, *args, **options)
-
-    monkeypatch.setattr(push, "run_agent", rewrite_before_each_receive)
-    with pytest.raises(RunnerError, match="changed during each of 3 uploads"):
-        push.push_tree(host, source, str(dest), [])
-    assert len(rewrites) == push.ROUNDS_PER_FILE
-    assert _files_under(dest) == {}  # no torn file, and no part left
-
-
-def test_a_part_of_a_version_that_is_gone_is_removed_after_the_push(host: LocalHost, tmp_path: Path) -> None:
-    old = os.urandom(9 * 1024 * 1024)
-    source, dest = _source(tmp_path, {"big.bin": old}), tmp_path / "dest"
-    _receive(host, dest, "big.bin", old[: 4 * 1024 * 1024], len(old))  # an upload cut at 4 MiB...
-    stale = dest / f".big.bin.{_version(len(old))}.runner-part"
-    assert stale.stat().st_size == 4 * 1024 * 1024
-    new = os.urandom(len(old) + 1)
-    (source / "big.bin").write_bytes(new)  # ...then the file changed here
-    assert push.push_tree(host, source, str(dest), []).files_sent == 1
-    assert _files_under(dest) == {"big.bin": new}  # the old version's 4 MiB part is gone too

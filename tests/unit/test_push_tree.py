@@ -1,0 +1,134 @@
+"""push_tree on the local host, through the real agent: resuming, corrupt and planted parts, files
+that change while they are sent, parts of versions that are gone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tenacity import wait_none
+
+from runner import push
+from runner.errors import RunnerError
+from runner.hosts.local import LocalHost
+
+from tests.unit.localagent import (  # noqa: F401  (fixtures are found by name)
+    _files_under, _receive, _sha256, _version, host, isolated, outside,
+)
+
+
+# push_tree on the local host
+
+
+@pytest.fixture
+def no_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(push, "wait_random_exponential", lambda **_: wait_none())
+
+
+def _source(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    source = tmp_path / "source"
+    for rel, data in files.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(data)
+    return source
+
+
+def _local_version(path: Path) -> str:
+    info = path.stat()
+    return _version(info.st_size, info.st_mtime_ns)
+
+
+def test_push_resumes_from_the_part_an_interrupted_upload_left(host: LocalHost, tmp_path: Path) -> None:
+    big = os.urandom(12 * 1024 * 1024)  # above SMALL_FILE_BYTES: sent one by one, resumable
+    source, dest = _source(tmp_path, {"big.bin": big, "small.txt": b"small\n"}), tmp_path / "dest"
+    third = len(big) // 3
+    mtime_ns = (source / "big.bin").stat().st_mtime_ns
+    assert _receive(host, dest, "big.bin", big[:third], len(big), mtime_ns=mtime_ns)["status"] == "incomplete"
+    stats = push.push_tree(host, source, str(dest), [])
+    assert (stats.files_sent, stats.bytes_sent) == (2, len(big) - third + len(b"small\n"))
+    assert _files_under(dest) == {"big.bin": big, "small.txt": b"small\n"}  # the part gone too
+    again = push.push_tree(host, source, str(dest), [])
+    assert (again.files_sent, again.bytes_sent) == (0, 0)
+
+
+@pytest.mark.parametrize("part_size", [0.5, 1.0, 1.5])
+def test_push_gets_past_a_corrupt_part_and_sends_the_file_whole(
+    host: LocalHost, tmp_path: Path, no_waits: None, part_size: float
+) -> None:
+    big = os.urandom(10 * 1024 * 1024)
+    source, dest = _source(tmp_path, {"big.bin": big}), tmp_path / "dest"
+    dest.mkdir()
+    # the right name, wrong bytes: shorter, as long, or longer than the file
+    (dest / f".big.bin.{_local_version(source / 'big.bin')}.runner-part").write_bytes(os.urandom(int(len(big) * part_size)))
+    push.push_tree(host, source, str(dest), [])
+    assert _files_under(dest) == {"big.bin": big}
+
+
+def test_push_never_writes_through_a_symlink_planted_at_a_part_name(
+    host: LocalHost, tmp_path: Path, outside: Path, no_waits: None
+) -> None:
+    small = b"small\n"
+    source, dest = _source(tmp_path, {"small.txt": small}), tmp_path / "dest"
+    dest.mkdir()
+    (dest / f".small.txt.{_sha256(small)[:16]}.runner-part").symlink_to(outside / "victim")
+    assert push.push_tree(host, source, str(dest), []).files_sent == 1
+    assert _files_under(dest) == {"small.txt": small} and (outside / "victim").read_bytes() == b"precious"
+    (source / "big.bin").write_bytes(os.urandom(9 * 1024 * 1024))
+    (dest / f".big.bin.{_local_version(source / 'big.bin')}.runner-part").symlink_to(outside / "victim")
+    assert push.push_tree(host, source, str(dest), []).files_sent == 1  # the link is removed, not followed
+    assert (outside / "victim").read_bytes() == b"precious"
+    assert (dest / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
+
+
+def test_a_file_changed_between_listing_and_sending_lands_as_its_new_version(
+    host: LocalHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_waits: None
+) -> None:
+    old_small, old_big = b"a" * 1000, os.urandom(10 * 1024 * 1024)
+    new_small, new_big = b"b" * 1000, os.urandom(len(old_big))  # same sizes: only the bytes differ
+    source, dest = _source(tmp_path, {"s.txt": old_small, "big.bin": old_big, "still.txt": b"still"}), tmp_path / "dest"
+    build_stream = push._batch_stream
+
+    def rewrite_then_build(batch: Any) -> Any:  # after the small files were listed and hashed
+        with (source / "s.txt").open("r+b") as small, (source / "big.bin").open("r+b") as large:
+            small.write(new_small)
+            large.write(new_big)  # in place: the listing is stale now
+        return build_stream(batch)
+
+    monkeypatch.setattr(push, "_batch_stream", rewrite_then_build)
+    stats = push.push_tree(host, source, str(dest), [])
+    assert _files_under(dest) == {"s.txt": new_small, "big.bin": new_big, "still.txt": b"still"}
+    assert stats.files_sent == 3
+
+
+def test_a_file_that_never_holds_still_is_reported_and_never_lands(
+    host: LocalHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_waits: None
+) -> None:
+    source, dest = _source(tmp_path, {"log.bin": os.urandom(9 * 1024 * 1024)}), tmp_path / "dest"
+    real_run_agent = push.run_agent
+    rewrites = []
+
+    def rewrite_before_each_receive(target: Any, command: str, *args: Any, **options: Any) -> Any:
+        if command == "receive":  # the file changes while each upload reads it
+            (source / "log.bin").write_bytes(os.urandom(9 * 1024 * 1024))
+            rewrites.append(command)
+        return real_run_agent(target, command, *args, **options)
+
+    monkeypatch.setattr(push, "run_agent", rewrite_before_each_receive)
+    with pytest.raises(RunnerError, match="changed during each of 3 uploads"):
+        push.push_tree(host, source, str(dest), [])
+    assert len(rewrites) == push.ROUNDS_PER_FILE
+    assert _files_under(dest) == {}  # no torn file, and no part left
+
+
+def test_a_part_of_a_version_that_is_gone_is_removed_after_the_push(host: LocalHost, tmp_path: Path) -> None:
+    old = os.urandom(9 * 1024 * 1024)
+    source, dest = _source(tmp_path, {"big.bin": old}), tmp_path / "dest"
+    _receive(host, dest, "big.bin", old[: 4 * 1024 * 1024], len(old))  # an upload cut at 4 MiB...
+    stale = dest / f".big.bin.{_version(len(old))}.runner-part"
+    assert stale.stat().st_size == 4 * 1024 * 1024
+    new = os.urandom(len(old) + 1)
+    (source / "big.bin").write_bytes(new)  # ...then the file changed here
+    assert push.push_tree(host, source, str(dest), []).files_sent == 1
+    assert _files_under(dest) == {"big.bin": new}  # the old version's 4 MiB part is gone too
