@@ -11,7 +11,6 @@ it: a dropped link or a file being written never leaves a torn file under the fi
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -28,6 +27,7 @@ from runner import transferprogress
 from runner.errors import HostUnreachable, RunnerError
 from runner.hosts import Host, SyncStats
 from runner.hosts.feed import write_all
+from runner.hostside.transfer import hash_prefix  # the agent's own: both sides hash alike
 from runner.layout import run_agent
 from runner.localfiles import LocalFile, LocalTree
 from runner.smallfiles import BATCH_BYTES, BATCH_FILES, SMALL_FILE_BYTES
@@ -222,7 +222,7 @@ class _HashingReader:
 
     def write_to(self, fd: int) -> None:
         hashed: list[str] = []
-        hasher = threading.Thread(target=lambda: hashed.append(_sha256_of_first(self.item.path, self.item.size)))
+        hasher = threading.Thread(target=lambda: hashed.append(hash_prefix(str(self.item.path), self.item.size).hexdigest()))
         hasher.start()
         try:
             while self._position < self.item.size:
@@ -247,22 +247,9 @@ class _HashingReader:
         if self._trailer_sent:
             return b""
         self._trailer_sent = True
-        whole = _sha256_of_first(self.item.path, self.item.size)
+        whole = hash_prefix(str(self.item.path), self.item.size).hexdigest()
         return whole.encode() if self._held_still() else VOID
 
     def _held_still(self) -> bool:
         info = os.stat(self._file.fileno())
         return (info.st_size, info.st_mtime_ns) == (self.item.size, self.item.mtime_ns)
-
-
-def _sha256_of_first(path: Path, size: int) -> str:
-    """The sha256 of the file's first size bytes (all of them, when it held still)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while size > 0:
-            block = handle.read(min(READ_BYTES, size))
-            if not block:
-                break
-            digest.update(block)
-            size -= len(block)
-    return digest.hexdigest()

@@ -162,7 +162,7 @@ def send(root, rel, offset, out):
     path = os.path.join(root, rel)
     before = os.stat(path)
     hashed = []
-    hasher = threading.Thread(target=lambda: hashed.append(_hash_prefix(path, before.st_size).hexdigest()))
+    hasher = threading.Thread(target=lambda: hashed.append(hash_prefix(path, before.st_size).hexdigest()))
     hasher.start()
     try:
         with open(path, "rb") as source:
@@ -270,7 +270,7 @@ def receive(root, rel, size, mtime_ns, mode, offset, source):
             out.truncate(0)  # a part of unknown length from an earlier try: start over
         if out.seek(0, os.SEEK_END) != offset:
             return {"status": "moved", "path": rel, "size": out.tell()}
-        digest = _hash_prefix(part, offset)
+        digest = hash_prefix(part, offset)
         if not _copy_exactly(source, out, size - offset, digest):
             return {"status": "incomplete", "path": rel, "size": out.tell()}
         claimed = source.read(64).decode("ascii", "replace")
@@ -355,7 +355,8 @@ def _remember(root, rel, final, sha256):
     cache.save()
 
 
-def _hash_prefix(path, length):
+def hash_prefix(path, length):
+    """A sha256 object fed the first length bytes of path (all of it if shorter)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while length > 0:
