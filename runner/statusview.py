@@ -15,7 +15,9 @@ from runner.observe import Refreshed
 from runner.state import JobState
 
 
-def status_view(refreshed: Refreshed) -> RenderableType:
+def status_view(refreshed: Refreshed, with_problems: bool = False) -> RenderableType:
+    """The screen; hosts that did not answer are listed in it only when asked (status -w): a plain
+    status reports them once, on stderr."""
     unreachable = unreachable_since(refreshed)
     parts: list[RenderableType] = []
     if refreshed.jobs:
@@ -27,7 +29,7 @@ def status_view(refreshed: Refreshed) -> RenderableType:
             continue  # a finished good run's old warnings are history, not news
         for alert in (job.snapshot or {}).get("alerts") or []:
             parts.append(Text(f"{job.id} {alert['kind']}: {alert['message']}", style="red"))
-    for name, problem in refreshed.problems.items():
+    for name, problem in refreshed.problems.items() if with_problems else ():
         parts.append(Text(f"host {name}: {problem.error}", style="yellow"))
     return Group(*parts)
 
@@ -37,11 +39,11 @@ def unreachable_since(refreshed: Refreshed) -> dict[str, float]:
 
 
 def watch(poll: Callable[[], Refreshed], interval: float) -> None:
-    """Redraw until interrupted; a poll that fails shows its error in place and the watch goes on."""
-    with Live(status_view(poll()), console=render.stdout, auto_refresh=False, screen=False) as live:
+    """Redraw until interrupted; a host that does not answer is shown in place and the watch goes on."""
+    with Live(status_view(poll(), with_problems=True), console=render.stdout, auto_refresh=False, screen=False) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(status_view(poll()), refresh=True)
+                live.update(status_view(poll(), with_problems=True), refresh=True)
         except KeyboardInterrupt:
             return
