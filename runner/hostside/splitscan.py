@@ -191,8 +191,7 @@ def check_chunk(chunk):
     once per image, so paths are joined by hand (os.path.join is several calls) and counted in locals."""
     folder, label_dir, names, nc, keypoint_numbers, locator = chunk
     tally = Tally(nc, locator)
-    per_class = tally.per_class
-    check_text = labelfile.check_text
+    clean = labelfile.CleanFiles(nc, tally.per_class, keypoint_numbers)
     folder, label_dir = folder + os.sep, label_dir + os.sep
     labels = backgrounds = empty = instances = 0
     for name in names:
@@ -209,21 +208,33 @@ def check_chunk(chunk):
                 tally.add("label_unreadable", label, None, error.strerror or str(error))
             continue
         labels += 1
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            tally.add("label_unreadable", label, None, "not UTF-8 text (byte %d)" % error.start)
-            continue
-        if not text.strip():
-            empty += 1
-            continue
-        found, problems = check_text(text, nc, per_class, keypoint_numbers)
+        found = clean.instances(data)
+        if found is None:
+            found = _check_label_text(data, label, keypoint_numbers, tally)
+            if found is None:
+                empty += 1
+                continue
         instances += found
-        for kind, line, detail in problems:
-            tally.add(kind, label, line, detail)
+    clean.finish()
     tally.images, tally.labels, tally.backgrounds = len(names), labels, backgrounds
     tally.empty_labels, tally.instances = empty, instances
     return tally
+
+
+def _check_label_text(data, label, keypoint_numbers, tally):
+    """Check a label file line by line, adding its problems to tally; its valid instances, or None
+    for an empty one."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        tally.add("label_unreadable", label, None, "not UTF-8 text (byte %d)" % error.start)
+        return 0
+    if not text.strip():
+        return None
+    found, problems = labelfile.check_text(text, len(tally.per_class), tally.per_class, keypoint_numbers)
+    for kind, line, detail in problems:
+        tally.add(kind, label, line, detail)
+    return found
 
 
 def _image_readable(image, suffix, tally):
