@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ENV_BACKEND = "RUNNER_CONV_BACKEND"
+ENV_AMP = "RUNNER_AMP"  # "off": autocast and GradScaler on the GPU disabled (fp16 is broken on gfx1010)
 BACKENDS = ("native", "im2col", "miopen")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -207,12 +208,57 @@ def set_miopen_cache_env(environ=None):
     return set_now
 
 
+def disable_amp():
+    """Mixed precision off on the GPU whatever the training asks: autocast("cuda") and GradScaler
+    are created disabled. At class level, as for Conv2d: trainers build them deep inside (ultralytics'
+    `amp=True` default, YOLOv7's `torch.cuda.amp.autocast(enabled=cuda)`), with no switch to reach."""
+    autocast = torch.amp.autocast_mode.autocast
+    if not getattr(autocast.__init__, "runner_amp_off", False):
+        autocast.__init__ = _forced_off(autocast.__init__, lambda args, kwargs: _device(args, kwargs) == "cuda")
+    for scaler in _grad_scalers():
+        if not getattr(scaler.__init__, "runner_amp_off", False):
+            scaler.__init__ = _forced_off(scaler.__init__, lambda args, kwargs: True)
+
+
+def amp_disabled():
+    return getattr(torch.amp.autocast_mode.autocast.__init__, "runner_amp_off", False)
+
+
+def _forced_off(init, applies):
+    import inspect  # here: only a job with RUNNER_AMP=off pays for it
+    signature = inspect.signature(init)
+
+    def __init__(self, *args, **kwargs):
+        if applies(args, kwargs):
+            bound = signature.bind(self, *args, **kwargs)
+            bound.arguments["enabled"] = False
+            return init(*bound.args, **bound.kwargs)
+        return init(self, *args, **kwargs)
+    __init__.runner_amp_off = True
+    __init__.__wrapped__ = init
+    return __init__
+
+
+def _device(args, kwargs):
+    return kwargs.get("device_type", args[0] if args else None)
+
+
+def _grad_scalers():
+    found = [torch.cuda.amp.GradScaler]
+    shared = getattr(torch.amp, "GradScaler", None)  # torch >= 2.3: the cuda one subclasses it
+    if shared is not None and shared not in found:
+        found.insert(0, shared)
+    return found
+
+
 def activate_from_env(environ=None):
-    """What sitecustomize runs once torch is imported: RUNNER_CONV_BACKEND, and on a ROCm build of
-    torch the per-container MIOpen cache directories. Returns the backend applied."""
+    """What sitecustomize runs once torch is imported: RUNNER_CONV_BACKEND, RUNNER_AMP, and on a ROCm
+    build of torch the per-container MIOpen cache directories. Returns the backend applied."""
     environ = os.environ if environ is None else environ
     if getattr(torch.version, "hip", None):
         set_miopen_cache_env(environ)
+    if environ.get(ENV_AMP, "").strip().lower() in ("off", "0", "false"):
+        disable_amp()
     return apply_backend(environ.get(ENV_BACKEND, ""))
 
 

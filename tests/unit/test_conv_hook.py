@@ -276,3 +276,35 @@ def test_hook_chains_to_the_next_sitecustomize(tmp_path):
     proc = run_python("print('started')", pythonpath=[HOOK_DIR, tmp_path])
     assert proc.returncode == 0 and proc.stdout.strip() == "started"
     assert proc.stderr.count("runner sitecustomize") == 1 and "base hook broken" in proc.stderr
+
+
+AMP_PROBE = textwrap.dedent("""
+    import json, warnings
+    import torch
+    with warnings.catch_warnings(record=True) as seen:
+        # On a torch without CUDA, torch itself disables both, with a warning, when asked to enable them:
+        # asked with enabled=False (runner's patch), it has nothing to warn about.
+        warnings.simplefilter("always")
+        cast = torch.autocast("cuda", torch.bfloat16)
+        scaler = torch.cuda.amp.GradScaler(init_scale=1024.0)
+    print(json.dumps({
+        "autocast": cast._enabled, "dtype_kept": cast.fast_dtype == torch.bfloat16, "scaler": scaler._enabled,
+        "cpu_autocast": torch.autocast("cpu")._enabled,
+        "asked_enabled": [str(w.message) for w in seen if "not available" in str(w.message)],
+    }))
+""")
+
+
+@pytest.mark.parametrize("amp", ["off", None])
+def test_hook_runner_amp_off_creates_gpu_autocast_and_grad_scaling_disabled(amp, monkeypatch):
+    """What the ROCm image does on gfx1010, where fp16 is broken: the training's AMP is turned off
+    without editing it; the CPU's autocast is left alone. Without RUNNER_AMP, the training's own
+    enabled=True reaches torch (which, here without CUDA, disables them itself and says so)."""
+    if amp:
+        monkeypatch.setenv("RUNNER_AMP", amp)
+    proc = run_python(AMP_PROBE)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["dtype_kept"] is True and result["cpu_autocast"] is True
+    assert (result["autocast"], result["scaler"]) == (False, False) or torch.cuda.is_available()
+    assert (len(result["asked_enabled"]) == 0) is bool(amp), result["asked_enabled"]
