@@ -211,7 +211,6 @@ def facts_table(facts: dict[str, Any]) -> Table:
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
-    gpus = facts.get("gpus") or []
     shown = {
         "host": f"{facts['host']} ({facts['kind']}), answered in {facts['connect_seconds']:.2f}s",
         "os": facts["os"],
@@ -219,16 +218,25 @@ def facts_table(facts: dict[str, Any]) -> Table:
         "tmux": facts["tmux"] or "missing: jobs need tmux",
         "docker": facts["docker"] or "missing",
         "free disk": f"{human_size(facts['disk_free_bytes'])} under {facts['runner_dir']}",
-        "gpus": ", ".join(_gpu_text(gpu) for gpu in gpus) or "no GPU",
     }
     for key, value in shown.items():
         _add_plain_row(table, key, str(value))
+    gpu_lines = [_gpu_text(gpu) for gpu in facts.get("gpus") or []] or ["no GPU"]
+    for number, line in enumerate(gpu_lines):
+        _add_plain_row(table, "gpus" if number == 0 else "", line)  # one GPU a line, under one label
+    if facts.get("gpu_pick"):
+        _add_plain_row(table, "picked", facts["gpu_pick"]["reason"])
     return table
 
 
 def _gpu_text(gpu: dict[str, Any]) -> str:
-    vram = f" ({gpu['vram_mib'] / 1024:.0f} GiB)" if gpu.get("vram_mib") else ""
-    return f"{gpu['name']}{vram}"
+    """`0: NVIDIA GeForce RTX 5090, compute 12.0, 32607 MiB`: the gfx target or compute capability says which
+    images can run there (gfx1010 needs ROCm 5.2, sm_120 needs CUDA 12.8)."""
+    target = gpu.get("gfx") or (f"compute {gpu['compute_cap']}" if gpu.get("compute_cap") else None)
+    vram = f"{gpu['vram_mib']} MiB" if gpu.get("vram_mib") is not None else "VRAM unknown"
+    details = [target, vram, "integrated" if gpu.get("integrated") else None]
+    index = "" if gpu.get("index") is None else f"{gpu['index']}: "
+    return f"{index}{gpu.get('name') or 'unnamed GPU'}, " + ", ".join(part for part in details if part)
 
 
 def _add_plain_row(table: Table, *cells: str | Text) -> None:

@@ -151,13 +151,15 @@ def facts(root):
     folder = root
     while not os.path.isdir(folder):
         folder = os.path.dirname(folder) or "/"
+    gpus, gpu_pick = _gpus_and_pick()
     return {
         "os": _os_name(),
         "python": "%d.%d.%d" % sys.version_info[:3],
         "tmux": _first_line(["tmux", "-V"]),
         "docker": _first_line(["docker", "--version"]),
         "disk_free_bytes": shutil.disk_usage(folder).free,
-        "gpus": _nvidia_gpus() + _amd_gpus(),
+        "gpus": gpus,
+        "gpu_pick": gpu_pick,
     }
 
 
@@ -177,34 +179,32 @@ def _first_line(argv):
     return lines[0].strip() if lines else None
 
 
-def _nvidia_gpus():
-    gpus = []
-    for line in _output(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]).splitlines():
-        name, _, memory = line.rpartition(",")
-        gpus.append({"vendor": "nvidia", "name": name.strip(), "vram_mib": _number(memory)})
-    return gpus
+def _gpus_and_pick():
+    import gpuident  # lazily, as for `monitor`: probes and transfers need none of its readers
 
-
-def _amd_gpus():
-    names = re.findall(r"^\s*Name:\s*(gfx[0-9a-f]+)\s*$", _output(["rocminfo"]), re.MULTILINE)
-    return [{"vendor": "amd", "name": name, "vram_mib": None} for name in names]
+    argvs = gpuident.tool_argvs()
+    outputs = {tool: _output(argv) or None for tool, argv in argvs.items() if tool != "nvidia-smi"}
+    outputs["nvidia-smi"] = None
+    # The plain table is for drivers too old for compute_cap, which fail the whole query.
+    if outputs["nvidia-smi-query"] is None and shutil.which("nvidia-smi"):
+        outputs["nvidia-smi"] = _output(argvs["nvidia-smi"]) or None
+    found = gpuident.identify(outputs)
+    chosen, reason = gpuident.pick(found)
+    pick = None
+    if chosen is not None:
+        pick = {"index": chosen["index"], "vendor": chosen["vendor"], "name": chosen["name"], "reason": reason}
+    return found, pick
 
 
 def _output(argv):
     """What argv printed, or "" when it is missing or failed (a broken driver is "no GPU" here)."""
     try:
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
-                              timeout=20, check=False)
+        # Replaced, not refused: a stray byte in a tool's output (a `°C`, a locale of ASCII) must not end the agent.
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, encoding="utf-8",
+                              errors="replace", timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
         return ""
     return done.stdout if done.returncode == 0 else ""
-
-
-def _number(text):
-    try:
-        return int(float(text.strip()))
-    except ValueError:
-        return None
 
 
 def _pids():
