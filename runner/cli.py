@@ -74,13 +74,18 @@ def submit(job_file: Path, host_name: str | None, skip_preflight: bool, trust_ne
 
     loaded = load_job(job_file)
     with open_store() as store, transferprogress.shown(f"{loaded.spec.name}: files", _bars(as_json)):
-        submitted = submit_job(store, loaded, host_name, trust_new_host, preflight=not skip_preflight)
+        submitted = submit_job(store, loaded, host_name, trust_new_host, preflight=not skip_preflight, log=_to_stderr)
     job = submitted.job
     if as_json:
         render.print_json(render.submit_document(submitted))
         return
     click.echo(job.id)
     render.stderr.print(render.submit_summary(submitted))
+
+
+def _to_stderr(line: str) -> None:
+    """Progress of a long step (an image build's log), line by line as it comes."""
+    click.echo(line, err=True)
 
 
 @cli.command()

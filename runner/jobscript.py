@@ -4,12 +4,18 @@ run.sh runs job.sh under util-linux `script`, so the training sees a terminal (p
 as they do in a user's tmux pane), and tees what it printed into train.log, byte for byte, carriage
 returns and colours included. The pipeline has ended before exit_code is written, so a log is
 complete once its exit code exists. Hosts without `script` run job.sh on a pipe instead.
+
+A job with an image runs container.sh there instead: job.sh in a container named after the job,
+with the job directory and the host's data directory mounted at their own paths (so the links
+into the data and every path in the scripts mean the same inside and out). The container's exit
+code is the job's.
 """
 
 from __future__ import annotations
 
 import shlex
 
+from runner.images import ImagePlan
 from runner.spec import JobSpec
 
 RUN_SH = """\
@@ -22,9 +28,9 @@ trap 'true' INT
 export RUNNER_JOB_ID={job_id}
 if command -v script >/dev/null 2>&1; then
     # script gives the training a terminal of its own; its copy of what was printed goes to tee.
-    SHELL=/bin/bash script -q -e -f -c 'bash job.sh' /dev/null | tee -i -a train.log
+    SHELL=/bin/bash script -q -e -f -c 'bash {script}' /dev/null | tee -i -a train.log
 else
-    bash job.sh 2>&1 | tee -i -a train.log
+    bash {script} 2>&1 | tee -i -a train.log
 fi
 # Both writers have exited here, so train.log is complete before exit_code appears.
 code=${{PIPESTATUS[0]}}
@@ -48,8 +54,61 @@ cd {work_dir}
 """
 
 
-def render_run_sh(job_id: str, job_name: str, job_dir: str, session_target: str, snapshot_argv: list[str]) -> str:
+CONTAINER_SH = """\
+#!/usr/bin/env bash
+# Written by runner for job {job_id} ({job_name}): job.sh in a container of {image_comment}.
+name={name}
+docker rm -f "$name" >/dev/null 2>&1 || true  # a container left by an earlier start of this same job
+flags=(--name "$name" --label runner.job={job_id} --init --ipc=host
+       -v {job_dir}:{job_dir} -w {work_dir} -e RUNNER_JOB_ID={job_id}{env_flags})
+[ -d {data_dir} ] && flags+=(-v {data_dir}:{data_dir})
+# With the train window's terminal, one inside too: progress bars draw as usual, and keys (Ctrl-C from
+# the window or from `runner stop`) reach the training through it, as at a keyboard.
+[ -t 0 ] && [ -t 1 ] && flags+=(-i -t)
+{vendor_lines}
+docker run "${{flags[@]}}" {image} bash {job_sh}
+code=$?
+docker rm "$name" >/dev/null 2>&1 || true
+exit "$code"
+"""
+
+# ROCm: the GPU's device files, and their groups by number (the image has no group of their names).
+AMD_LINES = """\
+flags+=(--device=/dev/kfd --device=/dev/dri --security-opt seccomp=unconfined --cap-add=SYS_PTRACE)
+for device in /dev/kfd /dev/dri/renderD*; do
+    [ -e "$device" ] && flags+=(--group-add "$(stat -c %g "$device")")
+done
+mkdir -p {job_dir}/miopen/db {job_dir}/miopen/cache
+flags+=(-e MIOPEN_USER_DB_PATH={job_dir}/miopen/db -e MIOPEN_CUSTOM_CACHE_DIR={job_dir}/miopen/cache)"""
+NVIDIA_LINES = "flags+=(--gpus all)"
+
+
+def render_container_sh(job_id: str, job_name: str, container: str, image: str, plan: ImagePlan, job_dir: str,
+                        data_dir: str) -> str:  # fmt: skip
+    """container.sh: runs job.sh in a container of image, named container, as plan says."""
+    env_flags = "".join(f" -e {shlex.quote(f'{name}={value}')}" for name, value in sorted(plan.env.items()))
+    vendor_lines = {"amd": AMD_LINES, "nvidia": NVIDIA_LINES}.get(plan.vendor or "", "# no GPU: a CPU container")
+    return CONTAINER_SH.format(
+        job_id=job_id,
+        job_name=job_name,
+        image_comment=_one_line(image),
+        name=shlex.quote(container),
+        job_dir=shlex.quote(job_dir),
+        work_dir=shlex.quote(f"{job_dir}/work"),
+        data_dir=shlex.quote(data_dir),
+        env_flags=env_flags,
+        vendor_lines=vendor_lines.format(job_dir=shlex.quote(job_dir)),
+        image=shlex.quote(image),
+        job_sh=shlex.quote(f"{job_dir}/job.sh"),
+    )
+
+
+def render_run_sh(
+    job_id: str, job_name: str, job_dir: str, session_target: str, snapshot_argv: list[str], script: str = "job.sh"
+) -> str:
+    """run.sh, which runs script (job.sh, or container.sh for a job with an image) in the train window."""
     return RUN_SH.format(
+        script=script,
         job_id=job_id,
         job_name=job_name,
         job_dir=shlex.quote(job_dir),

@@ -123,7 +123,17 @@ def submit_document(submitted: Submitted) -> dict[str, Any]:
             for sync in submitted.artifact_syncs
         ],
         "preflight": submitted.preflight,  # the dataset check's report; null where the job names no dataset
+        "image": _image_document(submitted),  # null for a job without `image`
     }
+
+
+def _image_document(submitted: Submitted) -> dict[str, Any] | None:
+    container = submitted.container
+    if container is None:
+        return None
+    plan = container.plan
+    return {"reference": container.reference, "build": plan.build, "built": submitted.image_built,
+            "gpu_vendor": plan.vendor, "env": plan.env, "reason": plan.reason}  # fmt: skip
 
 
 def submit_summary(submitted: Submitted) -> str:
@@ -134,6 +144,9 @@ def submit_summary(submitted: Submitted) -> str:
     lines += [f"  dataset {name}: {_sync_text(stats)}" for name, stats in submitted.dataset_syncs.items()]
     if submitted.preflight:
         lines.append(f"  preflight: {escape(_preflight_text(submitted.preflight))}")
+    if submitted.container:
+        how = "built" if submitted.image_built else "already there" if submitted.container.plan.build else "as given"
+        lines.append(f"  image: {escape(submitted.container.reference)} ({how}); container {escape(job.session or '')}")
     lines += [
         f"  syncing {sync.artifact} every {format_duration(sync.every_s)} to {escape(str(sync.dest))}"
         f" (log: {escape(str(sync.log))})"

@@ -61,6 +61,11 @@ def kill_session_argv(session: str) -> list[str]:
     return ["tmux", "kill-session", "-t", target(session)]
 
 
+def stop_container_argv(session: str) -> list[str]:
+    """Removes the container of a job with an image (named as its session), running or not."""
+    return ["sh", "-c", 'docker rm -f "$1" >/dev/null 2>&1 || true', "sh", session]
+
+
 def attach_argv(job: Job, window: str) -> list[str]:
     """The command that attaches a terminal to the job's session, over SSH for remote hosts."""
     remote = ["tmux", "attach-session", "-t", target(job.session or "", window)]

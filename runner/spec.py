@@ -144,6 +144,48 @@ ArtifactEntry = Annotated[
 ]
 
 
+IMAGE_BUILDS = ("auto", "rocm52", "cu128")
+# A reference as `docker pull` takes it: [registry[:port]/]name[:tag][@digest]; no spaces, no leading '-'.
+IMAGE_REFERENCE = r"^[a-z0-9][a-z0-9._/:@-]*$"
+
+
+class ImageBuild(StrictModel):
+    """One of runner's Dockerfiles, built on the host (tagged by a hash of its content: never rebuilt
+    unchanged), with build arguments."""
+
+    build: Literal["auto", "rocm52", "cu128"] = Field(
+        "auto", description="auto picks by the host's GPU: rocm52 for AMD, cu128 for NVIDIA and hosts without a GPU"
+    )
+    args: dict[str, EnvValue] = Field(
+        default_factory=dict, description="docker build arguments, e.g. BASE_IMAGE, INSTALL_FRAMEWORK: '0'"
+    )
+
+    @field_validator("args")
+    @classmethod
+    def _arg_names(cls, args: dict[str, str]) -> dict[str, str]:
+        for key in args:
+            if not re.match(ENV_NAME_PATTERN, key):
+                raise ValueError(f"'{key}' is not a valid build argument name")
+        return args
+
+
+def _image_reference(value: str) -> str:
+    if value not in IMAGE_BUILDS and not re.match(IMAGE_REFERENCE, value):
+        raise ValueError(f"'{value}' is neither auto, rocm52, cu128 nor an image reference (name[:tag])")
+    return value
+
+
+def _image_form(value: Any) -> str:
+    return "build" if isinstance(value, dict) else "reference"
+
+
+# `image: cu128` or `image: {build: cu128, args: {...}}`: picked by the YAML shape, as ArtifactEntry.
+ImageChoice = Annotated[
+    Union[Annotated[str, AfterValidator(_image_reference), Tag("reference")], Annotated[ImageBuild, Tag("build")]],
+    Discriminator(_image_form),
+]
+
+
 class TensorBoard(StrictModel):
     logdir: str = Field("runs", description="TensorBoard log directory, relative to the workdir")
     port: int = Field(6006, ge=1, le=65535, description="port TensorBoard serves on, on the host's loopback")
@@ -181,8 +223,15 @@ class JobSpec(StrictModel):
     name: str = Field(pattern=NAME_PATTERN, description="job name: letters, digits, '-' and '_'")
     host: str = Field("local", description="host name: local, a host from hosts.yaml, or vast")
     workdir: str | None = Field(None, description="folder synced to the host; default: the job file's folder")
-    image: str | None = Field(
-        None, description="container image: auto, rocm52, cu128 or a reference; none runs on the host itself"
+    image: ImageChoice | None = Field(
+        None,
+        description="container image: auto, rocm52 or cu128 (runner's Dockerfiles, built on the host),"
+        " {build: ..., args: {...}}, or a reference used as it is; none runs on the host itself",
+    )
+    conv_backend: Literal["native", "im2col", "miopen"] | None = Field(
+        None,
+        description="convolutions in the ROCm image: native (PyTorch's own kernels, MIOpen off), im2col (a pure-PyTorch"
+        " Conv2d) or miopen; default native on RDNA1 (gfx101x), miopen on other AMD GPUs",
     )
     setup: ShellLines = Field(default_factory=list, description="shell lines run before `run`")
     run: ShellLines = Field(description="shell lines that train; the job fails if one fails")

@@ -30,6 +30,8 @@ def stop(store: Store, job: Job, grace_seconds: float) -> Job:
     store.request_stop(job.id)
     host.run(session.interrupt_argv(job.session))
     if not _ends_within(host, job.job_dir, grace_seconds):
+        if job.spec.get("image") is not None:  # the container would outlive its `docker run` client
+            host.run(session.stop_container_argv(job.session))
         host.run(session.kill_session_argv(job.session))
         run_agent(host, "kill", job.id).check()
         store.add_event(job.id, "killed", f"still running {grace_seconds:g}s after Ctrl-C")

@@ -8,11 +8,13 @@ runs on the host after the sync, where the data lies, and fails the job before i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from runner import session
 from runner.artifactsync import Sync, start_syncs
+from runner.containerjob import CONTAINER_SH, ContainerJob, build_image, plan_container, write_container_sh
 from runner.errors import HostUnreachable, NotFound, RunnerError, SpecError
 from runner.hosts import Host, SyncStats, get_host
 from runner.jobscript import render_job_sh, render_run_sh
@@ -30,14 +32,21 @@ class Submitted:
     dataset_syncs: dict[str, SyncStats] = field(default_factory=dict)
     artifact_syncs: list[Sync] = field(default_factory=list)  # background fetchers (artifacts.NAME.sync_every)
     preflight: dict[str, Any] | None = None  # the dataset check's report, where the job names its dataset
+    container: ContainerJob | None = None  # the image and how it runs, for a job with `image`
+    image_built: bool = False  # built for this job (False: the host had it, or the job has no image)
 
 
 # A job leaves these states for running; any other (stopped meanwhile, failed) must not start.
-STARTING = frozenset({JobState.SYNCING, JobState.PREFLIGHT})
+STARTING = frozenset({JobState.SYNCING, JobState.PREFLIGHT, JobState.BUILDING})
 
 
 def submit(
-    store: Store, loaded: LoadedJob, host_override: str | None = None, trust_new_host: bool = False, preflight: bool = True
+    store: Store,
+    loaded: LoadedJob,
+    host_override: str | None = None,
+    trust_new_host: bool = False,
+    preflight: bool = True,
+    log: Callable[[str], None] = lambda line: None,
 ) -> Submitted:
     host = _host_for(loaded, host_override, trust_new_host)
     _check_placeable(loaded, host)
@@ -45,11 +54,14 @@ def submit(
     # The data YAML is read here: a malformed one refuses the job before anything moves.
     description = describe(loaded, datasets) if preflight and loaded.spec.dataset else None
     host.root()  # connect and verify the host key now: a refused or unreachable host leaves no job behind
+    container = plan_container(host, loaded)  # an image that cannot run there leaves no job behind either
+    if container:
+        log(container.plan.reason)
     spec = loaded.spec
     store.remember_host(host.name, host.kind)
     job = store.create_job(spec.name, host.name, spec.model_dump(mode="json"), str(loaded.path.resolve()))
     name = session.session_name(spec.name, job.id)
-    submitted = Submitted(job)
+    submitted = Submitted(job, container=container)
     try:
         store.transition(job.id, JobState.SYNCING, frozenset({JobState.SUBMITTED}))
         layout = JobLayout.on(host, job.id)
@@ -57,6 +69,9 @@ def submit(
         store.set_placement(job.id, layout.job_dir, name)
         if description is not None and not store.get(job.id).finished:
             submitted.preflight = _preflight(store, host, job, layout, description, loaded)
+        if container and not store.get(job.id).finished:
+            store.transition(job.id, JobState.BUILDING, STARTING)
+            submitted.image_built = build_image(host, container, log)
         if store.get(job.id).finished:  # `runner stop` came while the files moved or the data was checked
             submitted.job = store.get(job.id)
             return submitted
@@ -110,8 +125,6 @@ def _host_for(loaded: LoadedJob, host_override: str | None, trust_new_host: bool
 def _check_placeable(loaded: LoadedJob, host: Host) -> None:
     if not loaded.workdir.is_dir():
         raise loaded.error(("workdir",), f"'{loaded.workdir}' is not a directory")
-    if loaded.spec.image is not None:
-        raise loaded.error(("image",), f"host '{host.name}' runs jobs without containers; remove `image`")
 
 
 def _place(
@@ -132,8 +145,12 @@ def _place(
     host.write_file(layout.file("spec.json"), json.dumps(resolved, indent=2).encode(), mode=0o600)
     job_sh = render_job_sh(job.id, loaded.spec, job.job_file, layout.work)
     host.write_file(layout.file("job.sh"), job_sh.encode(), mode=0o700)
+    script = "job.sh"
+    if submitted.container:
+        write_container_sh(host, submitted.container, job.id, loaded.spec.name, session_name, layout)
+        script = CONTAINER_SH
     snapshot = agent_argv(host, "snapshot", layout.job_dir)
-    run_sh = render_run_sh(job.id, loaded.spec.name, layout.job_dir, session.target(session_name), snapshot)
+    run_sh = render_run_sh(job.id, loaded.spec.name, layout.job_dir, session.target(session_name), snapshot, script)
     host.write_file(layout.file("run.sh"), run_sh.encode(), mode=0o700)
 
 
