@@ -152,12 +152,18 @@ def _failed(exc: RunnerError, failures: int, job: Job, every: float, note: Note)
 def fetch_locked(job: Job, artifact: str, dest: Path, note: Note) -> FetchResult:
     """One fetch, alone in its destination: two sets synced to one folder (artifacts/JOB_ID, say) take
     turns rather than write its manifest over each other."""
-    with _dest_lock(dest, note):
+    with _dest_lock(dest, note, wait=True):
         return fetch(job, artifact, dest)
 
 
+def fetch_unless_busy(job: Job, artifact: str, dest: Path, note: Note) -> FetchResult | None:
+    """fetch_locked, or None at once when another fetch into dest is under way (it brings the same)."""
+    with _dest_lock(dest, note, wait=False) as locked:
+        return fetch(job, artifact, dest) if locked else None
+
+
 @contextmanager
-def _dest_lock(dest: Path, note: Note) -> Iterator[None]:
+def _dest_lock(dest: Path, note: Note, wait: bool) -> Iterator[bool]:
     key = hashlib.sha256(str(dest.resolve()).encode()).hexdigest()[:16]
     lock = paths.locks_dir() / f"fetch-{key}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -165,9 +171,12 @@ def _dest_lock(dest: Path, note: Note) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                yield False
+                return
             note(f"waiting for another fetch into {dest} to finish")
             fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # the lock goes with the file's closing
+        yield True  # the lock goes with the file's closing
 
 
 def _forget_pid(job_id: str, artifact: str) -> None:

@@ -15,6 +15,7 @@ import click
 
 from runner import __version__, paths, transferprogress
 from runner.cli_hosts import JSON_OPTION, TRUST_OPTION, hosts
+from runner.cli_vast import down, keep
 from runner.durations import format_duration, parse_duration
 from runner.errors import NotFound, RunnerError, SpecError
 
@@ -64,9 +65,12 @@ def cli() -> None:
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("--host", "host_name", help="Run on this host instead of the job file's.")
 @click.option("--skip-preflight", is_flag=True, help="Start even if the job's dataset (`dataset:`) has errors: no check.")
+@click.option("--keep", is_flag=True, help="host vast: leave the instance running if the submit fails (to look into it).")
 @TRUST_OPTION
 @JSON_OPTION
-def submit(job_file: Path, host_name: str | None, skip_preflight: bool, trust_new_host: bool, as_json: bool) -> None:
+def submit(
+    job_file: Path, host_name: str | None, skip_preflight: bool, keep: bool, trust_new_host: bool, as_json: bool
+) -> None:
     """Start JOB_FILE on its host; prints the job id."""
     from runner import render
     from runner.specfile import load_job
@@ -74,7 +78,9 @@ def submit(job_file: Path, host_name: str | None, skip_preflight: bool, trust_ne
 
     loaded = load_job(job_file)
     with open_store() as store, transferprogress.shown(f"{loaded.spec.name}: files", _bars(as_json)):
-        submitted = submit_job(store, loaded, host_name, trust_new_host, preflight=not skip_preflight, log=_to_stderr)
+        submitted = submit_job(
+            store, loaded, host_name, trust_new_host, preflight=not skip_preflight, log=_to_stderr, keep=keep
+        )
     job = submitted.job
     if as_json:
         render.print_json(render.submit_document(submitted))
@@ -138,7 +144,7 @@ def _status_document(refreshed: Refreshed, one_job: bool) -> dict:
     from runner.statusview import unreachable_since
 
     unreachable = unreachable_since(refreshed)
-    documents = [render.job_document(job, unreachable.get(job.host)) for job in refreshed.jobs]
+    documents = [render.job_document(job, unreachable.get(job.host), refreshed.costs.get(job.id)) for job in refreshed.jobs]
     return documents[0] if one_job else {"jobs": documents}
 
 
@@ -350,6 +356,33 @@ def check(job_file: Path, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--gpu", help='GPU model as vast.ai names it, e.g. "RTX 5090".')
+@click.option("--num-gpus", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs in the machine.")
+@click.option("--max-price", type=click.FloatRange(min=0, min_open=True), help="Highest price per hour, in $.")
+@click.option("--min-vram", type=click.FloatRange(min=0, min_open=True), help="Least VRAM per GPU, in GB.")
+@click.option("--disk", type=click.FloatRange(min=0, min_open=True), help="Least disk space, in GB [default: 50].")
+@JSON_OPTION
+def offers(
+    gpu: str | None, num_gpus: int, max_price: float | None, min_vram: float | None, disk: float | None, as_json: bool
+) -> None:
+    """List the vast.ai offers that fit, cheapest first. The API key: VAST_API_KEY, or the file
+    vast_api_key in runner's config dir (chmod 600)."""
+    from runner import render
+    from runner.hosts.vastapi import VastClient, offer_query
+    from runner.spec import Resources
+
+    given = {"gpu": gpu, "num_gpus": num_gpus, "max_price": max_price, "min_vram_gb": min_vram, "disk_gb": disk}
+    query = offer_query(Resources.model_validate({k: v for k, v in given.items() if v is not None}), image_kind=None)
+    with VastClient() as vast:
+        found = vast.search_offers(query)
+    if as_json:
+        render.print_json({"offers": found, "query": query})
+        return
+    render.stdout.print(render.offers_table(found))
+    render.stderr.print(f"{len(found)} offers, cheapest first" if found else "no offer fits; try a higher --max-price")
+
+
+@cli.command()
 def schema() -> None:
     """Print the job file's JSON Schema (for editor completion)."""
     from runner import render
@@ -359,6 +392,8 @@ def schema() -> None:
 
 
 cli.add_command(hosts)
+cli.add_command(down)
+cli.add_command(keep)
 
 
 def main() -> None:

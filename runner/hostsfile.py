@@ -35,6 +35,9 @@ class HostEntry:
     connect_timeout: float = 10
     retry_seconds: float = 30
     transport: str = "auto"
+    # The name its host key is pinned under, instead of its address: a rented instance's address and
+    # port are reused by later instances, each with a new key (set by runner, never in hosts.yaml).
+    host_key_alias: str | None = None
 
 
 @dataclass(frozen=True)

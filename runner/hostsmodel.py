@@ -42,8 +42,8 @@ class HostsFile(StrictModel):
     @classmethod
     def _names(cls, hosts: dict[str, SshHostEntry]) -> dict[str, SshHostEntry]:
         for name in hosts:
-            if not re.match(NAME_PATTERN, name) or name in ("local", "vast"):
-                raise ValueError(f"'{name}' cannot name a host (letters, digits, '-', '_'; not local or vast)")
+            if not re.match(NAME_PATTERN, name) or name in ("local", "vast") or name.startswith("vast-"):
+                raise ValueError(f"'{name}' cannot name a host (letters, digits, '-', '_'; not local, vast or vast-*)")
         return hosts
 
 

@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from runner.errors import HostUnreachable, RunnerError
 from runner.hosts import Host
@@ -42,6 +43,7 @@ class HostProblem:
 class Refreshed:
     jobs: list[Job]
     problems: dict[str, HostProblem] = field(default_factory=dict)  # by host name
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by job id, for jobs on rented instances
 
 
 def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
@@ -87,11 +89,26 @@ def refresh(store: Store, jobs: list[Job]) -> Refreshed:
         store.mark_reachable(name)
         for job in by_host[name]:
             _apply(store, job, seen.get(job.job_dir or ""))
-    return Refreshed([store.get(job.id) for job in jobs], problems)
+    fresh = [store.get(job.id) for job in jobs]
+    return Refreshed(fresh, problems, {job.id: cost for job in fresh if (cost := cost_of(store, job))})
+
+
+def cost_of(store: Store, job: Job) -> dict[str, Any] | None:
+    """$/h of the job's instance and what its instances have cost so far (None: not on a rented host)."""
+    if not job.host.startswith("vast"):
+        return None
+    instances = store.instances(job.id)
+    if not instances:
+        return None
+    live = [instance for instance in instances if instance.gone_at is None]
+    return {"dph": (live or instances)[-1].dph, "so_far": round(sum(instance.cost() for instance in instances), 4),
+            "instances": [instance.id for instance in instances], "live": [instance.id for instance in live]}  # fmt: skip
 
 
 def refresh_one(store: Store, job: Job) -> Job:
-    """Refresh one job; a host problem is raised, not reported."""
+    """Refresh one job; a host problem is raised, not reported. The job is read anew first: a rented
+    job may have moved to another instance since the caller last looked."""
+    job = store.get(job.id)
     refreshed = refresh(store, [job])
     problem = refreshed.problems.get(job.host)
     if problem:

@@ -51,7 +51,7 @@ def elapsed_seconds(job: Job) -> float | None:
     return (job.ended_at or time.time()) - job.started_at
 
 
-def job_document(job: Job, unreachable_since: float | None = None) -> dict[str, Any]:
+def job_document(job: Job, unreachable_since: float | None = None, cost: dict[str, Any] | None = None) -> dict[str, Any]:
     elapsed = elapsed_seconds(job)
     return {
         "id": job.id,
@@ -70,6 +70,7 @@ def job_document(job: Job, unreachable_since: float | None = None) -> dict[str, 
         "job_dir": job.job_dir,
         "session": job.session,
         "unreachable_since": iso(unreachable_since),
+        "cost": cost,  # rented hosts: {dph, so_far (in $), instances, live}; null elsewhere
         **monitor_document(job.snapshot),
     }
 
@@ -77,9 +78,9 @@ def job_document(job: Job, unreachable_since: float | None = None) -> dict[str, 
 MONITOR_COLUMNS = ("EPOCH", "IT/S", "ETA", "LOSS", "mAP", "GPU", "ALERTS")
 
 
-def jobs_table(jobs: list[Job], unreachable: dict[str, float]) -> Table:
+def jobs_table(jobs: list[Job], unreachable: dict[str, float], costs: dict[str, dict[str, Any]] | None = None) -> Table:
     headers = ("JOB", "NAME", "HOST", "STATE", "ELAPSED", *MONITOR_COLUMNS)
-    rows = [_job_row(job, unreachable.get(job.host)) for job in jobs]
+    rows = [_job_row(job, unreachable.get(job.host), (costs or {}).get(job.id)) for job in jobs]
     table = Table(box=None, header_style="bold", pad_edge=False)
     for index, header in enumerate(headers):
         # On a narrow terminal the last line gives way, never the job id or state.
@@ -93,14 +94,15 @@ def jobs_table(jobs: list[Job], unreachable: dict[str, float]) -> Table:
     return table
 
 
-def _job_row(job: Job, unreachable_since: float | None) -> list[str]:
+def _job_row(job: Job, unreachable_since: float | None, cost: dict[str, Any] | None = None) -> list[str]:
     shown = job.message if job.state in (JobState.FAILED, JobState.LOST) and job.message else job.last_line
     if unreachable_since is not None and not job.finished:
         shown = f"unreachable since {iso(unreachable_since)}; last seen: {shown or '-'}"
     state = job.state.value if job.exit_code in (None, 0) else f"{job.state.value} ({job.exit_code})"
     cells = table_cells(job.snapshot)
     monitor = [cells[column] for column in MONITOR_COLUMNS]
-    return [job.id, job.name, job.host, state, duration(elapsed_seconds(job)), *monitor, shown or ""]
+    host = f"{job.host} ${cost['dph']:.2f}/h ${cost['so_far']:.2f}" if cost else job.host
+    return [job.id, job.name, host, state, duration(elapsed_seconds(job)), *monitor, shown or ""]
 
 
 def duration(seconds: float | None) -> str:
@@ -250,6 +252,33 @@ def _gpu_text(gpu: dict[str, Any]) -> str:
     details = [target, vram, "integrated" if gpu.get("integrated") else None]
     index = "" if gpu.get("index") is None else f"{gpu['index']}: "
     return f"{index}{gpu.get('name') or 'unnamed GPU'}, " + ", ".join(part for part in details if part)
+
+
+OFFER_COLUMNS = ("ID", "GPU", "N", "VRAM", "$/H", "RELIABILITY", "CUDA", "DISK", "NET DOWN", "LOCATION")
+
+
+def offers_table(offers: list[dict[str, Any]]) -> Table:
+    """vast.ai offers as the search returned them (its order: cheapest first)."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in OFFER_COLUMNS:
+        table.add_column(column, no_wrap=True, justify="left" if column in ("GPU", "LOCATION") else "right")
+    for offer in offers:
+        _add_plain_row(table, *_offer_row(offer))
+    return table
+
+
+def _offer_row(offer: dict[str, Any]) -> list[str]:
+    def number(field: str, template: str, scale: float = 1) -> str:
+        value = offer.get(field)
+        return template.format(value / scale) if isinstance(value, (int, float)) else "-"
+
+    reliability = "reliability2" if offer.get("reliability2") is not None else "reliability"
+    return [
+        str(offer.get("id", "-")), str(offer.get("gpu_name") or "-"), number("num_gpus", "{:.0f}"),
+        number("gpu_ram", "{:.0f} GB", 1024),  # gpu_ram is MiB: 32607 reads "32 GB", as vast.ai shows it
+        number("dph_total", "{:.3f}"), number(reliability, "{:.1%}"), number("cuda_max_good", "{:g}"),
+        number("disk_space", "{:.0f} GB"), number("inet_down", "{:.0f} Mb/s"), str(offer.get("geolocation") or "-"),
+    ]  # fmt: skip
 
 
 def _add_plain_row(table: Table, *cells: str | Text) -> None:

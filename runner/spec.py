@@ -217,6 +217,23 @@ class Resources(StrictModel):
     interruptible: bool = False
 
 
+class RetryPolicy(StrictModel):
+    """What a job on a rented host does when its instance is interrupted or lost: rent another, push
+    the last fetched checkpoint, and run `resume` instead of `run`."""
+
+    on: list[Literal["interrupted", "lost"]] = Field(description="interrupted: the instance exited or went offline;"
+                                                     " lost: SSH gone for longer than the grace period")  # fmt: skip
+    max: int = Field(1, ge=1, le=20, description="how many new instances at most")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean true: `retry: {on: [lost]}` must still mean `on`.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
+
 class JobSpec(StrictModel):
     """A training job: what to run, where, and what to bring back."""
 
@@ -254,6 +271,15 @@ class JobSpec(StrictModel):
         "auto", description="the progress format the training prints"
     )
     resources: Resources = Field(default_factory=Resources)
+    teardown: Literal["on_success", "on_exit", "never"] = Field(
+        "on_exit",
+        description="rented hosts: destroy the instance after the final fetch when the job succeeded (on_success),"
+        " whenever it ends (on_exit), or never",
+    )
+    retry: RetryPolicy | None = Field(None, description="rented hosts: rent again when the instance is interrupted or lost")
+    resume: ShellLines = Field(
+        default_factory=list, description="shell lines that continue from the last checkpoint, run instead of `run` on retry"
+    )
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @field_validator("run")

@@ -82,6 +82,17 @@ CREATE TABLE IF NOT EXISTS events (
     detail  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+CREATE TABLE IF NOT EXISTS instances (                -- rented vast.ai instances: written before they run
+    id          INTEGER PRIMARY KEY,                  -- vast.ai's instance id
+    job_id      TEXT NOT NULL,
+    offer_id    INTEGER NOT NULL,
+    gpu         TEXT NOT NULL DEFAULT '',
+    dph         REAL NOT NULL,                        -- $ per hour
+    rented_at   REAL NOT NULL,
+    ssh         TEXT,                                 -- root@address:port, once it answers
+    gone_at     REAL                                  -- destroyed, and confirmed gone by the API
+);
+CREATE INDEX IF NOT EXISTS instances_job ON instances(job_id);
 """
 # Columns added since the first release, for stores made before them: (table, column, declaration).
 ADDED_COLUMNS = [("jobs", "snapshot", "TEXT")]
@@ -109,6 +120,23 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: int
+    job_id: str
+    offer_id: int
+    gpu: str
+    dph: float
+    rented_at: float
+    ssh: str | None
+    gone_at: float | None
+
+    def cost(self, until: float | None = None) -> float:
+        """What it has cost so far (or until gone), in $: vast.ai bills by the second."""
+        end = self.gone_at or until or time.time()
+        return max(0.0, end - self.rented_at) / 3600.0 * self.dph
 
 
 @dataclass(frozen=True)
@@ -291,9 +319,44 @@ class Store:
             row = db.execute("SELECT unreachable_since FROM hosts WHERE name = ?", (name,)).fetchone()
         return float(row["unreachable_since"])
 
+    def unreachable_since(self, name: str) -> float | None:
+        row = self._db.execute("SELECT unreachable_since FROM hosts WHERE name = ?", (name,)).fetchone()
+        return row["unreachable_since"] if row else None
+
     def mark_reachable(self, name: str) -> None:
         with self._write() as db:
             db.execute("UPDATE hosts SET unreachable_since = NULL, updated_at = ? WHERE name = ?", (time.time(), name))
+
+    def set_host(self, job_id: str, host: str) -> None:
+        """The job's host, once known: a rented instance is named after its id."""
+        with self._write() as db:
+            db.execute("UPDATE jobs SET host = ? WHERE id = ?", (host, job_id))
+
+    # rented instances
+
+    def record_instance(self, instance_id: int, job_id: str, offer_id: int, gpu: str, dph: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO instances (id, job_id, offer_id, gpu, dph, rented_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (instance_id, job_id, offer_id, gpu, dph, time.time()),
+            )
+
+    def set_instance_ssh(self, instance_id: int, ssh: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE instances SET ssh = ? WHERE id = ?", (ssh, instance_id))
+
+    def instance_gone(self, instance_id: int) -> None:
+        with self._write() as db:
+            db.execute("UPDATE instances SET gone_at = COALESCE(gone_at, ?) WHERE id = ?", (time.time(), instance_id))
+
+    def instance(self, instance_id: int) -> Instance | None:
+        row = self._db.execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
+        return Instance(**dict(row)) if row else None
+
+    def instances(self, job_id: str | None = None, live_only: bool = False) -> list[Instance]:
+        """Instances of one job (or all), oldest first; live_only: not yet confirmed gone."""
+        query = "SELECT * FROM instances WHERE (? IS NULL OR job_id = ?)" + (" AND gone_at IS NULL" if live_only else "")
+        return [Instance(**dict(row)) for row in self._db.execute(query + " ORDER BY rented_at", (job_id, job_id))]
 
     # events
 

@@ -21,7 +21,7 @@ def status_view(refreshed: Refreshed, with_problems: bool = False) -> Renderable
     unreachable = unreachable_since(refreshed)
     parts: list[RenderableType] = []
     if refreshed.jobs:
-        parts.append(render.jobs_table(refreshed.jobs, unreachable))
+        parts.append(render.jobs_table(refreshed.jobs, unreachable, refreshed.costs))
     else:
         parts.append(Text("no jobs yet: `runner submit JOBFILE` starts one"))
     for job in refreshed.jobs:

@@ -38,6 +38,7 @@ class Submitted:
 
 # A job leaves these states for running; any other (stopped meanwhile, failed) must not start.
 STARTING = frozenset({JobState.SYNCING, JobState.PREFLIGHT, JobState.BUILDING})
+RENTED = "vast"  # the host name that rents an instance per job
 
 
 def submit(
@@ -47,25 +48,44 @@ def submit(
     trust_new_host: bool = False,
     preflight: bool = True,
     log: Callable[[str], None] = lambda line: None,
+    keep: bool = False,
 ) -> Submitted:
-    host = _host_for(loaded, host_override, trust_new_host)
-    _check_placeable(loaded, host)
     datasets = plan_datasets(loaded)
     # The data YAML is read here: a malformed one refuses the job before anything moves.
     description = describe(loaded, datasets) if preflight and loaded.spec.dataset else None
+    if (host_override or loaded.spec.host) == RENTED:
+        from runner.rented import submit_rented
+
+        return submit_rented(store, loaded, lambda job, host: _run(store, host, loaded, job, datasets, description,
+                                                                   Submitted(job), log), log, keep)  # fmt: skip
+    host = _host_for(loaded, host_override, trust_new_host)
+    _check_placeable(loaded, host)
     host.root()  # connect and verify the host key now: a refused or unreachable host leaves no job behind
     container = plan_container(host, loaded)  # an image that cannot run there leaves no job behind either
     if container:
         log(container.plan.reason)
-    spec = loaded.spec
     store.remember_host(host.name, host.kind)
-    job = store.create_job(spec.name, host.name, spec.model_dump(mode="json"), str(loaded.path.resolve()))
-    name = session.session_name(spec.name, job.id)
-    submitted = Submitted(job, container=container)
+    job = store.create_job(loaded.spec.name, host.name, loaded.spec.model_dump(mode="json"), str(loaded.path.resolve()))
+    return _run(store, host, loaded, job, datasets, description, Submitted(job, container=container), log)
+
+
+def _run(
+    store: Store,
+    host: Host,
+    loaded: LoadedJob,
+    job: Job,
+    datasets: list[DatasetPlacement],
+    description: dict[str, Any] | None,
+    submitted: Submitted,
+    log: Callable[[str], None],
+) -> Submitted:
+    """Place the job on host, check its data, build its image, start its session."""
+    name = session.session_name(job.name, job.id)
+    container = submitted.container
     try:
-        store.transition(job.id, JobState.SYNCING, frozenset({JobState.SUBMITTED}))
+        store.transition(job.id, JobState.SYNCING, frozenset({JobState.SUBMITTED, JobState.PROVISIONING}))
         layout = JobLayout.on(host, job.id)
-        _place(host, loaded, job, layout, name, datasets, submitted)
+        place_job(host, loaded, job, layout, name, datasets, submitted)
         store.set_placement(job.id, layout.job_dir, name)
         if description is not None and not store.get(job.id).finished:
             submitted.preflight = _preflight(store, host, job, layout, description, loaded)
@@ -75,14 +95,14 @@ def submit(
         if store.get(job.id).finished:  # `runner stop` came while the files moved or the data was checked
             submitted.job = store.get(job.id)
             return submitted
-        _start_session(store, host, job, name, _windows(host, loaded, layout), layout)
+        _start_session(store, host, job, name, job_windows(host, loaded, layout), layout)
     except BaseException as exc:  # Ctrl-C included: the job must not stay "syncing" forever
         store.transition(job.id, JobState.FAILED, ACTIVE, message=f"submit failed: {_reason(exc)}")
         _end_session_quietly(host, name)
         raise
     submitted.job = store.get(job.id)
     if submitted.job.state is JobState.RUNNING:  # never for a job that failed or was stopped meanwhile
-        submitted.artifact_syncs = start_syncs(store, submitted.job, spec.artifact_sync, loaded.path)
+        submitted.artifact_syncs = start_syncs(store, submitted.job, loaded.spec.artifact_sync, loaded.path)
     return submitted
 
 
@@ -127,7 +147,7 @@ def _check_placeable(loaded: LoadedJob, host: Host) -> None:
         raise loaded.error(("workdir",), f"'{loaded.workdir}' is not a directory")
 
 
-def _place(
+def place_job(
     host: Host,
     loaded: LoadedJob,
     job: Job,
@@ -154,7 +174,7 @@ def _place(
     host.write_file(layout.file("run.sh"), run_sh.encode(), mode=0o700)
 
 
-def _windows(host: Host, loaded: LoadedJob, layout: JobLayout) -> list[session.Window]:
+def job_windows(host: Host, loaded: LoadedJob, layout: JobLayout) -> list[session.Window]:
     window_sh = window_script_path(host)
     board = loaded.spec.tensorboard
     board_args = [board.logdir, str(board.port)] if board else ["", ""]

@@ -48,9 +48,11 @@ class Runner:
     home: Path
     config: Path
 
-    def run(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = False, timeout: float = 120, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [runner_executable(), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+            [runner_executable(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=cwd
         )
         if check and result.returncode != 0:
             raise AssertionError(f"runner {' '.join(args)} exited {result.returncode}:\n{result.stderr}")

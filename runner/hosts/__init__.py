@@ -25,11 +25,19 @@ def known_host_names() -> list[str]:
 def get_host(name: str, trust_new: bool = False) -> Host:
     host = _open_hosts.get(name)
     if host is None:
-        host = LocalHost() if name == "local" else SshHost(name, host_entry(name), trust_new)
+        host = LocalHost() if name == "local" else SshHost(name, _entry(name), trust_new)
         _open_hosts[name] = host
     if trust_new and isinstance(host, SshHost):
         host.trust_new = True
     return host
+
+
+def _entry(name: str):  # type: ignore[no-untyped-def]
+    """hosts.yaml's entry, or for a rented instance (vast-<id>) the store's."""
+    from runner.hosts.vast import instance_entry, instance_id_of
+
+    instance_id = instance_id_of(name)
+    return host_entry(name) if instance_id is None else instance_entry(instance_id)
 
 
 @atexit.register

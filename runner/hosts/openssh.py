@@ -35,6 +35,8 @@ def openssh_argv(entry: HostEntry) -> list[str]:
         argv += ["-p", match["port"]]
     if entry.identity:
         argv += ["-i", str(Path(entry.identity).expanduser()), "-o", "IdentitiesOnly=yes"]
+    if entry.host_key_alias:
+        argv += ["-o", f"HostKeyAlias={entry.host_key_alias}"]
     return argv
 
 

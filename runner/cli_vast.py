@@ -1,0 +1,55 @@
+"""`runner down` and `runner keep`: rented vast.ai instances given back, and the keeper of a rented job."""
+
+from __future__ import annotations
+
+import click
+
+from runner.cli_hosts import JSON_OPTION
+from runner.errors import UsageError
+
+
+@click.command()
+@click.argument("job_ref", metavar="[JOB]", required=False)
+@click.option("--orphans", is_flag=True, help="Destroy instances labelled runner: that no running job owns.")
+@JSON_OPTION
+def down(job_ref: str | None, orphans: bool, as_json: bool) -> None:
+    """Destroy JOB's rented instances (or the orphans) and wait until vast.ai confirms they are gone."""
+    from runner import render
+    from runner.cli import open_store
+    from runner.hosts.vast import destroy_until_gone
+    from runner.hosts.vastapi import VastClient
+    from runner.rented import down as down_job
+    from runner.rented import orphans as find_orphans
+
+    if bool(job_ref) == orphans:
+        raise UsageError("name a JOB, or give --orphans")
+    with open_store() as store, VastClient() as client:
+        if orphans:
+            destroyed = []
+            for record in find_orphans(client, store):
+                destroy_until_gone(client, store, int(record["id"]), _to_stderr)
+                destroyed.append(int(record["id"]))
+        else:
+            destroyed = down_job(client, store, store.find(job_ref), _to_stderr)
+    if as_json:
+        render.print_json({"destroyed": destroyed})
+    elif not destroyed:
+        render.stderr.print("nothing to destroy")
+
+
+@click.command(hidden=True)
+@click.argument("job_id")
+def keep(job_id: str) -> None:
+    """The keeper of a job on a rented instance (started by submit): cost limit, final fetch, teardown."""
+    from runner.cli import open_store
+    from runner.rented import keep as keep_job
+
+    with open_store() as store:
+        job = keep_job(store, job_id, _to_stderr)
+    _to_stderr(f"job {job.id} is {job.state.value}: keeper done")
+
+
+def _to_stderr(line: str) -> None:
+    import time
+
+    click.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", err=True)

@@ -1,0 +1,196 @@
+"""Jobs on rented vast.ai instances, from the controller: rent one for the job, run the job there as
+on any SSH host, and give it back, so that no path leaves an instance billing unseen.
+
+- submit rents (hosts/vast.py), then places and starts the job as on an SSH host; any failure up to
+  a running session destroys the instance (unless --keep), and the job is failed.
+- Once the job runs, a keeper (`runner keep JOB`, detached like the artifact syncs, its log in
+  RUNNER_HOME/syncs/JOB-keep.log) watches it: `resources.max_cost` stops it when reached; when the
+  job ends, it fetches the weights a last time and destroys the instance as `teardown` says.
+- `runner down JOB` destroys a job's instances and waits until the API confirms they are gone;
+  `runner down --orphans` does so for instances labelled `runner:` that no running job owns.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner import paths
+from runner.artifactsync import default_dest, fetch_locked, fetch_unless_busy
+from runner.errors import HostUnreachable, RunnerError
+from runner.hosts import get_host
+from runner.hosts.vast import LABEL_PREFIX, destroy_until_gone, provision
+from runner.specfile import LoadedJob
+from runner.state import ACTIVE, Job, JobState, Store
+
+if TYPE_CHECKING:
+    from runner.hosts.vastapi import VastClient
+    from runner.submit import Submitted
+
+Log = Callable[[str], None]
+KEEP_POLL_S = 10.0
+IMAGE_BUILDS = ("auto", "rocm52", "cu128")
+
+
+def check_rentable(loaded: LoadedJob) -> None:
+    """Bad input for a rented host, refused before anything is rented."""
+    from runner.hosts.vastkey import load_api_key
+
+    image = loaded.spec.image
+    if not isinstance(image, str) or image in IMAGE_BUILDS:
+        raise loaded.error(("image",), "host vast runs the job in an image from a registry: give its reference"
+                           " (name:tag); images built by runner are not pushed to a registry yet")  # fmt: skip
+    load_api_key()  # missing, or in a file others can read: exit 2 now, not after renting
+
+
+def submit_rented(
+    store: Store, loaded: LoadedJob, run: Callable[[Job, Any], Submitted], log: Log, keep: bool
+) -> Submitted:
+    """Rent an instance for the job, then `run` it there (submit's placing and starting)."""
+    from runner.hosts.vastapi import VastClient
+
+    check_rentable(loaded)
+    spec = loaded.spec.model_dump(mode="json")
+    job = store.create_job(loaded.spec.name, "vast", spec, str(loaded.path.resolve()))
+    store.transition(job.id, JobState.PROVISIONING, frozenset({JobState.SUBMITTED}))
+    with VastClient() as client:
+        try:
+            name = provision(client, store, job.id, spec, log)
+            store.set_host(job.id, name)
+            store.remember_host(name, "vast")
+            submitted = run(store.get(job.id), get_host(name))
+        except BaseException as exc:
+            store.transition(job.id, JobState.FAILED, ACTIVE, message=f"submit failed: {exc}")
+            _give_back_after_failure(client, store, job.id, log, keep)
+            raise
+        if submitted.job.finished:
+            teardown(client, store, submitted.job, log)
+    if not submitted.job.finished:
+        start_keeper(job.id)
+    return submitted
+
+
+def _give_back_after_failure(client: VastClient, store: Store, job_id: str, log: Log, keep: bool) -> None:
+    instances = store.instances(job_id, live_only=True)
+    if keep:
+        ids = ", ".join(str(instance.id) for instance in instances)
+        log(f"--keep: instance {ids} is left running and billing: `runner down {job_id}` destroys it")
+        return
+    for instance in instances:
+        destroy_until_gone(client, store, instance.id, log)
+
+
+def teardown(client: VastClient, store: Store, job: Job, log: Log) -> None:
+    """Destroy the job's instances as its `teardown` says, now that it has ended."""
+    policy = job.spec.get("teardown", "on_exit")
+    if policy == "never" or (policy == "on_success" and job.state is not JobState.SUCCEEDED):
+        ids = ", ".join(str(instance.id) for instance in store.instances(job.id, live_only=True))
+        if ids:
+            log(f"teardown: {policy}: instance {ids} kept, and billing: `runner down {job.id}` destroys it")
+        return
+    for instance in store.instances(job.id, live_only=True):
+        destroy_until_gone(client, store, instance.id, log)
+
+
+def down(client: VastClient, store: Store, job: Job, log: Log) -> list[int]:
+    """Destroy every live instance of the job, confirmed gone; returns their ids."""
+    destroyed = []
+    for instance in store.instances(job.id, live_only=True):
+        destroy_until_gone(client, store, instance.id, log)
+        destroyed.append(instance.id)
+    return destroyed
+
+
+def orphans(client: VastClient, store: Store) -> list[dict[str, Any]]:
+    """Instances labelled by runner that no job of this store still running owns."""
+    running = {job.id for job in store.list_jobs() if not job.finished}
+    found = []
+    for record in client.instances():
+        label = record.get("label") or ""
+        if label.startswith(LABEL_PREFIX) and label[len(LABEL_PREFIX):] not in running:
+            found.append(record)
+    return found
+
+
+def start_keeper(job_id: str) -> int:
+    """`runner keep JOB` in a session of its own, so that it outlives this process and its terminal."""
+    log = paths.syncs_dir() / f"{job_id}-keep.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "runner", "keep", job_id]
+    with log.open("ab") as out, open(os.devnull, "rb") as nothing:
+        process = subprocess.Popen(argv, stdin=nothing, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    return process.pid
+
+
+def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Job:
+    """Watch a running job on a rented instance until it ends, then fetch and tear down."""
+    from runner.hosts.vastapi import VastClient
+    from runner.observe import refresh_one
+    from runner.stop import stop
+
+    job = store.get(job_id)
+    with VastClient() as client:
+        while not job.finished:
+            try:
+                job = refresh_one(store, store.get(job_id))
+                if job.spec.get("retry") and not job.finished:
+                    _fetch_weights(job, log, wait=False)  # the checkpoint a retry resumes from
+            except HostUnreachable as exc:
+                log(f"{exc}; looking again in {poll_s:g}s")
+            if not job.finished and _over_budget(store, job, log):
+                job = stop(store, job, grace_seconds=30)
+            if not job.finished:
+                job = _carry_on_if_gone(client, store, job, log)
+                time.sleep(poll_s)
+        if _fetch_weights(job, log) or job.state is JobState.LOST:  # a lost instance has nothing left to fetch
+            teardown(client, store, job, log)
+        else:
+            log(f"the instance of job {job.id} is kept, and billing, until its weights are fetched:"
+                f" `runner fetch weights {job.id}`, then `runner down {job.id}`")  # fmt: skip
+    return job
+
+
+def _carry_on_if_gone(client: VastClient, store: Store, job: Job, log: Log) -> Job:
+    from runner import recovery
+
+    cause = recovery.interruption(client, job, recovery.unreachable_for(store, job))
+    if cause is None:
+        return job
+    if recovery.may_retry(store, job, cause):
+        return recovery.carry_on(client, store, job, cause, log)
+    if cause == "lost":
+        return job  # SSH silent, the API says running: a link down is waited out, never a failure
+    log(f"job {job.id}: its instance is {cause}, and no retry is left for that: the job is lost")
+    store.record_end(job.id, None, message=f"instance {cause}")
+    return store.get(job.id)
+
+
+def _over_budget(store: Store, job: Job, log: Log) -> bool:
+    limit = (job.spec.get("resources") or {}).get("max_cost")
+    spent = sum(instance.cost() for instance in store.instances(job.id))
+    if limit is None or spent < limit:
+        return False
+    log(f"job {job.id} has cost ${spent:.2f}, reaching resources.max_cost ${limit:.2f}: stopping it")
+    store.add_event(job.id, "max_cost", f"${spent:.2f} of ${limit:.2f}")
+    return True
+
+
+def _fetch_weights(job: Job, log: Log, wait: bool = True) -> bool:
+    """The weights into artifacts/JOB here: before the instance can go, the last checkpoint must not
+    go with it. False when the fetch failed. Without wait, a fetch already under way (a background
+    sync, stuck on a host that went away) is left to it: the keeper must go on watching."""
+    dest = Path.cwd() / default_dest(job.id)
+    try:
+        result = fetch_locked(job, "weights", dest, log) if wait else fetch_unless_busy(job, "weights", dest, log)
+    except RunnerError as exc:
+        log(f"fetching job {job.id}'s weights failed: {exc}")
+        return False
+    if result is not None and result.bytes_copied:
+        log(f"fetched {len(result.files)} weight files of job {job.id} into {dest}")
+    return True

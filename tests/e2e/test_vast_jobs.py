@@ -1,0 +1,227 @@
+"""Jobs on rented vast.ai instances, through the real CLI, against the emulator (runner.testing): its
+instances are real containers with sshd, their image pulled from a local registry. Rent, run,
+fetch, destroy until the API confirms; failures and faults that must never leave an instance
+billing unseen; and the API key that must never show."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.testing.vast_emulator import Emulator
+from tests.conftest import REPO, Runner, wait_for, write_job
+from tests.e2e.registry import Registry  # noqa: F401  (the `registry` fixture is found by name)
+from tests.e2e.registry import registry  # noqa: F401
+
+API_KEY = "vk-test-3b1f9c0d7e5a4b2c8d6e0f1a2b3c4d5e"
+
+
+def offer(offer_id: int, price: float, machine: int) -> dict[str, Any]:
+    return {"id": offer_id, "machine_id": machine, "gpu_name": "RTX 5090", "num_gpus": 1, "gpu_ram": 32607,
+            "cuda_max_good": 12.8, "dph_total": price, "min_bid": price / 2, "reliability": 0.98, "reliability2": 0.98,
+            "inet_down": 900.0, "inet_up": 800.0, "disk_space": 120.0, "direct_port_count": 20, "geolocation": "SE",
+            "score": 200.0, "gpu_arch": "nvidia", "verified": True, "rentable": True, "rented": False,
+            "external": False, "compute_cap": 1200}  # fmt: skip
+
+
+@pytest.fixture
+def vast(runner: Runner, registry: Any) -> Iterator[Emulator]:  # noqa: F811
+    emulator = Emulator(offers=[offer(101, 0.42, 1), offer(102, 0.47, 2), offer(103, 0.55, 3)], api_key=API_KEY)
+    url = emulator.start()
+    runner.env.update(VAST_URL=url, VAST_API_KEY=API_KEY)
+    yield emulator
+    emulator.stop()
+
+
+def vast_job(folder: Path, image: str, *run: str, extra: str = "") -> Path:
+    work = folder / "demo"
+    if not work.exists():
+        shutil.copytree(REPO / "demo", work)
+    lines = "\n".join(f"  - {line!r}" for line in run) or "  - python3 train.py --epochs 3 --samples 1200 --hidden 8 --out runs/demo"
+    return write_job(folder, "demo", f"""\
+name: demo
+host: vast
+workdir: demo
+image: {image}
+resources: {{gpu: RTX 5090, max_price: 0.5, disk_gb: 20}}
+run:
+{lines}
+artifacts:
+  weights: runs/demo/weights/*.pt
+tensorboard: null
+{extra}""")
+
+
+def live_instances(emulator: Emulator) -> list[dict[str, Any]]:
+    return [record for record in emulator.instances.values() if record.get("cur_state") != "unloaded"]
+
+
+def rented_offers(emulator: Emulator) -> list[int]:
+    """The offer of every instance created, destroyed ones included: from the emulator's request log."""
+    return [int(request.path.split("/")[4]) for request in emulator.requests
+            if request.method == "PUT" and request.path.startswith("/api/v0/asks/") and request.status == 200]  # fmt: skip
+
+
+def test_a_rented_job_runs_succeeds_brings_its_weights_home_and_gives_the_instance_back(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    submitted = runner.run("submit", str(vast_job(tmp_path, registry.image)), cwd=tmp_path, timeout=600)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert "rented instance" in submitted.stderr and "at $0.420/h (offer 101)" in submitted.stderr
+    job = runner.json("status", job_id)
+    assert job["host"].startswith("vast-") and job["cost"]["dph"] == 0.42
+
+    done = runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=180)
+    assert done["state"] == "succeeded", runner.run("logs", job_id).stdout
+    # The keeper fetches the weights a last time, then destroys the instance and waits for the API.
+    weights = tmp_path / "artifacts" / job_id / "runs" / "demo" / "weights"
+    wait_for(lambda: not live_instances(vast) and (weights / "best.pt").exists(), 120, what="the keeper's teardown")
+    assert sorted(path.name for path in weights.iterdir()) == ["best.pt", "last.pt"]
+    assert runner.json("status", job_id)["cost"]["live"] == []
+    deleted = f"/api/v0/instances/{job['cost']['instances'][0]}/"
+    assert any(request.method == "DELETE" and request.path == deleted for request in vast.requests)
+
+
+def test_the_api_key_never_shows(runner: Runner, vast: Emulator, registry: Any, tmp_path: Path) -> None:  # noqa: F811
+    job_id = runner.run("submit", str(vast_job(tmp_path, registry.image)), cwd=tmp_path, check=True, timeout=600).stdout.strip()
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    outputs = [runner.run("status", job_id).stdout, runner.run("status", "--json").stdout, listing]
+    runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=180)
+    wait_for(lambda: not live_instances(vast), 120, what="teardown")
+    logs = [path.read_text(errors="replace") for path in runner.home.rglob("*") if path.is_file() and path.suffix == ".log"]
+    assert logs  # the keeper's log at least
+    for text in outputs + logs:
+        assert API_KEY not in text
+
+
+STEPS = """\
+# Counts to N, a step every 0.3 s, with a checkpoint (the step reached) every 10 steps, as a training
+# saves last.pt once an epoch; --resume goes on from the checkpoint.
+import os, sys, time
+total, out = int(sys.argv[1]), "runs/demo/weights"
+os.makedirs(out, exist_ok=True)
+start = int(open(out + "/last.pt").read()) if "--resume" in sys.argv and os.path.exists(out + "/last.pt") else 0
+print("starting at step %d" % start, flush=True)
+for step in range(start + 1, total + 1):
+    time.sleep(0.3)
+    if step % 10 == 0 or step == total:
+        with open(out + "/last.pt.tmp", "w") as handle:
+            handle.write(str(step))
+        os.replace(out + "/last.pt.tmp", out + "/last.pt")
+    print("step %d" % step, flush=True)
+"""
+
+
+def steps_job(folder: Path, image: str, extra: str = "") -> Path:
+    (folder / "demo").mkdir(exist_ok=True)
+    (folder / "demo" / "steps.py").write_text(STEPS)
+    return vast_job(folder, image, "python3 steps.py 200", extra=extra)
+
+
+def test_429s_during_the_rent_are_ridden_out_and_one_instance_is_rented(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    vast.faults.rate_limit(6)
+    submitted = runner.run("submit", str(vast_job(tmp_path, registry.image)), cwd=tmp_path, timeout=600)
+    assert submitted.returncode == 0, submitted.stderr
+    assert sum(1 for request in vast.requests if request.status == 429) == 6
+    assert len(rented_offers(vast)) == 1
+    assert runner.wait_state(submitted.stdout.strip(), {"succeeded", "failed", "lost"}, timeout=180)["state"] == "succeeded"
+    wait_for(lambda: not live_instances(vast), 120, what="teardown")
+
+
+def test_an_instance_that_fails_to_start_is_destroyed_and_the_job_fails_clearly(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    vast.faults.fail_next_start()
+    submitted = runner.run("submit", str(vast_job(tmp_path, registry.image)), cwd=tmp_path, timeout=600)
+    assert submitted.returncode == 1
+    assert "did not start" in submitted.stderr and "OCI runtime create failed" in submitted.stderr
+    assert len(rented_offers(vast)) == 1 and not live_instances(vast)  # rented once, and destroyed
+    assert any(request.method == "DELETE" for request in vast.requests)
+    (job,) = runner.json("status")["jobs"]
+    assert job["state"] == "failed" and job["cost"]["live"] == []
+
+
+def test_an_interrupted_instance_is_replaced_and_the_job_resumes_from_its_checkpoint(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    retry = "retry: {on: [interrupted], max: 1}\nresume: python3 steps.py 200 --resume\n"
+    job_file = steps_job(tmp_path, registry.image, extra=retry)
+    job_file.write_text(job_file.read_text().replace("  weights: runs/demo/weights/*.pt",
+                                                     "  weights: {paths: [runs/demo/weights/*.pt], sync_every: 10s}"))
+    job_id = runner.run("submit", str(job_file), cwd=tmp_path, check=True, timeout=600).stdout.strip()
+    checkpoint = tmp_path / "artifacts" / job_id / "runs" / "demo" / "weights" / "last.pt"
+    reached = wait_for(lambda: checkpoint.exists() and int(checkpoint.read_text() or 0) >= 10 and int(checkpoint.read_text()),
+                       90, what="a fetched checkpoint")  # fmt: skip
+    first = runner.json("status", job_id)["cost"]["instances"][0]
+    try:
+        vast.faults.kill_instance(first)
+    except KeyError:
+        raise AssertionError((runner.json("status", job_id), _keeper_log(runner, job_id))) from None
+
+    done = wait_for(lambda: _ended(runner, job_id), 300, interval=1, what="the job on its second instance")
+    log = runner.run("logs", job_id).stdout
+    assert done["state"] == "succeeded", log
+    assert "starting at step " in log, (log, _keeper_log(runner, job_id))
+    resumed_at = int(log.split("starting at step ")[1].split()[0])
+    assert resumed_at >= reached  # from the checkpoint fetched before the kill, not from scratch
+    assert len(done["cost"]["instances"]) == 2 and done["host"] != f"vast-{first}"
+    wait_for(lambda: not live_instances(vast), 120, what="teardown")
+    wait_for(lambda: checkpoint.read_text() == "200", 60, what="the final checkpoint")
+
+
+def test_a_destroy_answered_500_twice_is_retried_until_the_instance_is_gone(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    job_file = vast_job(tmp_path, registry.image, "sleep 300", extra="teardown: never\n")
+    job_id = runner.run("submit", str(job_file), cwd=tmp_path, check=True, timeout=600).stdout.strip()
+    runner.run("stop", job_id, "--grace", "3", check=True)
+    assert len(live_instances(vast)) == 1  # teardown: never keeps it
+    vast.faults.fail_destroy(2)
+    down = runner.json("down", job_id)
+    deletes = [request.status for request in vast.requests if request.method == "DELETE"]
+    assert deletes[:2] == [500, 500] and deletes[-1] == 200
+    assert down["destroyed"] == runner.json("status", job_id)["cost"]["instances"] and not live_instances(vast)
+
+
+def test_eight_submits_at_once_rent_each_of_three_offers_at_most_once(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    job_file = vast_job(tmp_path, registry.image, "sleep 2")
+    submits = [subprocess.Popen([*runner_cli(), "submit", str(job_file)], env=runner.env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]  # fmt: skip
+    results = [(process.wait(timeout=600), process.communicate()) for process in submits]
+    succeeded = [out for code, (out, _) in results if code == 0]
+    refused = [err for code, (_, err) in results if code != 0]
+    assert 1 <= len(succeeded) <= 3 and len(succeeded) + len(refused) == 8
+    assert all("no vast.ai offer fits" in err for err in refused), [err for err in refused if "no vast.ai offer fits" not in err]
+    offers = rented_offers(vast)
+    assert len(offers) == len(set(offers)) == len(succeeded)  # no offer rented twice
+    wait_for(lambda: not live_instances(vast), 180, what="teardown")
+
+
+def _ended(runner: Runner, job_id: str) -> dict[str, Any] | None:
+    """The job once it ended; status exits 3 while its instance does not answer, with the job as known."""
+    result = runner.run("status", job_id, "--json")
+    assert result.returncode in (0, 3), result.stderr
+    job = json.loads(result.stdout)
+    return job if job["finished"] else None
+
+
+def _keeper_log(runner: Runner, job_id: str) -> str:
+    path = runner.home / "syncs" / f"{job_id}-keep.log"
+    return path.read_text() if path.exists() else "(no keeper log)"
+
+
+def runner_cli() -> list[str]:
+    from tests.conftest import runner_executable
+
+    return [runner_executable()]

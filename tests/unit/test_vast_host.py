@@ -1,0 +1,51 @@
+"""The pieces of renting that need no API: how an instance is reached, what a create asks for, what
+a rented job costs, and which names are instances."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.hosts import vast
+from runner.state import Instance, Store
+
+RUNNING = {"actual_status": "running", "public_ipaddr": "203.0.113.7 ", "ssh_host": "ssh5.vast.ai", "ssh_port": 41022,
+           "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40122"}]}}  # fmt: skip
+
+
+def test_direct_ports_come_before_the_proxy_and_the_address_is_stripped() -> None:
+    assert vast._ssh_address(RUNNING) == ("203.0.113.7", 40122)
+    assert vast._ssh_address({**RUNNING, "ports": {"6006/tcp": []}}) == ("ssh5.vast.ai", 41022)
+    assert vast._ssh_address({**RUNNING, "ports": None, "ssh_host": None}) is None
+
+
+def test_a_create_asks_for_the_image_the_label_and_no_auto_tmux() -> None:
+    body = vast.create_body("a1b2c3d4", "ghcr.io/acme/train:cu128", {"disk_gb": 40})
+    assert body["label"] == "runner:a1b2c3d4" and body["image"] == "ghcr.io/acme/train:cu128" and body["disk"] == 40
+    assert body["onstart"] == "touch ~/.no_auto_tmux" and body["env"] == {} and body["cancel_unavail"] is True
+    assert "ssh_direc" in body["runtype"].split() and "ssh_proxy" in body["runtype"].split()
+
+
+def test_instance_names() -> None:
+    assert vast.host_name(123) == "vast-123" and vast.instance_id_of("vast-123") == 123
+    assert vast.instance_id_of("vast") is None and vast.instance_id_of("gpubox") is None and vast.instance_id_of("vast-x") is None
+
+
+def test_cost_is_by_the_second_until_gone() -> None:
+    rented = time.time() - 1800
+    assert Instance(1, "j", 2, "RTX 5090", 0.5, rented, None, rented + 3600).cost() == pytest.approx(0.5)
+    assert Instance(1, "j", 2, "RTX 5090", 0.5, rented, None, None).cost() == pytest.approx(0.25, abs=0.001)
+
+
+def test_the_store_keeps_instances_and_which_are_gone(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    store.record_instance(7, "job1", 101, "RTX 5090", 0.42)
+    store.record_instance(8, "job2", 102, "RTX 5090", 0.47)
+    store.set_instance_ssh(7, "root@127.0.0.1:40122")
+    store.instance_gone(8)
+    assert [instance.id for instance in store.instances(live_only=True)] == [7]
+    assert store.instance(7).ssh == "root@127.0.0.1:40122" and store.instance(8).gone_at is not None
+    assert [instance.offer_id for instance in store.instances("job2")] == [102]
+    store.close()
