@@ -85,9 +85,9 @@ def _give_back_after_failure(client: VastClient, store: Store, job_id: str, log:
         destroy_until_gone(client, store, instance.id, log)
 
 
-def teardown(client: VastClient, store: Store, job: Job, log: Log) -> None:
-    """Destroy the job's instances as its `teardown` says, now that it has ended."""
-    policy = job.spec.get("teardown", "on_exit")
+def teardown(client: VastClient, store: Store, job: Job, log: Log, policy: str | None = None) -> None:
+    """Destroy the job's instances as its `teardown` (or policy) says, now that it has ended."""
+    policy = policy or job.spec.get("teardown", "on_exit")
     if policy == "never" or (policy == "on_success" and job.state is not JobState.SUCCEEDED):
         ids = ", ".join(str(instance.id) for instance in store.instances(job.id, live_only=True))
         if ids:
@@ -135,6 +135,7 @@ def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Jo
     from runner.stop import stop
 
     job = store.get(job_id)
+    budget_spent = False
     with VastClient() as client:
         while not job.finished:
             try:
@@ -144,12 +145,14 @@ def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Jo
             except HostUnreachable as exc:
                 log(f"{exc}; looking again in {poll_s:g}s")
             if not job.finished and _over_budget(store, job, log):
+                budget_spent = True
                 job = stop(store, job, grace_seconds=30)
             if not job.finished:
                 job = _carry_on_if_gone(client, store, job, log)
                 time.sleep(poll_s)
         if _fetch_weights(job, log) or job.state is JobState.LOST:  # a lost instance has nothing left to fetch
-            teardown(client, store, job, log)
+            # max_cost stops the instance too, whatever teardown says: the budget is spent.
+            teardown(client, store, job, log, "on_exit" if budget_spent else None)
         else:
             log(f"the instance of job {job.id} is kept, and billing, until its weights are fetched:"
                 f" `runner fetch weights {job.id}`, then `runner down {job.id}`")  # fmt: skip

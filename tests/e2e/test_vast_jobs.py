@@ -225,3 +225,32 @@ def runner_cli() -> list[str]:
     from tests.conftest import runner_executable
 
     return [runner_executable()]
+
+
+def test_max_cost_stops_the_job_fetches_its_weights_and_destroys_the_instance(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    # $0.42/h: $0.001 is spent in under 9 s; teardown: never must not keep an instance over budget.
+    job_file = steps_job(tmp_path, registry.image, extra="teardown: never\n")
+    job_file.write_text(job_file.read_text().replace("disk_gb: 20}", "disk_gb: 20, max_cost: 0.001}"))
+    job_id = runner.run("submit", str(job_file), cwd=tmp_path, check=True, timeout=600).stdout.strip()
+    stopped = runner.wait_state(job_id, {"stopped", "succeeded", "failed", "lost"}, timeout=120)
+    assert stopped["state"] == "stopped"
+    wait_for(lambda: not live_instances(vast), 120, what="the instance destroyed")
+    assert (tmp_path / "artifacts" / job_id / "runs" / "demo" / "weights" / "last.pt").exists()
+    assert "reaching resources.max_cost $0.00" in _keeper_log(runner, job_id)
+
+
+def test_down_orphans_destroys_instances_no_running_job_owns(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    from runner.hosts.vastapi import VastClient
+
+    with VastClient(api_key=API_KEY, base_url=vast.url) as client:
+        stray = client.create_instance(103, {"client_id": "me", "image": registry.image, "disk": 10,
+                                             "label": "runner:0badc0de", "env": {}, "runtype": "ssh"})  # fmt: skip
+        mine = client.create_instance(102, {"client_id": "me", "image": registry.image, "disk": 10, "label": "notebook",
+                                            "env": {}, "runtype": "ssh"})  # fmt: skip
+        assert runner.json("down", "--orphans")["destroyed"] == [stray]
+        assert client.instance(stray) is None and client.instance(mine) is not None  # not runner's: left alone
+        client.destroy(mine)
