@@ -35,8 +35,20 @@ class SshHostEntry(StrictModel):
         return target
 
 
+class RegistrySettings(StrictModel):
+    """Where runner pushes the images it builds for rented hosts, which pull them from there."""
+
+    address: str = Field(pattern=r"^[a-z0-9][a-z0-9._:-]*(/[a-z0-9._-]+)*$",
+                         description="registry host[:port], then namespaces: ghcr.io/acme")  # fmt: skip
+    username: str | None = Field(None, description="the login, when the registry wants one")
+    password_file: str | None = Field(
+        None, description="a file only you can read (mode 0600) with the password or token; or RUNNER_REGISTRY_PASSWORD"
+    )
+
+
 class HostsFile(StrictModel):
     hosts: dict[str, SshHostEntry] = Field(default_factory=dict)
+    registry: RegistrySettings | None = None
 
     @field_validator("hosts")
     @classmethod
@@ -64,5 +76,12 @@ def add_host(name: str, entry: SshHostEntry) -> None:
     """Add or replace one host, then write the file atomically (a crash leaves the old file whole)."""
     current = validated(hosts_path())
     merged = HostsFile.model_validate({"hosts": {**current.model_dump()["hosts"], name: entry.model_dump()}})
-    document = {"hosts": {key: value.model_dump(exclude_defaults=True) for key, value in merged.hosts.items()}}
+    document: dict[str, object] = {"hosts": {key: value.model_dump(exclude_defaults=True) for key, value in merged.hosts.items()}}
+    if current.registry is not None:  # the rest of the file is kept as it was
+        document["registry"] = current.registry.model_dump(exclude_defaults=True)
     write_atomically(hosts_path(), yaml.safe_dump(document, sort_keys=True).encode(), mode=0o600)
+
+
+def load_registry() -> RegistrySettings | None:
+    """The registry of hosts.yaml, if it names one."""
+    return validated(hosts_path()).registry

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shlex
 
+from runner.hosts.vast import IMAGE_ENV_FILE
 from runner.images import ImagePlan
 from runner.spec import JobSpec
 
@@ -46,6 +47,8 @@ JOB_SH = """\
 set -eo pipefail
 trap 'echo "runner: \\"$BASH_COMMAND\\" failed with exit status $?" >&2' ERR
 cd {work_dir}
+# A rented instance's image environment, which its SSH sessions lack (written there at its start).
+if [ -f {image_env} ]; then . {image_env}; fi
 {exports}
 # setup
 {setup}
@@ -124,6 +127,7 @@ def render_job_sh(job_id: str, spec: JobSpec, job_file: str, work_dir: str) -> s
         job_name=spec.name,
         job_file=_one_line(job_file),
         work_dir=shlex.quote(work_dir),
+        image_env=IMAGE_ENV_FILE,
         exports=exports,
         setup="\n".join(spec.setup),
         run="\n".join(spec.run),

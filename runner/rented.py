@@ -40,12 +40,45 @@ IMAGE_BUILDS = ("auto", "rocm52", "cu128")
 def check_rentable(loaded: LoadedJob) -> None:
     """Bad input for a rented host, refused before anything is rented."""
     from runner.hosts.vastkey import load_api_key
+    from runner.hostsmodel import load_registry
 
     image = loaded.spec.image
-    if not isinstance(image, str) or image in IMAGE_BUILDS:
-        raise loaded.error(("image",), "host vast runs the job in an image from a registry: give its reference"
-                           " (name:tag); images built by runner are not pushed to a registry yet")  # fmt: skip
+    if image is None:
+        raise loaded.error(("host",), "host vast runs the job in an image: give `image` (a reference, or cu128)")
+    if _is_build(image) and load_registry() is None:
+        raise loaded.error(("image",), "host vast pulls the images runner builds from a registry: name one in"
+                           " hosts.yaml (registry: {address: ghcr.io/you}), or give an image reference")  # fmt: skip
     load_api_key()  # missing, or in a file others can read: exit 2 now, not after renting
+
+
+def _is_build(image: object) -> bool:
+    return isinstance(image, dict) or image in IMAGE_BUILDS
+
+
+def published_spec(loaded: LoadedJob, log: Log) -> dict[str, Any]:
+    """The job's spec as stored, with `pushed_image` where runner builds the image: built here and
+    pushed before anything is rented, so a failed build costs nothing."""
+    from runner.hostsmodel import load_registry
+    from runner.imagepublish import publish
+    from runner.images import ImagePlan
+
+    spec = loaded.spec.model_dump(mode="json")
+    image = spec["image"]
+    if not _is_build(image):
+        return spec
+    build = image.get("build", "auto") if isinstance(image, dict) else image
+    args = dict(image.get("args") or {}) if isinstance(image, dict) else {}
+    # Rented GPUs are NVIDIA ones but for an AMD card asked for by name.
+    kind = build if build != "auto" else "rocm52" if _amd(spec) else "cu128"
+    registry = load_registry()
+    assert registry is not None
+    spec["pushed_image"] = publish(ImagePlan(None, kind, args, reason=f"image {kind} for vast.ai"), registry, log)
+    return spec
+
+
+def _amd(spec: dict[str, Any]) -> bool:
+    gpu = ((spec.get("resources") or {}).get("gpu") or "").upper()
+    return gpu.startswith(("RX ", "RADEON", "MI"))
 
 
 def submit_rented(
@@ -55,7 +88,7 @@ def submit_rented(
     from runner.hosts.vastapi import VastClient
 
     check_rentable(loaded)
-    spec = loaded.spec.model_dump(mode="json")
+    spec = published_spec(loaded, log)
     job = store.create_job(loaded.spec.name, "vast", spec, str(loaded.path.resolve()))
     store.transition(job.id, JobState.PROVISIONING, frozenset({JobState.SUBMITTED}))
     with VastClient() as client:

@@ -28,8 +28,13 @@ if TYPE_CHECKING:  # the client (httpx, tenacity) is imported only by the comman
 PREFIX = "vast-"  # host names of instances: vast-<instance id>
 LABEL_PREFIX = "runner:"
 KEY_FILE = "vast_ed25519"  # runner's own key for its instances, beside hosts.yaml
-# vast.ai wraps every SSH login in tmux unless this file exists: runner's commands must run bare.
-ONSTART = "touch ~/.no_auto_tmux"
+# vast.ai wraps every SSH login in tmux unless ~/.no_auto_tmux exists: runner's commands must run bare.
+# And an SSH session does not see the image's environment (its ENV lines: PATH to its Python,
+# PYTHONPATH to runner's conv hook, CUDA's and ROCm's variables), which onstart does: it writes them
+# where job.sh reads them.
+IMAGE_ENV_FILE = "/etc/runner-image-env.sh"
+IMAGE_ENV_NAMES = "PATH|PYTHONPATH|PYTHONUNBUFFERED|LD_LIBRARY_PATH|(CUDA|NVIDIA|RUNNER|HSA|MIOPEN|CONDA)_[A-Z0-9_]*"
+ONSTART = f'touch ~/.no_auto_tmux; export -p | grep -E "^export ({IMAGE_ENV_NAMES})=" > {IMAGE_ENV_FILE}'
 RUNNING_DEADLINE_S = 1200.0  # an image pull of several GB on a slow host takes its time
 SSH_DEADLINE_S = 180.0
 POLL_S = 2.0
@@ -79,15 +84,17 @@ def ssh_key() -> Path:
     return key
 
 
-def create_body(job_id: str, image: str, resources: dict[str, Any]) -> dict[str, Any]:
+def create_body(job_id: str, image: str, resources: dict[str, Any], image_login: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "client_id": "me", "image": image, "disk": resources.get("disk_gb", 50), "label": f"{LABEL_PREFIX}{job_id}",
         "onstart": ONSTART, "runtype": "ssh_direc ssh_proxy", "env": {}, "cancel_unavail": True,
     }  # fmt: skip
+    if image_login:
+        body["image_login"] = image_login  # a private registry's login, for vast.ai to pull with
     return body
 
 
-def rent(client: VastClient, store, job_id: str, spec: dict[str, Any], log: Log) -> int:  # type: ignore[no-untyped-def]
+def rent(client: VastClient, store, job_id: str, spec: dict[str, Any], log: Log, image_login: str | None = None) -> int:  # type: ignore[no-untyped-def]
     """Rent the cheapest offer that fits; returns the instance id. Offers this store already holds are
     skipped, and renting is one process at a time (a lock), so two submits never rent one offer."""
     from runner.hosts.vastapi import OfferGone, offer_query
@@ -100,7 +107,8 @@ def rent(client: VastClient, store, job_id: str, spec: dict[str, Any], log: Log)
         offers = [offer for offer in client.search_offers(query) if offer["id"] not in held]
         for offer in offers:
             try:
-                instance_id = client.create_instance(offer["id"], create_body(job_id, spec["image"], spec.get("resources") or {}))
+                body = create_body(job_id, image_reference(spec), spec.get("resources") or {}, image_login)
+                instance_id = client.create_instance(offer["id"], body)
             except OfferGone:
                 continue  # taken since the search: the next one
             store.record_instance(instance_id, job_id, offer["id"], offer.get("gpu_name") or "", float(offer["dph_total"]))
@@ -112,7 +120,13 @@ def rent(client: VastClient, store, job_id: str, spec: dict[str, Any], log: Log)
 
 def _image_kind(spec: dict[str, Any]) -> str | None:
     image = spec.get("image")
-    return image if image in ("cu128", "rocm52") else None
+    build = image.get("build") if isinstance(image, dict) else image
+    return "cu128" if build in ("cu128", "auto") else build if build == "rocm52" else None
+
+
+def image_reference(spec: dict[str, Any]) -> str:
+    """What the instance pulls: the job's reference, or (for an image runner built) the pushed one."""
+    return str(spec.get("pushed_image") or spec["image"])
 
 
 @contextmanager
@@ -178,13 +192,23 @@ def pin_host_key(instance_id: int, address: str, port: int, deadline_s: float = 
 def provision(client: VastClient, store, job_id: str, spec: dict[str, Any], log: Log) -> str:  # type: ignore[no-untyped-def]
     """Rent, start and reach an instance for the job; returns its host name. The instance is in the
     store from its first moment: the caller destroys it when anything here fails."""
-    instance_id = rent(client, store, job_id, spec, log)
+    instance_id = rent(client, store, job_id, spec, log, _registry_login(spec))
     client.attach_ssh_key(instance_id, (ssh_key().with_suffix(".pub")).read_text().strip())
     record = wait_running(client, instance_id, log)
     address, port = _ssh_address(record)  # type: ignore[misc]
     pin_host_key(instance_id, address, port)
     store.set_instance_ssh(instance_id, f"root@{_bracketed(address)}:{port}")
     return host_name(instance_id)
+
+
+def _registry_login(spec: dict[str, Any]) -> str | None:
+    if not spec.get("pushed_image"):
+        return None
+    from runner.hostsmodel import load_registry
+    from runner.imagepublish import image_login
+
+    registry = load_registry()
+    return image_login(registry) if registry else None
 
 
 def _bracketed(address: str) -> str:

@@ -14,13 +14,13 @@ without Retry-After, the v0 list answering `deprecated_endpoint` with `success: 
 must be an object, `public_ipaddr` with a trailing space, `ports` null until running with HostPort
 strings, instances that pass through null, created and loading, and a create that answers at once.
 Account ssh keys are stored but never reach instances (the docs disagree whether they do): attach
-keys per instance. The instance side (records, containers) is in `vast_instances`.
+keys per instance. The instance side (records, containers) is in `vast_instances`, the offers,
+filters, order keys, page tokens and request checks in `vast_queries`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import hmac
 import json
 import re
@@ -38,67 +38,22 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from runner.testing.vast_instances import LABEL, ApiError, Delays, Instance, Provisioner, docker, parse_launch
+from runner.testing.vast_queries import (  # default_offers: also imported from here
+    default_offers, list_terms, matches, ordered, page, parse_body, public_key, search_terms,
+)  # fmt: skip
 
 JSON = "application/json"
-PAGE_MAX = 25
-SEARCH_TYPES = {"on-demand", "ondemand", "bid", "reserved"}
 RATE_LIMITED = [  # the three 429 bodies seen from vast, served in turn
     ("text/plain", "API requests too frequent"),
     (JSON, {"detail": "API requests too frequent endpoint threshold=4.5"}),
     (JSON, {"success": False, "error": "rate_limit_exceeded", "msg": "API requests too frequent"}),
 ]
-OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": lambda a, b: a == b, "neq": lambda a, b: a != b, "gt": lambda a, b: a > b, "gte": lambda a, b: a >= b,
-    "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b,
-}  # fmt: skip
 
 
 class RecordedRequest(NamedTuple):
     method: str
     path: str  # without the query string, which may carry the API key
     status: int
-
-
-def default_offers() -> list[dict[str, Any]]:
-    """Three RTX 5090 offers as vast lists them, cheapest first."""
-    rows = [(20_114_301, 41_203, 0.42, 0.99, 12.9, "Sweden, SE", 903.2, 812.4, 24, 231.7),
-            (20_114_302, 38_771, 0.51, 0.97, 12.8, "Texas, US", 1530.8, 1204.3, 12, 198.2),
-            (20_114_303, 40_190, 0.60, 0.96, 12.8, "Quebec, CA", 640.5, 590.1, 6, 160.9)]  # fmt: skip
-    return [{"id": id_, "machine_id": machine, "gpu_name": "RTX 5090", "num_gpus": 1, "gpu_ram": 32607,
-             "gpu_arch": "nvidia", "compute_cap": 1200, "cuda_max_good": cuda, "dph_total": price,
-             "min_bid": round(price * 0.55, 3), "reliability": reliability, "reliability2": reliability,
-             "inet_down": down, "inet_up": up, "disk_space": 100.0, "direct_port_count": ports,
-             "geolocation": where, "score": score, "cpu_cores_effective": 16.0, "cpu_ram": 64215,
-             "verified": True, "rentable": True, "external": False, "rented": False}
-            for id_, machine, price, reliability, cuda, where, down, up, ports, score in rows]  # fmt: skip
-
-
-def matches(item: dict[str, Any], filters: dict[str, Any]) -> bool:
-    """vast's filter dicts: field -> {operator: value}; a value of another type than the field's never matches."""
-    for name, condition in filters.items():
-        if not isinstance(condition, dict):
-            raise ApiError(400, "invalid_args", f"filter on {name} must be an object of operator: value")
-        for operator, wanted in condition.items():
-            if operator not in OPERATORS:
-                raise ApiError(400, "invalid_args", f"unknown operator {operator!r} on {name}")
-            if operator in ("in", "notin") and not isinstance(wanted, list):
-                raise ApiError(400, "invalid_args", f"{operator} on {name} takes a list")
-            try:
-                if not OPERATORS[operator](item.get(name), wanted):
-                    return False
-            except TypeError:
-                return False
-    return True
-
-
-def ordered(items: list[dict[str, Any]], keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    for name, direction in reversed(keys):  # stable sorts, last key first
-        if direction not in ("asc", "desc"):
-            raise ApiError(400, "invalid_args", f"order direction must be asc or desc, not {direction!r}")
-        present = [item for item in items if item.get(name) is not None]
-        present.sort(key=lambda item: item[name], reverse=direction == "desc")
-        items = present + [item for item in items if item.get(name) is None]  # nulls last, either way
-    return items
 
 
 class Faults:
@@ -267,12 +222,7 @@ class Emulator:
         self._provisioner.kill(instance)
 
     def search(self, _: None, query: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-        filters = {name: value for name, value in body.items() if name not in ("order", "type", "limit")}
-        if body.get("type", "on-demand") not in SEARCH_TYPES:
-            raise ApiError(400, "invalid_args", f"type must be one of {sorted(SEARCH_TYPES)}")
-        keys, limit = order_keys(body.get("order")), body.get("limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ApiError(400, "invalid_args", "limit must be a positive integer")
+        filters, keys, limit = search_terms(body)
         with self._lock:
             rented = {instance.offer["id"] for instance in self._instances.values()}
             offers = [{**offer, "rented": taken, "rentable": offer["rentable"] and not taken}
@@ -295,17 +245,13 @@ class Emulator:
         return {"success": True, "new_contract": instance.id, "instance_api_key": secrets.token_hex(32)}
 
     def list_v1(self, _: None, query: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-        filters = json_param(query, "select_filters", {})
-        keys = order_keys(json_param(query, "order_by", [{"col": "id", "dir": "asc"}]))
-        if not isinstance(filters, dict) or not query.get("limit", "1").isdigit():
-            raise ApiError(400, "invalid_args", "select_filters must be an object and limit a number")
-        limit, offset = max(1, min(PAGE_MAX, int(query.get("limit", PAGE_MAX)))), decode_token(query.get("after_token"))
+        filters, keys, limit, offset = list_terms(query)
         with self._lock:
             records = [instance.record() for instance in self._instances.values()]
         found = ordered([record for record in records if matches(record, filters)], [*keys, ("id", "asc")])
-        next_token = encode_token(offset + limit) if offset + limit < len(found) else None
+        instances, next_token = page(found, offset, limit)
         return {"success": True, "instances_found": len(found), "total_instances": len(records),
-                "next_token": next_token, "instances": found[offset : offset + limit]}  # fmt: skip
+                "next_token": next_token, "instances": instances}  # fmt: skip
 
     def list_v0(self, _: None, query: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
         # 200 and success false, as vast answers: a client that ignores `success` sees no instances at all.
@@ -426,54 +372,6 @@ ROUTES: list[tuple[str, str, Callable[..., dict[str, Any]]]] = [
     ("POST", r"/_emulator/(\w+)/?", Emulator.control),
     ("GET", r"/_emulator/(requests|instances|containers)/?", Emulator.control_read),
 ]
-
-
-def parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        raise ApiError(400, "invalid_args", "the request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_args", "the request body must be a JSON object")
-    return body
-
-
-def json_param(query: dict[str, str], name: str, default: Any) -> Any:
-    try:
-        return json.loads(query[name]) if name in query else default
-    except ValueError:
-        raise ApiError(400, "invalid_args", f"{name} is not JSON") from None
-
-
-def order_keys(value: Any) -> list[tuple[str, str]]:
-    """[["score", "desc"]] (search) or [{"col": "id", "dir": "asc"}] (the v1 list)."""
-    keys = []
-    for key in value or []:
-        pair = [key.get("col"), key.get("dir", "asc")] if isinstance(key, dict) else key
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
-            raise ApiError(400, "invalid_args", "order must list [field, asc|desc] pairs")
-        keys.append((pair[0], pair[1]))
-    return keys
-
-
-def encode_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def decode_token(token: str | None) -> int:
-    if not token:
-        return 0
-    try:
-        return int(json.loads(base64.urlsafe_b64decode(token.encode()))["offset"])
-    except (ValueError, KeyError, TypeError):
-        raise ApiError(400, "invalid_args", "after_token is not a token this endpoint gave") from None
-
-
-def public_key(body: dict[str, Any]) -> str:
-    key = body.get("ssh_key")
-    if not isinstance(key, str) or not re.match(r"(ssh-|ecdsa-|sk-)\S+ \S+", key.strip()):
-        raise ApiError(400, "invalid_args", "ssh_key must be an OpenSSH public key")
-    return key.strip()
 
 
 class _Server(ThreadingHTTPServer):

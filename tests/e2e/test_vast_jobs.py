@@ -18,6 +18,7 @@ from runner.testing.vast_emulator import Emulator
 from tests.conftest import REPO, Runner, wait_for, write_job
 from tests.e2e.registry import Registry  # noqa: F401  (the `registry` fixture is found by name)
 from tests.e2e.registry import registry  # noqa: F401
+from tests.e2e.testhost import write_hosts_file
 
 API_KEY = "vk-test-3b1f9c0d7e5a4b2c8d6e0f1a2b3c4d5e"
 
@@ -254,3 +255,44 @@ def test_down_orphans_destroys_instances_no_running_job_owns(
         assert runner.json("down", "--orphans")["destroyed"] == [stray]
         assert client.instance(stray) is None and client.instance(mine) is not None  # not runner's: left alone
         client.destroy(mine)
+
+
+def test_an_image_runner_builds_is_pushed_to_the_registry_and_the_instance_runs_it(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path, built_here: set[str]  # noqa: F811
+) -> None:
+    # The test host image as the base: it has the sshd a vast.ai instance's image gets from vast.
+    write_hosts_file(runner.config, {}, registry={"address": f"{registry.address}/team"})
+    image = "{build: cu128, args: {BASE_IMAGE: 'runner-testhost:bookworm', INSTALL_FRAMEWORK: '0'}}"
+    # What the image set up, kept where the final fetch brings it home (the instance is gone after).
+    seen = "mkdir -p runs/demo/weights && echo $PYTHONPATH > runs/demo/weights/pythonpath.pt"
+    job_file = vast_job(tmp_path, image, seen, "python3 train.py --epochs 2 --samples 800 --hidden 8 --out runs/demo")
+    submitted = runner.run("submit", str(job_file), cwd=tmp_path, timeout=900)
+    assert submitted.returncode == 0, submitted.stderr
+    pushed = next(line.split()[1] for line in submitted.stderr.splitlines() if line.startswith("pushed "))
+    assert pushed.startswith(f"{registry.address}/team/runner-cu128:")
+    built_here.add(pushed.split("/")[-1])  # runner-cu128:HASH on this machine's engine
+    assert any(record["image_uuid"] == pushed for record in vast.instances.values())
+    job_id = submitted.stdout.strip()
+    assert runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=180)["state"] == "succeeded"
+    wait_for(lambda: not live_instances(vast), 120, what="teardown")
+    fetched = tmp_path / "artifacts" / job_id / "runs" / "demo" / "weights" / "pythonpath.pt"
+    assert fetched.read_text().strip() == "/opt/runner/runner_torch"
+
+
+@pytest.fixture
+def built_here() -> Iterator[set[str]]:
+    tags: set[str] = set()
+    yield tags
+    for tag in tags:
+        subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True)
+
+
+def test_bad_input_for_a_rented_host_is_refused_before_anything_is_rented(
+    runner: Runner, vast: Emulator, tmp_path: Path
+) -> None:
+    no_registry = runner.run("submit", str(vast_job(tmp_path, "cu128")), cwd=tmp_path)
+    assert no_registry.returncode == 2 and "name one in hosts.yaml (registry:" in no_registry.stderr
+    runner.env.pop("VAST_API_KEY")
+    no_key = runner.run("submit", str(vast_job(tmp_path, "registry.example/yolo:7")), cwd=tmp_path)
+    assert no_key.returncode == 2 and "VAST_API_KEY" in no_key.stderr
+    assert rented_offers(vast) == [] and runner.json("status")["jobs"] == []

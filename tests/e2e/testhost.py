@@ -109,6 +109,9 @@ class TestHost:
         return entry
 
 
-def write_hosts_file(config_dir: Path, hosts: dict[str, dict[str, object]]) -> None:
+def write_hosts_file(config_dir: Path, hosts: dict[str, dict[str, object]], registry: dict[str, str] | None = None) -> None:
     config_dir.mkdir(parents=True, exist_ok=True)
-    (config_dir / "hosts.yaml").write_text(yaml.safe_dump({"hosts": hosts}))
+    document: dict[str, object] = {"hosts": hosts}
+    if registry:
+        document["registry"] = registry
+    (config_dir / "hosts.yaml").write_text(yaml.safe_dump(document))

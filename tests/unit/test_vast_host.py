@@ -24,7 +24,8 @@ def test_direct_ports_come_before_the_proxy_and_the_address_is_stripped() -> Non
 def test_a_create_asks_for_the_image_the_label_and_no_auto_tmux() -> None:
     body = vast.create_body("a1b2c3d4", "ghcr.io/acme/train:cu128", {"disk_gb": 40})
     assert body["label"] == "runner:a1b2c3d4" and body["image"] == "ghcr.io/acme/train:cu128" and body["disk"] == 40
-    assert body["onstart"] == "touch ~/.no_auto_tmux" and body["env"] == {} and body["cancel_unavail"] is True
+    assert body["onstart"].startswith("touch ~/.no_auto_tmux;") and "/etc/runner-image-env.sh" in body["onstart"]
+    assert body["env"] == {} and body["cancel_unavail"] is True
     assert "ssh_direc" in body["runtype"].split() and "ssh_proxy" in body["runtype"].split()
 
 
