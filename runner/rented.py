@@ -97,8 +97,8 @@ def submit_rented(
             store.set_host(job.id, name)
             store.remember_host(name, "vast")
             submitted = run(store.get(job.id), get_host(name))
-        except BaseException as exc:
-            store.transition(job.id, JobState.FAILED, ACTIVE, message=f"submit failed: {exc}")
+        except BaseException as exc:  # Ctrl-C included: a rented instance must not outlive a failed submit
+            store.transition(job.id, JobState.FAILED, ACTIVE, message=f"submit failed: {exc or type(exc).__name__}")
             _give_back_after_failure(client, store, job.id, log, keep)
             raise
         if submitted.job.finished:
@@ -115,7 +115,10 @@ def _give_back_after_failure(client: VastClient, store: Store, job_id: str, log:
         log(f"--keep: instance {ids} is left running and billing: `runner down {job_id}` destroys it")
         return
     for instance in instances:
-        destroy_until_gone(client, store, instance.id, log)
+        try:
+            destroy_until_gone(client, store, instance.id, log)
+        except RunnerError as exc:  # the submit's own error is the one to raise; this one must show too
+            log(f"instance {instance.id} could not be destroyed ({exc}): `runner down {job_id}` tries again")
 
 
 def teardown(client: VastClient, store: Store, job: Job, log: Log, policy: str | None = None) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from runner.errors import NotFound, RunnerError, UsageError
@@ -37,6 +38,10 @@ def tensorboard_url(job: Job, preferred_port: int | None) -> Iterator[str]:
         yield f"http://127.0.0.1:{board['port']}/"  # it already serves on this machine's loopback
         return
     local_port = free_local_port(preferred_port or board["port"])
+    if host.uses_openssh:  # OpenSSH knows every host key runner pins (a rented instance's by its alias)
+        with _openssh_forward(host, local_port, board["port"]):
+            yield f"http://127.0.0.1:{local_port}/"
+        return
     forward = host.connection().forward_local(
         local_port=local_port, remote_port=board["port"], remote_host="127.0.0.1", local_host="127.0.0.1"
     )
@@ -45,13 +50,31 @@ def tensorboard_url(job: Job, preferred_port: int | None) -> Iterator[str]:
         yield f"http://127.0.0.1:{local_port}/"
 
 
-def _wait_listening(port: int, timeout: float = 10.0) -> None:
+@contextmanager
+def _openssh_forward(host: SshHost, local_port: int, remote_port: int) -> Iterator[None]:
+    from runner.hosts.openssh import openssh_argv
+
+    argv = [*openssh_argv(host.entry), "-o", "ControlMaster=no", "-o", "ControlPath=none",
+            "-o", "ExitOnForwardFailure=yes", "-N", "-L", f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}",
+            host.openssh_target()]  # fmt: skip
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(local_port, alive=lambda: process.poll() is None)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _wait_listening(port: int, timeout: float = 10.0, alive: Callable[[], bool] = lambda: True) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
+            if not alive():
+                raise RunnerError(f"the forward to local port {port} ended before it listened") from None
             if time.monotonic() > deadline:
                 raise RunnerError(f"the forward on local port {port} did not start listening") from None
             time.sleep(0.05)

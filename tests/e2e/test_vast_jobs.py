@@ -6,6 +6,8 @@ billing unseen; and the API key that must never show."""
 from __future__ import annotations
 
 import json
+import signal
+import urllib.request
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -296,3 +298,22 @@ def test_bad_input_for_a_rented_host_is_refused_before_anything_is_rented(
     no_key = runner.run("submit", str(vast_job(tmp_path, "registry.example/yolo:7")), cwd=tmp_path)
     assert no_key.returncode == 2 and "VAST_API_KEY" in no_key.stderr
     assert rented_offers(vast) == [] and runner.json("status")["jobs"] == []
+
+
+def test_tensorboard_of_a_rented_job_is_forwarded_here(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    job_file = vast_job(tmp_path, registry.image, "python3 -m http.server 6124 --bind 127.0.0.1")
+    (tmp_path / "demo" / "index.html").write_text("board-ok\n")
+    job_file.write_text(job_file.read_text().replace("tensorboard: null", "tensorboard: {port: 6124}"))
+    job_id = runner.run("submit", str(job_file), cwd=tmp_path, check=True, timeout=600).stdout.strip()
+    wait_for(lambda: "Serving HTTP" in (runner.json("status", job_id)["last_line"] or ""), 60, what="the server")
+    forward = subprocess.Popen([*runner_cli(), "tensorboard", job_id], env=runner.env, stdout=subprocess.PIPE, text=True)
+    try:
+        url = forward.stdout.readline().strip()  # type: ignore[union-attr]
+        assert urllib.request.urlopen(url + "index.html", timeout=10).read() == b"board-ok\n"
+    finally:
+        forward.send_signal(signal.SIGINT)
+        forward.wait(10)
+    runner.run("stop", job_id, "--grace", "1", check=True)
+    wait_for(lambda: not live_instances(vast), 120, what="teardown")
