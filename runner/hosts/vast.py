@@ -75,12 +75,18 @@ def instance_entry(instance_id: int) -> HostEntry:
 
 def ssh_key() -> Path:
     """runner's key pair for its instances, made on first use (never passphrase-protected: runner logs
-    in unattended; the file is private to this user, like ssh's own)."""
+    in unattended; the file is private to this user, like ssh's own). Under a lock: submits side by
+    side would both find no key, and the second ssh-keygen would stop at its overwrite question."""
     key = paths.config_dir() / KEY_FILE
-    if not key.exists():
-        key.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "runner-vast", "-f", str(key)],
-                       check=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    public = key.with_suffix(".pub")
+    with _lock("vast-key"):
+        if not key.exists():
+            key.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "runner-vast", "-f", str(key)],
+                           check=True, stdin=subprocess.DEVNULL, capture_output=True)  # fmt: skip
+        elif not public.exists():  # a crash between ssh-keygen's two writes: the public half again
+            derived = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], check=True, capture_output=True, text=True)
+            write_atomically(public, derived.stdout.encode(), mode=0o644)
     return key
 
 

@@ -50,3 +50,19 @@ def test_the_store_keeps_instances_and_which_are_gone(tmp_path: Path) -> None:
     assert store.instance(7).ssh == "root@127.0.0.1:40122" and store.instance(8).gone_at is not None
     assert [instance.offer_id for instance in store.instances("job2")] == [102]
     store.close()
+
+
+def test_the_instance_key_is_made_once_when_submits_ask_for_it_together(tmp_path: Path, monkeypatch) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    monkeypatch.setenv("RUNNER_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
+    with ProcessPoolExecutor(4) as pool:
+        keys = list(pool.map(_key_text, range(8)))
+    assert len(set(keys)) == 1 and keys[0].startswith("ssh-ed25519 ")
+    (tmp_path / "config" / "vast_ed25519.pub").unlink()  # as if a crash came between the two files
+    assert _key_text(0) == keys[0]
+
+
+def _key_text(_: int) -> str:
+    return vast.ssh_key().with_suffix(".pub").read_text().strip()
