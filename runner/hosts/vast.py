@@ -24,6 +24,7 @@ from runner.hostsfile import HostEntry
 
 if TYPE_CHECKING:  # the client (httpx, tenacity) is imported only by the commands that rent
     from runner.hosts.vastapi import VastClient
+    from runner.state import Store
 
 PREFIX = "vast-"  # host names of instances: vast-<instance id>
 LABEL_PREFIX = "runner:"
@@ -100,7 +101,9 @@ def create_body(job_id: str, image: str, resources: dict[str, Any], image_login:
     return body
 
 
-def rent(client: VastClient, store, job_id: str, spec: dict[str, Any], log: Log, image_login: str | None = None) -> int:  # type: ignore[no-untyped-def]
+def rent(
+    client: VastClient, store: Store, job_id: str, spec: dict[str, Any], log: Log, image_login: str | None = None
+) -> int:
     """Rent the cheapest offer that fits; returns the instance id. Offers this store already holds are
     skipped, and renting is one process at a time (a lock), so two submits never rent one offer."""
     from runner.hosts.vastapi import OfferGone, offer_query
@@ -195,7 +198,7 @@ def pin_host_key(instance_id: int, address: str, port: int, deadline_s: float = 
         write_atomically(known, ("\n".join(kept + [f"{alias} {key}" for key in keys]) + "\n").encode(), mode=0o600)
 
 
-def provision(client: VastClient, store, job_id: str, spec: dict[str, Any], log: Log) -> str:  # type: ignore[no-untyped-def]
+def provision(client: VastClient, store: Store, job_id: str, spec: dict[str, Any], log: Log) -> str:
     """Rent, start and reach an instance for the job; returns its host name. The instance is in the
     store from its first moment: the caller destroys it when anything here fails."""
     instance_id = rent(client, store, job_id, spec, log, _registry_login(spec))
@@ -221,7 +224,9 @@ def _bracketed(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def destroy_until_gone(client: VastClient, store, instance_id: int, log: Log, deadline_s: float = GONE_DEADLINE_S) -> None:  # type: ignore[no-untyped-def]
+def destroy_until_gone(
+    client: VastClient, store: Store, instance_id: int, log: Log, deadline_s: float = GONE_DEADLINE_S
+) -> None:
     """Destroy, then poll until the API no longer shows the instance: only then has billing stopped."""
     deadline = time.monotonic() + deadline_s
     while True:

@@ -93,9 +93,12 @@ def test_a_rented_job_runs_succeeds_brings_its_weights_home_and_gives_the_instan
 
 
 def test_the_api_key_never_shows(runner: Runner, vast: Emulator, registry: Any, tmp_path: Path) -> None:  # noqa: F811
-    job_id = runner.run("submit", str(vast_job(tmp_path, registry.image)), cwd=tmp_path, check=True, timeout=600).stdout.strip()
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    outputs = [runner.run("status", job_id).stdout, runner.run("status", "--json").stdout, listing]
+    submitted = runner.run("submit", str(vast_job(tmp_path, registry.image)), cwd=tmp_path, check=True, timeout=600)
+    job_id = submitted.stdout.strip()
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout  # the keeper runs now
+    assert f"keep {job_id}" in listing
+    outputs = [submitted.stdout, submitted.stderr, runner.run("status", job_id).stdout, runner.run("status", "--json").stdout,
+               runner.run("down", "--orphans", "--json").stdout, listing]  # fmt: skip
     runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=180)
     wait_for(lambda: not live_instances(vast), 120, what="teardown")
     logs = [path.read_text(errors="replace") for path in runner.home.rglob("*") if path.is_file() and path.suffix == ".log"]

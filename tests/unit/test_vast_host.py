@@ -66,3 +66,23 @@ def test_the_instance_key_is_made_once_when_submits_ask_for_it_together(tmp_path
 
 def _key_text(_: int) -> str:
     return vast.ssh_key().with_suffix(".pub").read_text().strip()
+
+
+def test_a_private_registry_login_comes_from_a_private_file_and_goes_to_vast_only(tmp_path: Path, monkeypatch) -> None:
+    from runner.errors import SpecError
+    from runner.hostsmodel import RegistrySettings
+    from runner.imagepublish import image_login
+
+    monkeypatch.delenv("RUNNER_REGISTRY_PASSWORD", raising=False)
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    registry = RegistrySettings(address="ghcr.io/acme", username="me", password_file=str(token))
+    assert image_login(registry) == "-u me -p s3cret ghcr.io"
+    body = vast.create_body("j1", "ghcr.io/acme/runner-cu128:abc", {}, image_login(registry))
+    assert body["image_login"] == "-u me -p s3cret ghcr.io"
+    token.chmod(0o644)
+    with pytest.raises(SpecError, match="can be read by others: chmod 600"):
+        image_login(registry)
+    assert image_login(RegistrySettings(address="127.0.0.1:5000/team")) is None  # no login: none sent
+    assert "image_login" not in vast.create_body("j1", "127.0.0.1:5000/team/x:1", {})
