@@ -1,4 +1,5 @@
-"""`runner down` and `runner keep`: rented vast.ai instances given back, and the keeper of a rented job."""
+"""`runner offers`, `runner down` and `runner keep`: vast.ai offers, rented instances given back, and the
+keeper of a rented job."""
 
 from __future__ import annotations
 
@@ -6,6 +7,33 @@ import click
 
 from runner.cli_hosts import JSON_OPTION
 from runner.errors import UsageError
+
+
+@click.command()
+@click.option("--gpu", help='GPU model as vast.ai names it, e.g. "RTX 5090".')
+@click.option("--num-gpus", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs in the machine.")
+@click.option("--max-price", type=click.FloatRange(min=0, min_open=True), help="Highest price per hour, in $.")
+@click.option("--min-vram", type=click.FloatRange(min=0, min_open=True), help="Least VRAM per GPU, in GB.")
+@click.option("--disk", type=click.FloatRange(min=0, min_open=True), help="Least disk space, in GB [default: 50].")
+@JSON_OPTION
+def offers(
+    gpu: str | None, num_gpus: int, max_price: float | None, min_vram: float | None, disk: float | None, as_json: bool
+) -> None:
+    """List the vast.ai offers that fit, cheapest first. The API key: VAST_API_KEY, or the file
+    vast_api_key in runner's config dir (chmod 600)."""
+    from runner import render
+    from runner.hosts.vastapi import VastClient, offer_query
+    from runner.spec import Resources
+
+    given = {"gpu": gpu, "num_gpus": num_gpus, "max_price": max_price, "min_vram_gb": min_vram, "disk_gb": disk}
+    query = offer_query(Resources.model_validate({k: v for k, v in given.items() if v is not None}), image_kind=None)
+    with VastClient() as vast:
+        found = vast.search_offers(query)
+    if as_json:
+        render.print_json({"offers": found, "query": query})
+        return
+    render.stdout.print(render.offers_table(found))
+    render.stderr.print(f"{len(found)} offers, cheapest first" if found else "no offer fits; try a higher --max-price")
 
 
 @click.command()
