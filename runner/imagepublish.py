@@ -7,14 +7,14 @@ rebuilt nor pushed again (the registry has its layers). The password never reach
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
-from runner.errors import RunnerError, SpecError
+from runner.errors import RunnerError
 from runner.hostsmodel import RegistrySettings
 from runner.imagebuild import Log, ensure_image
 from runner.images import ImagePlan
+from runner.privatefile import read_private_file
 
 PASSWORD_ENV = "RUNNER_REGISTRY_PASSWORD"
 
@@ -24,14 +24,7 @@ def registry_password(registry: RegistrySettings) -> str | None:
         return os.environ[PASSWORD_ENV]
     if not registry.password_file:
         return None
-    path = Path(registry.password_file).expanduser()
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise SpecError(f"registry.password_file: {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SpecError(f"registry.password_file: {path} can be read by others: chmod 600 {path}")
-    return path.read_text().strip()
+    return read_private_file(Path(registry.password_file).expanduser(), "registry.password_file")
 
 
 def image_login(registry: RegistrySettings) -> str | None:

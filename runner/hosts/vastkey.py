@@ -6,11 +6,11 @@ The key rents machines on the user's card: it never goes into a message, a log l
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from runner import paths
 from runner.errors import SpecError
+from runner.privatefile import read_private_file
 
 KEY_VARIABLE = "VAST_API_KEY"
 
@@ -24,16 +24,9 @@ def load_api_key() -> str:
     if from_env:
         return from_env
     path = api_key_file()
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise SpecError(f"no vast.ai API key: set {KEY_VARIABLE} or write the key to {path} (chmod 600)") from None
-    if stat.S_IMODE(mode) & 0o077:
-        # As ssh does with a private key: a key others could read or replace is refused, not used.
-        raise SpecError(
-            f"{path}: the vast.ai API key file is open to other users (mode {stat.S_IMODE(mode):04o}): run chmod 600 {path}"
-        )
-    key = path.read_text().strip()
+    if not path.exists():
+        raise SpecError(f"no vast.ai API key: set {KEY_VARIABLE} or write the key to {path} (chmod 600)")
+    key = read_private_file(path, "the vast.ai API key file")
     if not key:
         raise SpecError(f"{path}: the vast.ai API key file is empty")
     return key
