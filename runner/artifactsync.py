@@ -90,9 +90,17 @@ def start_sync(store: Store, job: Job, artifact: str, sync: ArtifactSync, job_fi
     every = format_duration(sync.every_s)
     argv = [sys.executable, "-m", "runner", "fetch", artifact, job.id, "--every", every, "--dest", str(dest)]
     log = log_path(job.id, artifact)
+    pid = start_detached(argv, log, f"syncing {artifact} of job {job.id} every {every} to {dest}")
+    write_atomically(pid_path(job.id, artifact), f"{pid}\n".encode(), mode=0o644)
+    store.add_event(job.id, "sync", f"{artifact} every {every} to {dest} (pid {pid}, log {log})")
+    return Sync(artifact, sync.every_s, dest, pid, log)
+
+
+def start_detached(argv: list[str], log: Path, first_line: str) -> int:
+    """Start argv so that it outlives this process, its output appended to log; returns its pid."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out, open(os.devnull, "rb") as nothing:
-        out.write(f"{_stamp()} syncing {artifact} of job {job.id} every {every} to {dest}\n".encode())
+        out.write(f"{_stamp()} {first_line}\n".encode())
         out.flush()
         # Its own session: no terminal hangup or Ctrl-C of `runner submit` reaches it. Only the log and
         # /dev/null are inherited, so whoever reads submit's output (a pipe) is not kept waiting for it.
@@ -100,9 +108,7 @@ def start_sync(store: Store, job: Job, artifact: str, sync: ArtifactSync, job_fi
             argv, stdin=nothing, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
-    write_atomically(pid_path(job.id, artifact), f"{process.pid}\n".encode(), mode=0o644)
-    store.add_event(job.id, "sync", f"{artifact} every {every} to {dest} (pid {process.pid}, log {log})")
-    return Sync(artifact, sync.every_s, dest, process.pid, log)
+    return process.pid
 
 
 def fetch_every(

@@ -12,8 +12,6 @@ on any SSH host, and give it back, so that no path leaves an instance billing un
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import paths
-from runner.artifactsync import default_dest, fetch_locked, fetch_unless_busy
+from runner.artifactsync import default_dest, fetch_locked, fetch_unless_busy, start_detached
 from runner.errors import HostUnreachable, RunnerError
 from runner.hosts import get_host
 from runner.hosts.vast import LABEL_PREFIX, destroy_until_gone, provision
@@ -156,12 +154,7 @@ def orphans(client: VastClient, store: Store) -> list[dict[str, Any]]:
 def start_keeper(job_id: str) -> int:
     """`runner keep JOB` in a session of its own, so that it outlives this process and its terminal."""
     log = paths.syncs_dir() / f"{job_id}-keep.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "runner", "keep", job_id]
-    with log.open("ab") as out, open(os.devnull, "rb") as nothing:
-        process = subprocess.Popen(argv, stdin=nothing, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    return process.pid
+    return start_detached([sys.executable, "-m", "runner", "keep", job_id], log, f"keeping job {job_id}")
 
 
 def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Job:

@@ -52,18 +52,15 @@ def tensorboard_url(job: Job, preferred_port: int | None) -> Iterator[str]:
 
 @contextmanager
 def _openssh_forward(host: SshHost, local_port: int, remote_port: int) -> Iterator[None]:
-    from runner.hosts.openssh import openssh_argv
+    from runner.hosts.openssh import end_forward, forward_argv
 
-    argv = [*openssh_argv(host.entry), "-o", "ControlMaster=no", "-o", "ControlPath=none",
-            "-o", "ExitOnForwardFailure=yes", "-N", "-L", f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}",
-            host.openssh_target()]  # fmt: skip
+    argv = forward_argv(host.entry, host.openssh_target(), f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}")
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_listening(local_port, alive=lambda: process.poll() is None)
         yield
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        end_forward(process)
 
 
 def _wait_listening(port: int, timeout: float = 10.0, alive: Callable[[], bool] = lambda: True) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from runner.errors import HostUnreachable, RunnerError
 from runner.hosts.base import Host
-from runner.hosts.openssh import control_dir, last_line, openssh_argv
+from runner.hosts.openssh import control_dir, end_forward, forward_argv, last_line
 
 if TYPE_CHECKING:
     import docker
@@ -60,15 +60,7 @@ def _forwarded_socket(host: Host) -> Iterator[str]:
         raise RunnerError(f"host '{host.name}': image builds need OpenSSH's ssh on this machine (transport: openssh)")
     # The private folder of the SSH master sockets: whoever reaches this socket commands the engine.
     local = str(control_dir() / f"docker-{secrets.token_hex(6)}.sock")
-    argv = [
-        *openssh_argv(host.entry),
-        # A connection of its own, not the shared master: the forward must end with this process.
-        "-o", "ControlMaster=no", "-o", "ControlPath=none",
-        "-o", "ExitOnForwardFailure=yes",  # a refused forward ends ssh, so it is seen, not waited for
-        "-o", "StreamLocalBindUnlink=yes",
-        "-N", "-L", f"{local}:{REMOTE_SOCKET}",
-        host.openssh_target(),
-    ]  # fmt: skip
+    argv = forward_argv(host.entry, host.openssh_target(), f"{local}:{REMOTE_SOCKET}")
     # stderr in a file: it says why a forwarded connection was refused (no engine, no permission).
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
@@ -80,20 +72,11 @@ def _forwarded_socket(host: Host) -> Iterator[str]:
                 raise RunnerError(f"host '{host.name}': its Docker engine did not answer: {_said(errors) or exc}") from None
             raise
         finally:
-            _end(process)
+            end_forward(process)
             try:
                 os.unlink(local)
             except FileNotFoundError:
                 pass
-
-
-def _end(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _is_docker_error(exc: Exception) -> bool:

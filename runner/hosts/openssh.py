@@ -40,6 +40,24 @@ def openssh_argv(entry: HostEntry) -> list[str]:
     return argv
 
 
+def forward_argv(entry: HostEntry, target: str, forward: str) -> list[str]:
+    """`ssh -N -L forward` on a connection of its own, not the shared master: the forward must end
+    with this process, and a refused one must end it too (ExitOnForwardFailure), to be seen."""
+    return [
+        *openssh_argv(entry), "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ExitOnForwardFailure=yes",
+        "-o", "StreamLocalBindUnlink=yes", "-N", "-L", forward, target,
+    ]  # fmt: skip
+
+
+def end_forward(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def write_ssh_config() -> Path:
     return _write_ssh_config(paths.config_dir())
 
