@@ -13,7 +13,7 @@ from typing import Any
 
 from runner.errors import SpecError
 
-BUILDS = ("rocm52", "cu128")
+BUILDS = ("rocm52", "cu128")  # runner's Dockerfiles; `auto` picks one of them
 # RDNA1 has no kernels in ROCm 5.2's libraries: it runs gfx1030's under this override. So do the
 # RDNA2 chips other than gfx1030, for which the override is the well-trodden way on consumer cards.
 GFX_OVERRIDES = {"gfx1010": "10.3.0", "gfx1011": "10.3.0", "gfx1012": "10.3.0", "gfx1031": "10.3.0",
@@ -39,7 +39,7 @@ def plan_image(spec: dict[str, Any], facts: dict[str, Any]) -> ImagePlan | None:
     if image is None:
         return None
     gpu = _picked(facts)
-    reference, build, args = _requested(image)
+    reference, build, args = requested(image)
     if build == "auto":
         build = "rocm52" if gpu and gpu["vendor"] == "amd" else "cu128"
     vendor = _vendor_for(build, gpu, facts)
@@ -47,7 +47,9 @@ def plan_image(spec: dict[str, Any], facts: dict[str, Any]) -> ImagePlan | None:
     return ImagePlan(reference, build, args, vendor, env, _reason(reference, build, gpu, env))
 
 
-def _requested(image: str | dict[str, Any]) -> tuple[str | None, str | None, dict[str, str]]:
+def requested(image: str | dict[str, Any]) -> tuple[str | None, str | None, dict[str, str]]:
+    """The job file's `image` as (reference, build, build args): a reference to run as it is (build
+    None), or one of runner's Dockerfiles to build (auto, rocm52, cu128; reference None)."""
     if isinstance(image, dict):
         return None, image.get("build", "auto"), dict(image.get("args") or {})
     if image == "auto" or image in BUILDS:

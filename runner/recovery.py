@@ -42,8 +42,7 @@ def interruption(client: VastClient, job: Job, unreachable_for: float | None, lo
 
 def may_retry(store: Store, job: Job, cause: str) -> bool:
     policy = job.spec.get("retry") or {}
-    tries = len([event for event in store.events(job.id) if event.kind == "retry"])
-    return cause in (policy.get("on") or []) and tries < int(policy.get("max", 1))
+    return cause in (policy.get("on") or []) and _tries(store, job) < int(policy.get("max", 1))
 
 
 def carry_on(client: VastClient, store: Store, job: Job, cause: str, log: Log) -> Job:

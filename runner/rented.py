@@ -23,6 +23,7 @@ from runner.artifactsync import default_dest, fetch_locked, fetch_unless_busy, s
 from runner.errors import HostUnreachable, RunnerError
 from runner.hosts import get_host
 from runner.hosts.vast import LABEL_PREFIX, destroy_until_gone, provision
+from runner.images import requested
 from runner.specfile import LoadedJob
 from runner.state import ACTIVE, Job, JobState, Store
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 KEEP_POLL_S = 10.0
-IMAGE_BUILDS = ("auto", "rocm52", "cu128")
 
 
 def check_rentable(loaded: LoadedJob) -> None:
@@ -43,14 +43,10 @@ def check_rentable(loaded: LoadedJob) -> None:
     image = loaded.spec.image
     if image is None:
         raise loaded.error(("host",), "host vast runs the job in an image: give `image` (a reference, or cu128)")
-    if _is_build(image) and load_registry() is None:
+    if requested(image)[1] and load_registry() is None:
         raise loaded.error(("image",), "host vast pulls the images runner builds from a registry: name one in"
                            " hosts.yaml (registry: {address: ghcr.io/you}), or give an image reference")  # fmt: skip
     load_api_key()  # missing, or in a file others can read: exit 2 now, not after renting
-
-
-def _is_build(image: object) -> bool:
-    return isinstance(image, dict) or image in IMAGE_BUILDS
 
 
 def published_spec(loaded: LoadedJob, log: Log) -> dict[str, Any]:
@@ -61,11 +57,9 @@ def published_spec(loaded: LoadedJob, log: Log) -> dict[str, Any]:
     from runner.images import ImagePlan
 
     spec = loaded.spec.model_dump(mode="json")
-    image = spec["image"]
-    if not _is_build(image):
+    _, build, args = requested(spec["image"])
+    if build is None:
         return spec
-    build = image.get("build", "auto") if isinstance(image, dict) else image
-    args = dict(image.get("args") or {}) if isinstance(image, dict) else {}
     # Rented GPUs are NVIDIA ones but for an AMD card asked for by name.
     kind = build if build != "auto" else "rocm52" if _amd(spec) else "cu128"
     registry = load_registry()
@@ -127,8 +121,7 @@ def teardown(client: VastClient, store: Store, job: Job, log: Log, policy: str |
         if ids:
             log(f"teardown: {policy}: instance {ids} kept, and billing: `runner down {job.id}` destroys it")
         return
-    for instance in store.instances(job.id, live_only=True):
-        destroy_until_gone(client, store, instance.id, log)
+    down(client, store, job, log)
 
 
 def down(client: VastClient, store: Store, job: Job, log: Log) -> list[int]:

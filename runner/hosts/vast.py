@@ -128,9 +128,11 @@ def rent(
 
 
 def _image_kind(spec: dict[str, Any]) -> str | None:
-    image = spec.get("image")
-    build = image.get("build") if isinstance(image, dict) else image
-    return "cu128" if build in ("cu128", "auto") else build if build == "rocm52" else None
+    """The image kind the offer must suit: a cu128 build (auto included) needs a driver for CUDA 12.8."""
+    from runner.images import requested
+
+    _, build, _ = requested(spec["image"])
+    return "cu128" if build in ("cu128", "auto") else build
 
 
 def image_reference(spec: dict[str, Any]) -> str:
