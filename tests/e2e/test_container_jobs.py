@@ -27,8 +27,13 @@ WHERE = 'echo "in container: $(test -f /.dockerenv && echo yes || echo no); PYTH
 
 @pytest.fixture(scope="module")
 def built_tags() -> Iterator[set[str]]:
-    """Tags of the images the tests built: removed at the end."""
-    tags: set[str] = set()
+    """The tag the jobs' image gets, removed before the tests (so the first submit really builds it,
+    whatever this machine's engine holds) and after them, with any other tag the tests saw built."""
+    from runner.imagebuild import context_root, context_tar, image_tag
+
+    expected = image_tag("cu128", context_tar(context_root(), "cu128"), {"BASE_IMAGE": BASE, "INSTALL_FRAMEWORK": "0"})
+    docker("image", "rm", "-f", expected, check=False)
+    tags: set[str] = {expected}
     yield tags
     for tag in tags:
         docker("image", "rm", "-f", tag, check=False)
@@ -109,7 +114,7 @@ def test_the_containers_exit_code_is_the_jobs(runner: Runner, dock: DockerHost, 
     assert (job["state"], job["exit_code"]) == ("failed", 3)
 
 
-def test_stop_ends_the_container(runner: Runner, dock: DockerHost, tmp_path: Path) -> None:
+def test_stop_ends_the_container(runner: Runner, dock: DockerHost, tmp_path: Path, built_tags: set[str]) -> None:
     job_id = runner.run("submit", str(demo_job(tmp_path, "echo started; sleep 600")), check=True, timeout=900).stdout.strip()
     session = runner.wait_state(job_id, {"running"})["session"]
     _wait_for_container(session)

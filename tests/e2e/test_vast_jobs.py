@@ -275,7 +275,7 @@ def test_an_image_runner_builds_is_pushed_to_the_registry_and_the_instance_runs_
     assert submitted.returncode == 0, submitted.stderr
     pushed = next(line.split()[1] for line in submitted.stderr.splitlines() if line.startswith("pushed "))
     assert pushed.startswith(f"{registry.address}/team/runner-cu128:")
-    built_here.add(pushed.split("/")[-1])  # runner-cu128:HASH on this machine's engine
+    built_here.update({pushed, pushed.split("/")[-1]})  # pushed, and runner-cu128:HASH on this machine's engine
     assert any(record["image_uuid"] == pushed for record in vast.instances.values())
     job_id = submitted.stdout.strip()
     assert runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=180)["state"] == "succeeded"
