@@ -7,6 +7,7 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
                              files under ROOT matching the globs: path, size, mtime, sha256
   send ROOT PATH OFFSET      PATH's bytes from OFFSET on stdout; its sha256 and stability on stderr
   tree ROOT                  every file under ROOT with its sha256, and interrupted uploads' parts
+                             (ROOT is made when missing: a push's destination)
   part-size ROOT PATH VERSION
                              bytes already received of that version (SIZE-MTIME_NS) of PATH
   receive ROOT PATH SIZE MTIME_NS MODE OFFSET

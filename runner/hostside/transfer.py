@@ -111,7 +111,9 @@ def prehash(root, patterns, budget_bytes):
 
 def tree(root):
     """Every regular file under root (symlinks not followed) with its sha256, and the part files of
-    interrupted uploads: what a push needs to send only what is missing and resume what was cut."""
+    interrupted uploads: what a push needs to send only what is missing and resume what was cut.
+    root is made when missing: a push of an empty folder must still leave the folder there."""
+    os.makedirs(root, exist_ok=True)
     real_root = os.path.realpath(root)
     cache = HashCache(real_root)
     files, parts = [], []

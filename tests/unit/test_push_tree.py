@@ -53,6 +53,13 @@ def test_push_resumes_from_the_part_an_interrupted_upload_left(host: LocalHost, 
     assert (again.files_sent, again.bytes_sent) == (0, 0)
 
 
+def test_push_of_an_empty_folder_makes_the_destination(host: LocalHost, tmp_path: Path) -> None:
+    (tmp_path / "source").mkdir()  # a job whose workdir holds nothing yet still runs in its folder
+    stats = push.push_tree(host, tmp_path / "source", str(tmp_path / "dest" / "work"), [])
+    assert (stats.files_sent, stats.bytes_sent) == (0, 0)
+    assert (tmp_path / "dest" / "work").is_dir() and not any((tmp_path / "dest" / "work").iterdir())
+
+
 @pytest.mark.parametrize("part_size", [0.5, 1.0, 1.5])
 def test_push_gets_past_a_corrupt_part_and_sends_the_file_whole(
     host: LocalHost, tmp_path: Path, no_waits: None, part_size: float
