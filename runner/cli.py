@@ -286,18 +286,16 @@ def _progress_note(every: float) -> Callable[[FetchResult], None]:
 def tensorboard(job_ref: str, port: int | None) -> None:
     """Forward JOB's TensorBoard to this machine and print its URL; Ctrl-C ends the forward."""
     from runner import render
-    from runner.tunnel import tensorboard_url
+    from runner.tunnel import forward_until_stopped
 
     with open_store() as store:
         job = store.find(job_ref)
-    with tensorboard_url(job, port) as url:
-        click.echo(url)
+
+    def announce(url: str) -> None:
         render.stderr.print("forwarding; Ctrl-C to stop")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            return
+        click.echo(url)  # last: whoever reads the URL may stop the forward at once
+
+    forward_until_stopped(job, port, announce)
 
 
 @cli.command()

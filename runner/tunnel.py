@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -13,6 +14,38 @@ from runner.hosts import SshHost, get_host
 from runner.state import Job
 
 PORTS_TO_TRY = 100
+# Each ends a forward as Ctrl-C does: `kill PID` or a closed terminal must not leave ssh forwarding.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum: int, frame: object) -> None:
+    for each in STOP_SIGNALS:  # a second Ctrl-C must not cut short the cleanup the first one began
+        signal.signal(each, signal.SIG_IGN)
+    raise _Stopped
+
+
+def forward_until_stopped(job: Job, preferred_port: int | None, announce: Callable[[str], None]) -> None:
+    """Forward the job's TensorBoard, announce its URL, and hold the forward until a stop signal.
+
+    runner's own handlers, not the inherited dispositions: a non-interactive shell starts `cmd &` with
+    SIGINT ignored, and Python then never turns it into KeyboardInterrupt. Python runs them in the main
+    thread whichever thread the signal lands on (paramiko's forward is a thread), and ssh, started
+    after them, gets the default dispositions back at exec instead of an inherited SIG_IGN."""
+    previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
+    try:
+        with tensorboard_url(job, preferred_port) as url:
+            announce(url)
+            while True:
+                signal.pause()
+    except _Stopped:
+        return
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def free_local_port(preferred: int) -> int:
@@ -42,12 +75,29 @@ def tensorboard_url(job: Job, preferred_port: int | None) -> Iterator[str]:
         with _openssh_forward(host, local_port, board["port"]):
             yield f"http://127.0.0.1:{local_port}/"
         return
-    forward = host.connection().forward_local(
-        local_port=local_port, remote_port=board["port"], remote_host="127.0.0.1", local_host="127.0.0.1"
-    )
-    with forward:
-        _wait_listening(local_port)  # fabric binds in a thread: the URL is printed only once it answers
+    with _paramiko_forward(host, local_port, board["port"]):
         yield f"http://127.0.0.1:{local_port}/"
+
+
+@contextmanager
+def _paramiko_forward(host: SshHost, local_port: int, remote_port: int) -> Iterator[None]:
+    from invoke.exceptions import ThreadException
+    from paramiko import ChannelException
+
+    forward = host.connection().forward_local(
+        local_port=local_port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"
+    )
+    try:
+        with forward:
+            _wait_listening(local_port)  # fabric binds in a thread: the URL is printed only once it answers
+            yield
+    except ThreadException as exc:
+        # fabric raises, when the forward closes, every connection the host refused on the way (each
+        # look before TensorBoard was up): the browser saw those already; they are no failure to end on.
+        if not all(isinstance(wrapper.value, ChannelException) for wrapper in exc.exceptions):
+            raise
+        if exc.__context__ is not None:
+            raise exc.__context__ from None  # what ended the forward, which fabric's raise had hidden
 
 
 @contextmanager

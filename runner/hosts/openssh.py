@@ -52,7 +52,7 @@ def forward_argv(entry: HostEntry, target: str, forward: str) -> list[str]:
 def end_forward(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=3)  # a forward has nothing to flush: a slow exit is not worth waiting out
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()

@@ -191,6 +191,38 @@ def test_tensorboard_is_forwarded_from_the_hosts_loopback(runner: Runner, truste
     runner.run("stop", job_id, "--grace", "1", check=True)
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a non-interactive shell starts a `cmd &`
+
+
+@pytest.mark.parametrize("transport", ["openssh", "paramiko"])
+def test_a_tensorboard_forward_ends_on_a_stop_signal_with_nothing_left(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path, transport: str
+) -> None:
+    job_file = write_job(tmp_path, "board2", "name: board2\ntensorboard: {port: 6133}\nrun: sleep 600\n")
+    job_id = runner.submit(job_file, "--host", "box")
+    write_hosts_file(runner.config, {"box": trusted_box.hosts_entry(transport=transport)})
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        forward = subprocess.Popen(
+            [runner_executable(), "tensorboard", job_id], env=runner.env, stdout=subprocess.PIPE, text=True,
+            preexec_fn=_ignore_sigint,
+        )  # fmt: skip
+        port = int(forward.stdout.readline().strip().rsplit(":", 1)[1].rstrip("/"))  # type: ignore[union-attr]
+        assert _listening(port)
+        forward.send_signal(stop)  # the moment the URL is out, as a script would
+        assert forward.wait(10) == 0, stop
+        assert not _listening(port), f"the ssh forward outlived runner tensorboard ({stop.name})"
+    runner.run("stop", job_id, "--grace", "1", check=True)
+
+
 def test_hosts_list_and_check_report_the_host(runner: Runner, trusted_box: TestHost) -> None:
     listed = runner.json("hosts", "list")["hosts"]
     assert [host["name"] for host in listed] == ["local", "box"]
