@@ -1,10 +1,10 @@
 """A rented job whose instance is interrupted or lost, carried on elsewhere (the job file's `retry`).
 
 Interrupted: the API says the instance exited, went offline or is gone. Lost: the API says running,
-but SSH has not answered for LOST_AFTER_S. Either way, when `retry.on` names the cause and tries
-are left, the keeper destroys the old instance, rents a new one, pushes the workdir and the
-checkpoints it fetched last (artifacts/JOB, as they lay under the workdir), and starts the session
-with `resume` in place of `run`. The job stays `running` throughout: it never ran to an end.
+but SSH has not answered for `retry.lost_after` (LOST_AFTER_S by default). Either way, when
+`retry.on` names the cause and tries are left, the keeper destroys the old instance, rents a new
+one, pushes the workdir and the checkpoints it fetched last (artifacts/JOB, as they lay under the
+workdir), and starts the session with `resume` in place of `run`. The job stays `running` throughout: it never ran to an end.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ LOST_AFTER_S = 300.0  # SSH silent this long while the API says running: the ins
 MANIFEST = ".runner-manifest.json"  # fetch's record of what it brought: not part of the checkpoints
 
 
-def interruption(client: VastClient, job: Job, unreachable_for: float | None, lost_after_s: float = LOST_AFTER_S) -> str | None:
+def interruption(client: VastClient, job: Job, unreachable_for: float | None) -> str | None:
     """"interrupted", "lost" or None for the job's current instance."""
     instance_id = instance_id_of(job.host)
     if instance_id is None:
@@ -35,9 +35,13 @@ def interruption(client: VastClient, job: Job, unreachable_for: float | None, lo
     record = client.instance(instance_id)
     if record is None or record.get("actual_status") in FAILED or record.get("cur_state") == "unloaded":
         return "interrupted"
-    if unreachable_for is not None and unreachable_for >= lost_after_s:
+    if unreachable_for is not None and unreachable_for >= lost_after(job):
         return "lost"
     return None
+
+
+def lost_after(job: Job) -> float:
+    return float((job.spec.get("retry") or {}).get("lost_after", LOST_AFTER_S))
 
 
 def may_retry(store: Store, job: Job, cause: str) -> bool:

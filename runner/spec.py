@@ -224,6 +224,8 @@ class RetryPolicy(StrictModel):
     on: list[Literal["interrupted", "lost"]] = Field(description="interrupted: the instance exited or went offline;"
                                                      " lost: SSH gone for longer than the grace period")  # fmt: skip
     max: int = Field(1, ge=1, le=20, description="how many new instances at most")
+    lost_after: Duration = Field(300.0, ge=10, description="the grace period: SSH silent this long (5m, 300)"
+                                 " while vast.ai says the instance runs, and it counts as lost")  # fmt: skip
 
     @model_validator(mode="before")
     @classmethod

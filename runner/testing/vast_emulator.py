@@ -72,7 +72,7 @@ class Emulator:
         self._containers = containers
         self._provisioner = Provisioner(self._lock, delays, containers, host_image_ssh_user, secrets.token_hex(4))
         self._server: _Server | None = None
-        self.faults = Faults(self._lock, self._kill)
+        self.faults = Faults(self._lock, self._kill, self._cut_off)
         self.requests: list[RecordedRequest] = []
         self.url = ""
 
@@ -159,11 +159,18 @@ class Emulator:
         return instance
 
     def _kill(self, instance_id: int) -> None:
+        self._provisioner.kill(self._faulted(instance_id))
+
+    def _cut_off(self, instance_id: int) -> None:
+        self._provisioner.cut_off(self._faulted(instance_id))
+
+    def _faulted(self, instance_id: int) -> Instance:
+        """The instance a fault names; KeyError (the faults' contract) where _instance answers 404."""
         with self._lock:
             instance = self._instances.get(instance_id)
         if instance is None:
             raise KeyError(f"no instance {instance_id}")
-        self._provisioner.kill(instance)
+        return instance
 
     def search(self, _: None, query: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
         filters, keys, limit = search_terms(body)
@@ -282,6 +289,7 @@ class Emulator:
             "fail_next_start": faults.fail_next_start,
             "rate_limit": lambda: faults.rate_limit(int(body["count"])),
             "kill_instance": lambda: faults.kill_instance(int(body["id"])),
+            "cut_off_instance": lambda: faults.cut_off_instance(int(body["id"])),
             "fail_destroy": lambda: faults.fail_destroy(int(body["count"])),
         }
         if name not in actions:

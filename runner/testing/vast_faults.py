@@ -1,5 +1,5 @@
 """The faults the vast.ai emulator injects (emulator.faults, or the control API under /_emulator/):
-slow loading, a start that fails, a 429 storm, an instance killed, destroys answered 500."""
+slow loading, a start that fails, a 429 storm, an instance killed, one cut off, destroys answered 500."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ RATE_LIMITED = [  # the three 429 bodies seen from vast, served in turn
 class Faults:
     """Faults to inject; the control API under /_emulator/ sets the same ones."""
 
-    def __init__(self, lock: threading.RLock, kill: Callable[[int], None]) -> None:
-        self._lock, self._kill = lock, kill
+    def __init__(self, lock: threading.RLock, kill: Callable[[int], None], cut_off: Callable[[int], None]) -> None:
+        self._lock, self._kill, self._cut_off = lock, kill, cut_off
         self._loading_s, self._fail_starts, self._rate_limited, self._failed_destroys, self._shape = 0.0, 0, 0, 0, 0
 
     def slow_loading(self, seconds: float) -> None:
@@ -42,6 +42,12 @@ class Faults:
         """The instance's machine dies: docker kill of its container, actual_status `exited` on return.
         An instance still starting is killed once its start is done. KeyError for an unknown id."""
         self._kill(instance_id)
+
+    def cut_off_instance(self, instance_id: int) -> None:
+        """The instance's machine drops off the network: its container leaves its network, so its ports
+        stop answering, while the API goes on calling it running (what vast shows of a host whose
+        link died). KeyError for an unknown id or one without a container yet."""
+        self._cut_off(instance_id)
 
     def fail_destroy(self, count: int) -> None:
         """The next `count` DELETEs answer 500 and destroy nothing."""

@@ -207,6 +207,12 @@ class Provisioner:
                 docker("kill", instance.container)
             self._set(instance, actual_status="exited", status_msg="Exited (137)", running_since=None, keys_live=False)
 
+    def cut_off(self, instance: Instance) -> None:
+        with instance.work:
+            if not instance.container:
+                raise KeyError(f"instance {instance.id} has no container yet")
+            docker("network", "disconnect", "--force", "bridge", instance.container).check_returncode()
+
     def attach_key(self, instance: Instance, key: str) -> None:
         with instance.keys_lock:  # one writer at a time, each writing the whole list
             with self._lock:

@@ -136,6 +136,22 @@ def test_an_instance_from_the_registry_runs_ssh_onstart_and_dies_for_real(
              what="the destroyed instance's container to go")  # fmt: skip
 
 
+def test_an_instance_cut_off_stops_answering_while_the_api_says_running(
+    emulator: Emulator, registry: Registry, key: Path  # noqa: F811
+) -> None:
+    instance_id = create(emulator, registry.image)
+    port = direct_port(wait_running(emulator, instance_id))
+    attach(emulator, instance_id, key)
+    wait_for(lambda: ssh(port, key, "true").returncode == 0, 20, what="ssh on the direct port")
+    emulator.faults.cut_off_instance(instance_id)
+    assert ssh(port, key, "true").returncode == 255  # ssh's own failure: the host is gone from the network
+    assert show(emulator, instance_id)["actual_status"] == "running"  # type: ignore[index]
+    [container] = emulator.container_ids(instance_id)
+    assert call(emulator.url, "DELETE", f"/api/v0/instances/{instance_id}/") == (200, {"success": True})
+    wait_for(lambda: not docker("ps", "-a", "-q", "--filter", f"id={container}").stdout.strip(), 30,
+             what="the destroyed instance's container to go")  # fmt: skip
+
+
 def test_interactive_logins_start_tmux_unless_no_auto_tmux(
     emulator: Emulator, registry: Registry, key: Path  # noqa: F811
 ) -> None:

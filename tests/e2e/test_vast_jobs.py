@@ -156,10 +156,12 @@ def test_an_instance_that_fails_to_start_is_destroyed_and_the_job_fails_clearly(
     assert job["state"] == "failed" and job["cost"]["live"] == []
 
 
-def test_an_interrupted_instance_is_replaced_and_the_job_resumes_from_its_checkpoint(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+@pytest.mark.parametrize("cause, fault", [("interrupted", "kill_instance"), ("lost", "cut_off_instance")])
+def test_an_interrupted_or_lost_instance_is_replaced_and_the_job_resumes_from_its_checkpoint(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path, cause: str, fault: str  # noqa: F811
 ) -> None:
-    retry = "retry: {on: [interrupted], max: 1}\nresume: python3 steps.py 200 --resume\n"
+    # lost: the API goes on saying running while SSH is silent; the grace is the job file's lost_after
+    retry = f"retry: {{on: [{cause}], max: 1, lost_after: 10s}}\nresume: python3 steps.py 200 --resume\n"
     job_file = steps_job(tmp_path, registry.image, extra=retry)
     job_file.write_text(job_file.read_text().replace("  weights: runs/demo/weights/*.pt",
                                                      "  weights: {paths: [runs/demo/weights/*.pt], sync_every: 10s}"))
@@ -169,7 +171,7 @@ def test_an_interrupted_instance_is_replaced_and_the_job_resumes_from_its_checkp
                        90, what="a fetched checkpoint")  # fmt: skip
     first = runner.json("status", job_id)["cost"]["instances"][0]
     try:
-        vast.faults.kill_instance(first)
+        getattr(vast.faults, fault)(first)
     except KeyError:
         raise AssertionError((runner.json("status", job_id), _keeper_log(runner, job_id))) from None
 
@@ -180,6 +182,7 @@ def test_an_interrupted_instance_is_replaced_and_the_job_resumes_from_its_checkp
     resumed_at = int(log.split("starting at step ")[1].split()[0])
     assert resumed_at >= reached  # from the checkpoint fetched before the kill, not from scratch
     assert len(done["cost"]["instances"]) == 2 and done["host"] != f"vast-{first}"
+    assert f"instance {first} {cause}; renting another" in _keeper_log(runner, job_id)
     wait_for(lambda: not live_instances(vast), 120, what="teardown")
     wait_for(lambda: checkpoint.read_text() == "200", 60, what="the final checkpoint")
 

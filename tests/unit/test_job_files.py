@@ -83,6 +83,16 @@ def test_typo_is_reported_before_the_missing_field_it_causes(tmp_path: Path) -> 
     assert str(caught.value) == f"{path}:2:1: rnu: unknown field 'rnu', did you mean 'run'? (and 1 more)"
 
 
+def test_retry_reads_its_grace_as_a_duration_and_refuses_one_too_short(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("name: x\nrun: a\nretry: {on: [lost], lost_after: 2m}\n")
+    assert load_job(path).spec.retry.lost_after == 120.0  # type: ignore[union-attr]
+    path.write_text("name: x\nrun: a\nretry:\n  on: [lost]\n  lost_after: 3s\n")
+    with pytest.raises(SpecError) as caught:
+        load_job(path)
+    assert str(caught.value).startswith(f"{path}:5:15: retry.lost_after: Input should be greater than or equal to 10")
+
+
 def test_artifact_globs_may_not_leave_the_workdir(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text("name: x\nrun: a\nartifacts:\n  weights: ../../etc/*\n")
