@@ -51,13 +51,21 @@ def docker_client(host: Host) -> Iterator[docker.DockerClient]:
             client.close()
 
 
+def unreachable_engine(host: Host) -> str | None:
+    """Why this machine cannot reach host's Docker engine, or None: asked before a job exists."""
+    from runner.hosts.ssh import SshHost
+
+    if host.kind == "local" or (isinstance(host, SshHost) and host.uses_openssh):
+        return None
+    return "image builds need OpenSSH's ssh on this machine (hosts.yaml transport: openssh)"
+
+
 @contextmanager
 def _forwarded_socket(host: Host) -> Iterator[str]:
     """A socket here that leads to the engine's socket on host, for the context."""
-    from runner.hosts.ssh import SshHost
-
-    if not isinstance(host, SshHost) or not host.uses_openssh:
-        raise RunnerError(f"host '{host.name}': image builds need OpenSSH's ssh on this machine (transport: openssh)")
+    reason = unreachable_engine(host)
+    if reason is not None:
+        raise RunnerError(f"host '{host.name}': {reason}")
     # The private folder of the SSH master sockets: whoever reaches this socket commands the engine.
     local = str(control_dir() / f"docker-{secrets.token_hex(6)}.sock")
     argv = forward_argv(host.entry, host.openssh_target(), f"{local}:{REMOTE_SOCKET}")

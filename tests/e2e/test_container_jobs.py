@@ -123,14 +123,19 @@ def test_stop_ends_the_container(runner: Runner, dock: DockerHost, tmp_path: Pat
     assert docker("ps", "-a", "-q", "--filter", f"name=^{session}$").stdout.strip() == b""
 
 
-def test_rocm52_on_a_host_without_an_amd_gpu_is_refused_before_anything_is_written(
-    runner: Runner, dock: DockerHost, tmp_path: Path
+@pytest.mark.parametrize("image, transport, refusal", [
+    ("rocm52", "openssh", "image: host 'dock': rocm52 needs an AMD GPU; the host has no GPU"),
+    (IMAGE, "paramiko", "image: host 'dock': image builds need OpenSSH's ssh on this machine (hosts.yaml transport: openssh)"),
+])  # fmt: skip
+def test_an_image_the_host_cannot_have_is_refused_before_anything_is_written(
+    runner: Runner, dock: DockerHost, tmp_path: Path, image: str, transport: str, refusal: str
 ) -> None:
+    write_hosts_file(runner.config, {"dock": {**dock.hosts_entry(), "transport": transport}})
     jobs_there = dock.home / ".runner" / "jobs"
     before = set(jobs_there.iterdir()) if jobs_there.exists() else set()
-    result = runner.run("submit", str(demo_job(tmp_path, image="rocm52")))
+    result = runner.run("submit", str(demo_job(tmp_path, image=image)))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("image: host 'dock': rocm52 needs an AMD GPU; the host has no GPU")
+    assert result.stderr.strip().splitlines()[-1].endswith(refusal), result.stderr
     assert runner.json("status")["jobs"] == []
     assert (set(jobs_there.iterdir()) if jobs_there.exists() else set()) == before
 
