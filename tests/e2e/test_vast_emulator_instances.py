@@ -101,6 +101,20 @@ def direct_port(record: dict[str, Any]) -> int:
     return int(record["ports"]["22/tcp"][0]["HostPort"])
 
 
+def running_with_key(emulator: Emulator, image: str, key: Path) -> tuple[int, int]:
+    """A new instance, running, with key attached: its id and its direct SSH port."""
+    instance_id = create(emulator, image)
+    port = direct_port(wait_running(emulator, instance_id))
+    attach(emulator, instance_id, key)
+    return instance_id, port
+
+
+def destroy_until_no_container(emulator: Emulator, instance_id: int, container: str) -> None:
+    assert call(emulator.url, "DELETE", f"/api/v0/instances/{instance_id}/") == (200, {"success": True})
+    wait_for(lambda: not docker("ps", "-a", "-q", "--filter", f"id={container}").stdout.strip(), 30,
+             what="the destroyed instance's container to go")  # fmt: skip
+
+
 def test_an_instance_from_the_registry_runs_ssh_onstart_and_dies_for_real(
     emulator: Emulator, registry: Registry, key: Path  # noqa: F811
 ) -> None:
@@ -130,34 +144,26 @@ def test_an_instance_from_the_registry_runs_ssh_onstart_and_dies_for_real(
     assert show(emulator, instance_id)["actual_status"] == "exited"  # type: ignore[index]
     assert docker("inspect", "-f", "{{.State.Running}}", container).stdout.strip() == b"false"
 
-    assert call(emulator.url, "DELETE", f"/api/v0/instances/{instance_id}/") == (200, {"success": True})
+    destroy_until_no_container(emulator, instance_id, container)
     assert show(emulator, instance_id) is None
-    wait_for(lambda: not docker("ps", "-a", "-q", "--filter", f"id={container}").stdout.strip(), 30,
-             what="the destroyed instance's container to go")  # fmt: skip
 
 
 def test_an_instance_cut_off_stops_answering_while_the_api_says_running(
     emulator: Emulator, registry: Registry, key: Path  # noqa: F811
 ) -> None:
-    instance_id = create(emulator, registry.image)
-    port = direct_port(wait_running(emulator, instance_id))
-    attach(emulator, instance_id, key)
+    instance_id, port = running_with_key(emulator, registry.image, key)
     wait_for(lambda: ssh(port, key, "true").returncode == 0, 20, what="ssh on the direct port")
     emulator.faults.cut_off_instance(instance_id)
     assert ssh(port, key, "true").returncode == 255  # ssh's own failure: the host is gone from the network
     assert show(emulator, instance_id)["actual_status"] == "running"  # type: ignore[index]
     [container] = emulator.container_ids(instance_id)
-    assert call(emulator.url, "DELETE", f"/api/v0/instances/{instance_id}/") == (200, {"success": True})
-    wait_for(lambda: not docker("ps", "-a", "-q", "--filter", f"id={container}").stdout.strip(), 30,
-             what="the destroyed instance's container to go")  # fmt: skip
+    destroy_until_no_container(emulator, instance_id, container)
 
 
 def test_interactive_logins_start_tmux_unless_no_auto_tmux(
     emulator: Emulator, registry: Registry, key: Path  # noqa: F811
 ) -> None:
-    instance_id = create(emulator, registry.image)
-    port = direct_port(wait_running(emulator, instance_id))
-    attach(emulator, instance_id, key)
+    instance_id, port = running_with_key(emulator, registry.image, key)
     assert ssh(port, key, "echo plain").stdout == "plain\n"  # a command over ssh is never caught in tmux
 
     login = subprocess.Popen([*ssh_argv(port, key, "-tt")], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
