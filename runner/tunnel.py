@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from runner.errors import NotFound, RunnerError, UsageError
 from runner.hosts import SshHost, get_host
@@ -18,8 +19,9 @@ PORTS_TO_TRY = 100
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class _Stopped(Exception):
-    pass
+class _Stopped(BaseException):
+    """Raised by the stop signals' handler: a BaseException, as KeyboardInterrupt is, so that no
+    library's `except Exception` on the way can swallow it."""
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -32,15 +34,19 @@ def forward_until_stopped(job: Job, preferred_port: int | None, announce: Callab
     """Forward the job's TensorBoard, announce its URL, and hold the forward until a stop signal.
 
     runner's own handlers, not the inherited dispositions: a non-interactive shell starts `cmd &` with
-    SIGINT ignored, and Python then never turns it into KeyboardInterrupt. Python runs them in the main
-    thread whichever thread the signal lands on (paramiko's forward is a thread), and ssh, started
-    after them, gets the default dispositions back at exec instead of an inherited SIG_IGN."""
-    previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
+    SIGINT ignored, and Python then never turns it into KeyboardInterrupt. ssh, started after them,
+    gets the default dispositions back at exec instead of an inherited SIG_IGN."""
+    previous: dict[int, Any] = {}
     try:
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, _stop)
         with tensorboard_url(job, preferred_port) as url:
             announce(url)
             while True:
-                signal.pause()
+                # Short sleeps, not signal.pause(): a signal that lands on another thread (paramiko's),
+                # or just before pause() is entered, would not wake it. Python runs the handler in
+                # this thread once the sleep ends, so a stop waits a second at most.
+                time.sleep(1)
     except _Stopped:
         return
     finally:
@@ -81,23 +87,12 @@ def tensorboard_url(job: Job, preferred_port: int | None) -> Iterator[str]:
 
 @contextmanager
 def _paramiko_forward(host: SshHost, local_port: int, remote_port: int) -> Iterator[None]:
-    from invoke.exceptions import ThreadException
-    from paramiko import ChannelException
+    from runner.hosts.paramikoforward import LocalForward
 
-    forward = host.connection().forward_local(
-        local_port=local_port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"
-    )
-    try:
-        with forward:
-            _wait_listening(local_port)  # fabric binds in a thread: the URL is printed only once it answers
-            yield
-    except ThreadException as exc:
-        # fabric raises, when the forward closes, every connection the host refused on the way (each
-        # look before TensorBoard was up): the browser saw those already; they are no failure to end on.
-        if not all(isinstance(wrapper.value, ChannelException) for wrapper in exc.exceptions):
-            raise
-        if exc.__context__ is not None:
-            raise exc.__context__ from None  # what ended the forward, which fabric's raise had hidden
+    transport = host.connection().transport
+    assert transport is not None  # connection() returns an open connection
+    with LocalForward(transport, local_port, remote_port):
+        yield
 
 
 @contextmanager

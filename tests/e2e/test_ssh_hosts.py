@@ -199,27 +199,45 @@ def _listening(port: int) -> bool:
         return False
 
 
+def _page(url: str) -> bytes | None:
+    try:
+        return urllib.request.urlopen(url + "index.html", timeout=5).read()
+    except OSError:  # URLError, a connection the forward ended: nothing serves there (yet)
+        return None
+
+
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a non-interactive shell starts a `cmd &`
 
 
 @pytest.mark.parametrize("transport", ["openssh", "paramiko"])
-def test_a_tensorboard_forward_ends_on_a_stop_signal_with_nothing_left(
+def test_a_tensorboard_forward_outlives_a_refused_look_and_ends_on_a_stop_signal(
     runner: Runner, trusted_box: TestHost, tmp_path: Path, transport: str
 ) -> None:
-    job_file = write_job(tmp_path, "board2", "name: board2\ntensorboard: {port: 6133}\nrun: sleep 600\n")
+    (tmp_path / "index.html").write_text("board-ok\n")
+    serve_once_told = "while [ ! -e go ]; do sleep 0.2; done; exec python3 -m http.server 6133 --bind 127.0.0.1"
+    job_file = write_job(tmp_path, "board2", f"name: board2\ntensorboard: {{port: 6133}}\nrun: {serve_once_told}\n")
     job_id = runner.submit(job_file, "--host", "box")
     write_hosts_file(runner.config, {"box": trusted_box.hosts_entry(transport=transport)})
     for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         forward = subprocess.Popen(
-            [runner_executable(), "tensorboard", job_id], env=runner.env, stdout=subprocess.PIPE, text=True,
-            preexec_fn=_ignore_sigint,
+            [runner_executable(), "tensorboard", job_id], env=runner.env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, preexec_fn=_ignore_sigint,
         )  # fmt: skip
-        port = int(forward.stdout.readline().strip().rsplit(":", 1)[1].rstrip("/"))  # type: ignore[union-attr]
-        assert _listening(port)
-        forward.send_signal(stop)  # the moment the URL is out, as a script would
-        assert forward.wait(10) == 0, stop
-        assert not _listening(port), f"the ssh forward outlived runner tensorboard ({stop.name})"
+        try:
+            url = forward.stdout.readline().strip()  # type: ignore[union-attr]
+            assert url.startswith("http://127.0.0.1:"), forward.communicate(timeout=30)
+            if stop is signal.SIGINT:  # the first forward: a look before the server is up is refused...
+                assert _page(url) is None
+                trusted_box.sh(f"touch ~/.runner/jobs/{job_id}/work/go")
+            # ...and the same forward serves the page once it is
+            assert wait_for(lambda: _page(url), 30, what="the page through the forward") == b"board-ok\n"
+            forward.send_signal(stop)  # the moment the page is read, as a script would
+            assert forward.wait(10) == 0, (stop, forward.stderr.read())  # type: ignore[union-attr]
+            port = int(url.rsplit(":", 1)[1].rstrip("/"))
+            assert not _listening(port), f"the forward outlived runner tensorboard ({stop.name})"
+        finally:
+            forward.kill()
     runner.run("stop", job_id, "--grace", "1", check=True)
 
 
