@@ -14,7 +14,7 @@ from typing import Any
 
 from runner.errors import SpecError
 from runner.hosts.base import Host
-from runner.hosts.dockerlink import unreachable_engine
+from runner.hosts.dockerlink import why_no_engine
 from runner.imagebuild import Log, context_root, context_tar, ensure_image, image_tag
 from runner.images import ImagePlan, plan_image
 from runner.jobscript import render_container_sh
@@ -49,7 +49,7 @@ def plan_container(host: Host, loaded: LoadedJob) -> ContainerJob | None:
     if plan.build is None:
         assert plan.reference is not None
         return ContainerJob(plan, plan.reference)
-    reason = unreachable_engine(host)
+    reason = why_no_engine(host)
     if reason is not None:  # refused here, while no job exists, not once its files are on the host
         raise loaded.error(("image",), f"host '{host.name}': {reason}")
     # The tag is the context's hash: known here, before the host is asked whether it has the image.

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 from runner.artifactsync import default_dest
 from runner.hosts import get_host
 from runner.hosts.vast import FAILED, destroy_until_gone, instance_id_of, provision
+from runner.spec import LOST_AFTER_S
 from runner.state import Job, Store
 
 if TYPE_CHECKING:
     from runner.hosts.vastapi import VastClient
 
 Log = Callable[[str], None]
-LOST_AFTER_S = 300.0  # SSH silent this long while the API says running: the instance is lost to us
 MANIFEST = ".runner-manifest.json"  # fetch's record of what it brought: not part of the checkpoints
 
 
@@ -41,6 +41,7 @@ def interruption(client: VastClient, job: Job, unreachable_for: float | None) ->
 
 
 def lost_after(job: Job) -> float:
+    """The job's grace; the default for a job stored before `lost_after` existed."""
     return float((job.spec.get("retry") or {}).get("lost_after", LOST_AFTER_S))
 
 

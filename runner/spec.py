@@ -39,6 +39,7 @@ DEFAULT_ARTIFACTS: dict[str, list[str]] = {
 }
 # Each sync lists the whole set on the host (hashing what changed): more often than this is a busy loop.
 MIN_SYNC_SECONDS = 10.0
+LOST_AFTER_S = 300.0  # a rented instance's SSH silent this long while the API says running: it is lost
 
 
 def _one_or_many(value: object) -> object:
@@ -224,8 +225,8 @@ class RetryPolicy(StrictModel):
     on: list[Literal["interrupted", "lost"]] = Field(description="interrupted: the instance exited or went offline;"
                                                      " lost: SSH gone for longer than the grace period")  # fmt: skip
     max: int = Field(1, ge=1, le=20, description="how many new instances at most")
-    lost_after: Duration = Field(300.0, ge=10, description="the grace period: SSH silent this long (5m, 300)"
-                                 " while vast.ai says the instance runs, and it counts as lost")  # fmt: skip
+    lost_after: Duration = Field(LOST_AFTER_S, ge=10, description="the grace period: SSH silent this long"
+                                 " (5m, 300) while vast.ai says the instance runs, and it counts as lost")  # fmt: skip
 
     @model_validator(mode="before")
     @classmethod

@@ -51,19 +51,23 @@ def docker_client(host: Host) -> Iterator[docker.DockerClient]:
             client.close()
 
 
-def unreachable_engine(host: Host) -> str | None:
+def why_no_engine(host: Host) -> str | None:
     """Why this machine cannot reach host's Docker engine, or None: asked before a job exists."""
+    import shutil
+
     from runner.hosts.ssh import SshHost
 
     if host.kind == "local" or (isinstance(host, SshHost) and host.uses_openssh):
         return None
-    return "image builds need OpenSSH's ssh on this machine (hosts.yaml transport: openssh)"
+    if shutil.which("ssh") is None:
+        return "image builds need OpenSSH's ssh on this machine, and there is none on PATH"
+    return "image builds need OpenSSH's ssh, and hosts.yaml sets this host's transport: paramiko"
 
 
 @contextmanager
 def _forwarded_socket(host: Host) -> Iterator[str]:
     """A socket here that leads to the engine's socket on host, for the context."""
-    reason = unreachable_engine(host)
+    reason = why_no_engine(host)
     if reason is not None:
         raise RunnerError(f"host '{host.name}': {reason}")
     # The private folder of the SSH master sockets: whoever reaches this socket commands the engine.

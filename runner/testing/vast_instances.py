@@ -211,7 +211,9 @@ class Provisioner:
         with instance.work:
             if not instance.container:
                 raise KeyError(f"instance {instance.id} has no container yet")
-            docker("network", "disconnect", "--force", "bridge", instance.container).check_returncode()
+            cut = docker("network", "disconnect", "--force", "bridge", instance.container)
+            if cut.returncode != 0:
+                raise RuntimeError(f"instance {instance.id} could not be cut off: {last_line(cut)}")
 
     def attach_key(self, instance: Instance, key: str) -> None:
         with instance.keys_lock:  # one writer at a time, each writing the whole list

@@ -125,7 +125,8 @@ def test_stop_ends_the_container(runner: Runner, dock: DockerHost, tmp_path: Pat
 
 @pytest.mark.parametrize("image, transport, refusal", [
     ("rocm52", "openssh", "image: host 'dock': rocm52 needs an AMD GPU; the host has no GPU"),
-    (IMAGE, "paramiko", "image: host 'dock': image builds need OpenSSH's ssh on this machine (hosts.yaml transport: openssh)"),
+    (IMAGE, "paramiko", "image: host 'dock': image builds need OpenSSH's ssh, and hosts.yaml sets this host's"
+                        " transport: paramiko"),
 ])  # fmt: skip
 def test_an_image_the_host_cannot_have_is_refused_before_anything_is_written(
     runner: Runner, dock: DockerHost, tmp_path: Path, image: str, transport: str, refusal: str

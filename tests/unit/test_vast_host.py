@@ -3,13 +3,14 @@ a rented job costs, and which names are instances."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import pytest
 
 from runner.hosts import vast
-from runner.state import Instance, Store
+from runner.state import Instance, Job, JobState, Store
 
 RUNNING = {"actual_status": "running", "public_ipaddr": "203.0.113.7 ", "ssh_host": "ssh5.vast.ai", "ssh_port": 41022,
            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40122"}]}}  # fmt: skip
@@ -86,3 +87,29 @@ def test_a_private_registry_login_comes_from_a_private_file_and_goes_to_vast_onl
         image_login(registry)
     assert image_login(RegistrySettings(address="127.0.0.1:5000/team")) is None  # no login: none sent
     assert "image_login" not in vast.create_body("j1", "127.0.0.1:5000/team/x:1", {})
+
+
+def test_a_silent_instance_is_lost_after_its_jobs_grace_and_not_before(tmp_path: Path) -> None:
+    from runner.hosts.vastapi import VastClient
+    from runner.recovery import interruption
+    from runner.spec import LOST_AFTER_S
+    from runner.testing.vast_emulator import Emulator, default_offers
+    from tests.conftest import wait_for
+
+    key = "vk-unit-lost-after"
+    body = {"image": "ghcr.io/acme/train:cu128", "disk": 40, "label": "runner:job1", "runtype": "ssh_direc ssh_proxy"}
+    with Emulator(default_offers(), api_key=key, containers=False) as emulator, VastClient(key, emulator.url) as client:
+        instance_id = client.create_instance(default_offers()[0]["id"], body)
+        wait_for(lambda: (client.instance(instance_id) or {}).get("actual_status") == "running", 10, what="running")
+        on_it = Job(id="job1", name="t", host=vast.host_name(instance_id), state=JobState.RUNNING, spec={},
+                    job_file="t.yaml", job_dir=None, session=None, created_at=1.0, started_at=2.0, ended_at=None,
+                    exit_code=None, stop_requested_at=None, last_line=None, message=None)  # fmt: skip
+        stored_before_the_grace_existed = dataclasses.replace(on_it, spec={"retry": {"on": ["lost"], "max": 1}})
+        with_a_grace = dataclasses.replace(on_it, spec={"retry": {"on": ["lost"], "max": 1, "lost_after": 20.0}})
+        assert interruption(client, stored_before_the_grace_existed, None) is None  # SSH answers
+        assert interruption(client, stored_before_the_grace_existed, LOST_AFTER_S - 1) is None
+        assert interruption(client, stored_before_the_grace_existed, LOST_AFTER_S) == "lost"
+        assert interruption(client, with_a_grace, 19.0) is None
+        assert interruption(client, with_a_grace, 20.0) == "lost"
+        emulator.faults.kill_instance(instance_id)
+        assert interruption(client, with_a_grace, None) == "interrupted"  # the API's word comes first
