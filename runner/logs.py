@@ -11,13 +11,18 @@ its typescript to /dev/null and is quiet (-q), so a log that holds them had them
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
 from typing import TextIO
 
+from runner import paths
 from runner.errors import HostUnreachable, NotFound
 from runner.hosts import Host, get_host
+from runner.hosts.local import LocalHost
 from runner.hostside.progress import ESCAPE, render_carriage_returns
 from runner.layout import JobLayout
 from runner.observe import refresh_one
@@ -148,9 +153,35 @@ def render_log(data: bytes, color: bool = True) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def saved_log(job_id: str) -> Path:
+    """Where a rented job's train.log is kept here once the job ended: its instance goes, and the
+    log lives beside the workdir, not in it, so no artifact fetch brings it."""
+    return paths.runner_home() / "logs" / f"{job_id}.log"
+
+
+def save_log(job: Job) -> int:
+    """Copy the job's train.log from its host to saved_log (whole, or not at all); its size."""
+    host, path = _log_location(job)
+    target = saved_log(job.id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            host.read_into(path, 0, out)
+        os.replace(partial, target)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
+    return target.stat().st_size
+
+
 def _log_location(job: Job) -> tuple[Host, str]:
     if not job.job_dir:
         raise NotFound(f"job {job.id} never reached its host: it has no log")
+    saved = saved_log(job.id)
+    if saved.is_file():  # saved as the job ended, before its instance was destroyed
+        return LocalHost(), str(saved)
     return get_host(job.host), JobLayout(job.job_dir).file("train.log")
 
 

@@ -172,7 +172,9 @@ def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Jo
             if not job.finished:
                 job = _carry_on_if_gone(client, store, job, log)
                 time.sleep(poll_s)
-        if _fetch_weights(job, log) or job.state is JobState.LOST:  # a lost instance has nothing left to fetch
+        if job.state is not JobState.LOST:  # a lost instance has nothing left to fetch
+            _save_log(job, log)
+        if _fetch_weights(job, log) or job.state is JobState.LOST:
             # max_cost stops the instance too, whatever teardown says: the budget is spent.
             teardown(client, store, job, log, "on_exit" if budget_spent else None)
         else:
@@ -204,6 +206,19 @@ def _over_budget(store: Store, job: Job, log: Log) -> bool:
     log(f"job {job.id} has cost ${spent:.2f}, reaching resources.max_cost ${limit:.2f}: stopping it")
     store.add_event(job.id, "max_cost", f"${spent:.2f} of ${limit:.2f}")
     return True
+
+
+def _save_log(job: Job, log: Log) -> None:
+    """train.log here before the instance goes (`runner logs` reads it then); a failure is reported,
+    and teardown goes on: the weights, not the log, decide whether the instance may go."""
+    from runner.logs import save_log
+
+    try:
+        size = save_log(job)
+    except RunnerError as exc:
+        log(f"job {job.id}'s train.log could not be saved here: {exc}")
+        return
+    log(f"saved job {job.id}'s train.log here ({size} bytes)")
 
 
 def _fetch_weights(job: Job, log: Log, wait: bool = True) -> bool:

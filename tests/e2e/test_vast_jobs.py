@@ -90,6 +90,9 @@ def test_a_rented_job_runs_succeeds_brings_its_weights_home_and_gives_the_instan
     assert runner.json("status", job_id)["cost"]["live"] == []
     deleted = f"/api/v0/instances/{job['cost']['instances'][0]}/"
     assert any(request.method == "DELETE" and request.path == deleted for request in vast.requests)
+    # The log lived on the instance: it was saved here before the instance went.
+    shown = runner.run("logs", job_id, check=True).stdout
+    assert "3 epochs completed in" in shown
 
 
 def test_the_api_key_never_shows(runner: Runner, vast: Emulator, registry: Any, tmp_path: Path) -> None:  # noqa: F811
