@@ -16,7 +16,7 @@ from runner.errors import SpecError
 from runner.hosts.base import Host
 from runner.hosts.dockerlink import why_no_engine
 from runner.imagebuild import Log, context_root, context_tar, ensure_image, image_tag
-from runner.images import ImagePlan, plan_image
+from runner.images import ImagePlan, plan_image, requested
 from runner.jobscript import render_container_sh
 from runner.layout import JobLayout, agent_argv, install_hostside
 from runner.specfile import LoadedJob
@@ -41,6 +41,9 @@ def plan_container(host: Host, loaded: LoadedJob) -> ContainerJob | None:
     spec = loaded.spec.model_dump(mode="json")
     if spec.get("image") is None:
         return None
+    reason = why_no_engine(host) if requested(spec["image"])[1] else None
+    if reason is not None:  # refused here, while no job exists, not once its files are on the host
+        raise loaded.error(("image",), f"host '{host.name}': {reason}")
     try:
         plan = plan_image(spec, host_facts(host))
     except SpecError as exc:
@@ -49,9 +52,6 @@ def plan_container(host: Host, loaded: LoadedJob) -> ContainerJob | None:
     if plan.build is None:
         assert plan.reference is not None
         return ContainerJob(plan, plan.reference)
-    reason = why_no_engine(host)
-    if reason is not None:  # refused here, while no job exists, not once its files are on the host
-        raise loaded.error(("image",), f"host '{host.name}': {reason}")
     # The tag is the context's hash: known here, before the host is asked whether it has the image.
     return ContainerJob(plan, image_tag(plan.build, context_tar(context_root(), plan.build), plan.build_args))
 
