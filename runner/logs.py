@@ -11,15 +11,14 @@ its typescript to /dev/null and is quiet (-q), so a log that holds them had them
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from pathlib import Path
 from typing import TextIO
 
 from runner import paths
+from runner.atomicfile import replacing
 from runner.errors import HostUnreachable, NotFound
 from runner.hosts import Host, get_host
 from runner.hosts.local import LocalHost
@@ -163,16 +162,8 @@ def save_log(job: Job) -> int:
     """Copy the job's train.log from its host to saved_log (whole, or not at all); its size."""
     host, path = _log_location(job)
     target = saved_log(job.id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            host.read_into(path, 0, out)
-        os.replace(partial, target)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
+    with replacing(target, mode=0o600) as out:  # private: what a training prints is its own
+        host.read_into(path, 0, out)
     return target.stat().st_size
 
 

@@ -166,11 +166,10 @@ class Emulator:
 
     def _faulted(self, instance_id: int) -> Instance:
         """The instance a fault names; KeyError (the faults' contract) where _instance answers 404."""
-        with self._lock:
-            instance = self._instances.get(instance_id)
-        if instance is None:
-            raise KeyError(f"no instance {instance_id}")
-        return instance
+        try:
+            return self._instance(str(instance_id))
+        except ApiError:
+            raise KeyError(f"no instance {instance_id}") from None
 
     def search(self, _: None, query: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
         filters, keys, limit = search_terms(body)
