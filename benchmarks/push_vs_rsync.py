@@ -50,7 +50,7 @@ def run_benchmark(base: Path, box: TestHost, mib: int, small: int, rounds: int) 
     (base / "user").mkdir()
     write_hosts_file(base / "config", {"box": box.hosts_entry()})
     from runner.hosts import get_host
-    from runner.push import push_tree
+    from runner.transfer.push import push_tree
 
     host = get_host("box", trust_new=True)
     source = make_dataset(base / "data", mib, small)

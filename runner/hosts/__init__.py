@@ -11,7 +11,7 @@ import atexit
 from runner.hosts.base import CommandResult, Host, SyncStats
 from runner.hosts.local import LocalHost
 from runner.hosts.ssh import SshHost
-from runner.hostsfile import HostEntry, host_entry, load_hosts
+from runner.hosts.hostsfile import HostEntry, host_entry, load_hosts
 
 __all__ = ["CommandResult", "Host", "LocalHost", "SshHost", "SyncStats", "get_host", "known_host_names"]
 
@@ -34,7 +34,7 @@ def get_host(name: str, trust_new: bool = False) -> Host:
 
 def _entry(name: str) -> HostEntry:
     """hosts.yaml's entry, or for a rented instance (vast-<id>) the store's."""
-    from runner.hosts.vast import instance_entry, instance_id_of
+    from runner.provision.vast.provisioner import instance_entry, instance_id_of
 
     instance_id = instance_id_of(name)
     return host_entry(name) if instance_id is None else instance_entry(instance_id)

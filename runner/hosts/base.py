@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, Union
 
-from runner.errors import CommandFailed, command_name  # noqa: F401  (re-exported for the hosts)
+from runner.base.errors import CommandFailed, command_name  # noqa: F401  (re-exported for the hosts)
 
 
 # A command's input: bytes, or an open file that is read from its current position to its end.

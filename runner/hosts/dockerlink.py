@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, BinaryIO
 
-from runner.errors import HostUnreachable, RunnerError
+from runner.base.errors import HostUnreachable, RunnerError
 from runner.hosts.base import Host
 from runner.hosts.openssh import control_dir, end_forward, forward_argv, last_line
 

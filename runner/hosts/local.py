@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from runner import paths
-from runner.atomicfile import write_atomically
-from runner.errors import NotFound
+from runner.base import paths
+from runner.base.atomicfile import write_atomically
+from runner.base.errors import NotFound
 from runner.hosts.base import CommandResult, Stdin
 from runner.hosts.feed import StdinFeed
 

@@ -15,13 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from runner import paths
-from runner.atomicfile import write_atomically
-from runner.errors import RunnerError
+from runner.base import paths
+from runner.base.atomicfile import write_atomically
+from runner.base.errors import RunnerError
 from runner.hosts.base import Stdin
 from runner.hosts.feed import StdinFeed
-from runner.hostsfile import SSH_TARGET, HostEntry
-from runner.paths import runner_known_hosts, user_known_hosts
+from runner.hosts.hostsfile import SSH_TARGET, HostEntry
+from runner.base.paths import runner_known_hosts, user_known_hosts
 
 SSH_FAILED = 255  # ssh's own exit code: the link or the login failed, not the remote command
 CONTROL_PERSIST_SECONDS = 300  # a status or fetch within 5 minutes of the last one pays no handshake

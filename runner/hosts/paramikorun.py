@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import paramiko
 
-from runner.errors import HostUnreachable, NotFound, RunnerError
+from runner.base.errors import HostUnreachable, NotFound, RunnerError
 from runner.hosts.base import CommandResult, Stdin, command_name
 from runner.hosts.sshconnect import describe
 

@@ -15,11 +15,11 @@ import subprocess
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
-from runner.errors import HostUnreachable, NotFound, RunnerError
+from runner.base.errors import HostUnreachable, NotFound, RunnerError
 from runner.hosts.base import CommandResult, Stdin, command_name
 from runner.hosts.feed import rewinder
 from runner.hosts.openssh import SSH_FAILED, last_line, openssh_argv, run_openssh, stop_master
-from runner.hostsfile import HostEntry
+from runner.hosts.hostsfile import HostEntry
 
 if TYPE_CHECKING:
     import fabric

@@ -17,9 +17,9 @@ import fabric
 import paramiko
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
-from runner.errors import HostKeyRejected, HostUnreachable, RunnerError
+from runner.base.errors import HostKeyRejected, HostUnreachable, RunnerError
 from runner.hosts.keys import PinNewHost, changed_key_error, load_known_hosts
-from runner.hostsfile import SSH_TARGET, HostEntry
+from runner.hosts.hostsfile import SSH_TARGET, HostEntry
 
 # paramiko logs every failed attempt with a traceback; runner reports failures itself, in one line.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())

@@ -29,7 +29,7 @@ WHERE = 'echo "in container: $(test -f /.dockerenv && echo yes || echo no); PYTH
 def built_tags() -> Iterator[set[str]]:
     """The tag the jobs' image gets, removed before the tests (so the first submit really builds it,
     whatever this machine's engine holds) and after them, with any other tag the tests saw built."""
-    from runner.imagebuild import context_root, context_tar, image_tag
+    from runner.images.build import context_root, context_tar, image_tag
 
     expected = image_tag("cu128", context_tar(context_root(), "cu128"), {"BASE_IMAGE": BASE, "INSTALL_FRAMEWORK": "0"})
     docker("image", "rm", "-f", expected, check=False)

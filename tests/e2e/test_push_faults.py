@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.placement import DatasetPlacement
+from runner.pipeline.placement import DatasetPlacement
 from tests.conftest import Runner, runner_executable, wait_for, write_job
 from tests.e2e.testhost import USER, TestHost, docker
 

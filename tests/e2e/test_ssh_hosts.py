@@ -302,9 +302,10 @@ def test_status_costs_one_round_trip_per_host_however_many_jobs(
     try:
         for key in ("RUNNER_HOME", "RUNNER_CONFIG_DIR", "HOME", "TMUX_TMPDIR"):
             monkeypatch.setenv(key, runner.env[key])
-        from runner import hosts, paths
-        from runner.observe import refresh
-        from runner.state import Store
+        from runner import hosts
+        from runner.base import paths
+        from runner.observe.observe import refresh
+        from runner.jobs.state import Store
 
         monkeypatch.setattr(hosts, "_open_hosts", {})
         host = hosts.get_host("box")

@@ -256,7 +256,7 @@ def test_max_cost_stops_the_job_fetches_its_weights_and_destroys_the_instance(
 def test_down_orphans_destroys_instances_no_running_job_owns(
     runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
 ) -> None:
-    from runner.hosts.vastapi import VastClient
+    from runner.provision.vast.api import VastClient
 
     with VastClient(api_key=API_KEY, base_url=vast.url) as client:
         stray = client.create_instance(103, {"client_id": "me", "image": registry.image, "disk": 10,

@@ -14,7 +14,7 @@ import pytest
 
 from runner.hosts.local import LocalHost
 from runner.hostside import transfer
-from runner.layout import run_agent
+from runner.jobs.layout import run_agent
 
 
 MTIME_NS = 1_600_000_000_123_456_789

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from runner import artifactsync
-from runner.artifactsync import fetch_every, sync_dest
-from runner.durations import format_duration, parse_duration
-from runner.errors import CommandFailed, HostUnreachable, NotFound, SpecError
-from runner.fetch import FetchResult
-from runner.spec import DEFAULT_ARTIFACTS, ArtifactSync
-from runner.specfile import load_job
-from runner.state import Job, JobState, Store
+from runner.transfer import artifactsync
+from runner.transfer.artifactsync import fetch_every, sync_dest
+from runner.base.durations import format_duration, parse_duration
+from runner.base.errors import CommandFailed, HostUnreachable, NotFound, SpecError
+from runner.transfer.fetch import FetchResult
+from runner.jobs.spec import DEFAULT_ARTIFACTS, ArtifactSync
+from runner.jobs.specfile import load_job
+from runner.jobs.state import Job, JobState, Store
 from tests.conftest import Runner
 
 

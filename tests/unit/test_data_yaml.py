@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import SpecError
-from runner.placement import plan_datasets
-from runner.preflight import describe
-from runner.specfile import load_job
+from runner.base.errors import SpecError
+from runner.pipeline.placement import plan_datasets
+from runner.pipeline.preflight import describe
+from runner.jobs.specfile import load_job
 
 
 def describe_yaml(workdir: Path, text: str) -> dict:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from runner.hostside import datacheck, imageheader, labelfile, splitscan
-from runner.preflight import check_here
-from runner.specfile import load_job
+from runner.pipeline.preflight import check_here
+from runner.jobs.specfile import load_job
 from tests.datasets import IMAGE_BYTES, bmp_bytes, jpeg_bytes, png_bytes, ultralytics_yaml, webp_bytes, write_split
 
 BOX = "0.5 0.5 0.1 0.1"

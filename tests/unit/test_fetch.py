@@ -11,8 +11,8 @@ from typing import BinaryIO
 
 import pytest
 
-from runner.download import RemoteFile
-from runner.fetch import fetch_files, list_remote
+from runner.transfer.download import RemoteFile
+from runner.transfer.fetch import fetch_files, list_remote
 from runner.hosts import LocalHost
 
 
@@ -43,7 +43,7 @@ class CountingHost(LocalHost):
 @pytest.fixture(autouse=True)
 def runner_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
-    from runner.layout import install_hostside
+    from runner.jobs.layout import install_hostside
 
     install_hostside(LocalHost())
 
@@ -189,7 +189,9 @@ def test_a_bar_shows_the_transfer_on_a_terminal_and_nothing_otherwise(
 ) -> None:
     from rich.console import Console
 
-    from runner import render, transferprogress
+    from runner.cli import render
+
+    from runner.transfer import progress as transferprogress
 
     screen = io.StringIO()
     monkeypatch.setattr(render, "stderr", Console(file=screen, force_terminal=True, width=120))

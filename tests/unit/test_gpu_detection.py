@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from runner import render
+from runner.cli import render
 from runner.hostside import agent, gpuident
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples" / "telemetry"

@@ -11,10 +11,10 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from runner.errors import HostKeyRejected, NotFound, SpecError
+from runner.base.errors import HostKeyRejected, NotFound, SpecError
 from runner.hosts.sshconnect import is_transient
-from runner.hostsfile import host_entry, load_hosts
-from runner.hostsmodel import SshHostEntry, add_host
+from runner.hosts.hostsfile import host_entry, load_hosts
+from runner.hosts.hostsmodel import SshHostEntry, add_host
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +60,7 @@ def test_status_with_validated_hosts_starts_without_pydantic_or_paramiko(config_
     (config_dir / "hosts.yaml").write_text("hosts:\n  box:\n    ssh: me@box\n")
     load_hosts()  # validated once, as `runner hosts add` or any earlier command does
     script = (
-        "import sys\nfrom runner.cli import cli\ncli.main(['status'], standalone_mode=False)\n"
+        "import sys\nfrom runner.cli.app import cli\ncli.main(['status'], standalone_mode=False)\n"
         "print(sorted(name for name in ('pydantic', 'paramiko', 'fabric', 'yaml') if name in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

@@ -9,7 +9,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from runner.imagebuild import context_files, context_root, context_tar, image_tag
+from runner.images.build import context_files, context_root, context_tar, image_tag
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from runner.errors import SpecError
+from runner.base.errors import SpecError
 from runner.hostside import gpuident
-from runner.images import ImagePlan, plan_image
+from runner.images.plan import ImagePlan, plan_image
 from tests.unit.test_gpu_detection import NO_TOOLS, RTX5090_TABLE, RX5600_ROCMINFO, RX6800M_IGPU_CONCISE, sample
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import SpecError
-from runner.specfile import MAX_SPEC_BYTES, load_job
+from runner.base.errors import SpecError
+from runner.jobs.specfile import MAX_SPEC_BYTES, load_job
 from tests.conftest import REPO, Runner
 
 MALFORMED = {

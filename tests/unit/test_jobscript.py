@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import runner.hostside
-from runner.jobscript import render_job_sh, render_run_sh
-from runner.spec import JobSpec
+from runner.jobs.jobscript import render_job_sh, render_run_sh
+from runner.jobs.spec import JobSpec
 
 AGENT = Path(runner.hostside.__file__).parent / "agent.py"
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from runner import logs
+from runner.observe import logs
 from runner.hosts.local import LocalHost
 from runner.hostside import progress
-from runner.logs import LineRenderer, _last_lines, render_log, wants_color
+from runner.observe.logs import LineRenderer, _last_lines, render_log, wants_color
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples"
 ULTRALYTICS = SAMPLES / "ultralytics" / "train_tty.log"

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from runner.observe import Observation, next_state
-from runner.state import Job, JobState
+from runner.observe.observe import Observation, next_state
+from runner.jobs.state import Job, JobState
 
 RUNNING = Job(
     id="0123abcd", name="t", host="local", state=JobState.RUNNING, spec={}, job_file="t.yaml",
@@ -55,7 +55,7 @@ def test_no_job_is_called_lost_on_a_missing_witness(alive: bool | None, processe
 def test_status_table_shows_bracketed_training_output_as_it_is() -> None:
     from rich.console import Console
 
-    from runner.render import jobs_table
+    from runner.cli.render import jobs_table
 
     line = "loading [/data/coco/images] [rank0]: [bold]x[/bold]"
     job = dataclasses.replace(RUNNING, last_line=line)

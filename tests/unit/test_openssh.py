@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import RunnerError
+from runner.base.errors import RunnerError
 from runner.hosts import openssh
 
 

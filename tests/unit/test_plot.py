@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 import runner.hostside
-from runner import plot
-from runner.errors import NotFound, UsageError
+from runner.cli import plot
+from runner.base.errors import NotFound, UsageError
 from runner.hostside import agent
-from runner.state import Job, JobState
+from runner.jobs.state import Job, JobState
 from tests.conftest import SAMPLES
 
 sys.path.insert(0, str(Path(runner.hostside.__file__).parent))
@@ -236,7 +236,7 @@ def test_without_matplotlib_the_error_says_which_extra_to_install(monkeypatch: p
 def test_runner_plot_without_matplotlib_exits_2_with_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runner import cli
+    from runner.cli import app as cli
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from tenacity import wait_none
 
-from runner import push
-from runner.errors import RunnerError
+from runner.transfer import push
+from runner.base.errors import RunnerError
 from runner.hosts.local import LocalHost
 
 from tests.unit.localagent import (  # noqa: F401  (fixtures are found by name)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import NotFound, UsageError
-from runner.state import ACTIVE, FINISHED, JobState, Store
+from runner.base.errors import NotFound, UsageError
+from runner.jobs.state import ACTIVE, FINISHED, JobState, Store
 
 WRITERS, JOBS_EACH, EVENTS_EACH = 6, 10, 20
 

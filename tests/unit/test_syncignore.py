@@ -11,8 +11,8 @@ import pytest
 from collections.abc import Sequence
 
 from runner.hosts.local import LocalHost
-from runner.push import push_tree
-from runner.syncignore import ALWAYS_EXCLUDED, is_excluded, load_excludes
+from runner.transfer.push import push_tree
+from runner.transfer.syncignore import ALWAYS_EXCLUDED, is_excluded, load_excludes
 
 
 def test_load_excludes_without_a_runnerignore(tmp_path: Path) -> None:

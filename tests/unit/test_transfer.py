@@ -14,7 +14,7 @@ import pytest
 
 from runner.hosts.local import LocalHost
 from runner.hostside import transfer
-from runner.layout import run_agent
+from runner.jobs.layout import run_agent
 
 from tests.unit.localagent import (  # noqa: F401  (fixtures are found by name)
     MTIME_NS, _batch, _call, _entry, _files_under, _member, _receive, _sha256, _snapshot, _version, host, isolated, outside,

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from runner.errors import RunnerError, SpecError
-from runner.hosts import vastapi
-from runner.hosts.vastapi import (
+from runner.base.errors import RunnerError, SpecError
+from runner.provision.vast import api as vastapi
+from runner.provision.vast.api import (
     OfferGone, VastAuthError, VastClient, VastError, VastUnavailable, api_url, load_api_key, offer_query,
 )  # fmt: skip
-from runner.spec import Resources
+from runner.jobs.spec import Resources
 from runner.testing.vast_emulator import Emulator, RecordedRequest, default_offers
 
 API_KEY = "vk-3f9c1e7a55d04b2b9a1e0c8d7f6a5b4c"

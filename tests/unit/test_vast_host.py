@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.hosts import vast
-from runner.state import Instance, Job, JobState, Store
+from runner.provision.vast import provisioner as vast
+from runner.jobs.state import Instance, Job, JobState, Store
 
 RUNNING = {"actual_status": "running", "public_ipaddr": "203.0.113.7 ", "ssh_host": "ssh5.vast.ai", "ssh_port": 41022,
            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40122"}]}}  # fmt: skip
@@ -70,9 +70,9 @@ def _key_text(_: int) -> str:
 
 
 def test_a_private_registry_login_comes_from_a_private_file_and_goes_to_vast_only(tmp_path: Path, monkeypatch) -> None:
-    from runner.errors import SpecError
-    from runner.hostsmodel import RegistrySettings
-    from runner.imagepublish import image_login
+    from runner.base.errors import SpecError
+    from runner.hosts.hostsmodel import RegistrySettings
+    from runner.images.publish import image_login
 
     monkeypatch.delenv("RUNNER_REGISTRY_PASSWORD", raising=False)
     token = tmp_path / "token"
@@ -90,9 +90,9 @@ def test_a_private_registry_login_comes_from_a_private_file_and_goes_to_vast_onl
 
 
 def test_a_silent_instance_is_lost_after_its_jobs_grace_and_not_before(tmp_path: Path) -> None:
-    from runner.hosts.vastapi import VastClient
-    from runner.recovery import interruption
-    from runner.spec import LOST_AFTER_S
+    from runner.provision.vast.api import VastClient
+    from runner.pipeline.recovery import interruption
+    from runner.jobs.spec import LOST_AFTER_S
     from runner.testing.vast_emulator import Emulator, default_offers
     from tests.conftest import wait_for
 

@@ -1,0 +1,389 @@
+"""The command line: parse, call one core function, render. No logic here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from runner import __version__
+
+from runner.base import paths
+
+from runner.transfer import progress as transferprogress
+from runner.cli.hosts import JSON_OPTION, TRUST_OPTION, hosts
+from runner.cli.vast import down, keep, offers
+from runner.base.durations import format_duration, parse_duration
+from runner.base.errors import NotFound, RunnerError, SpecError
+
+WINDOW_NAMES = ("train", "monitor", "gpu", "cpu", "tensorboard", "shell")  # runner.session.WINDOWS
+
+# Each command imports what it needs when it runs: `runner status` should not pay for pydantic,
+# paramiko or the fetch engine at start-up (see benchmarks/status_vs_ssh.py).
+if TYPE_CHECKING:
+    from runner.transfer.fetch import FetchResult
+    from runner.observe.observe import Refreshed
+    from runner.jobs.state import Job, Store
+
+
+class Duration(click.ParamType):
+    """30s, 10m, 1h or plain seconds (runner.durations, shared with the job file)."""
+
+    name = "duration"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+
+
+@contextmanager
+def open_store() -> Iterator[Store]:
+    from runner.jobs.state import Store
+
+    store = Store(paths.state_db())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runner")
+def cli() -> None:
+    """Run training jobs on GPU hosts from one job file."""
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(path_type=Path))
+@click.option("--host", "host_name", help="Run on this host instead of the job file's.")
+@click.option("--skip-preflight", is_flag=True, help="Start even if the job's dataset (`dataset:`) has errors: no check.")
+@click.option("--keep", is_flag=True, help="host vast: leave the instance running if the submit fails (to look into it).")
+@TRUST_OPTION
+@JSON_OPTION
+def submit(
+    job_file: Path, host_name: str | None, skip_preflight: bool, keep: bool, trust_new_host: bool, as_json: bool
+) -> None:
+    """Start JOB_FILE on its host; prints the job id."""
+    from runner.cli import render
+    from runner.jobs.specfile import load_job
+    from runner.pipeline.submit import submit as submit_job
+
+    loaded = load_job(job_file)
+    with open_store() as store, transferprogress.shown(f"{loaded.spec.name}: files", _bars(as_json)):
+        submitted = submit_job(
+            store, loaded, host_name, trust_new_host, preflight=not skip_preflight, log=_to_stderr, keep=keep
+        )
+    job = submitted.job
+    if as_json:
+        render.print_json(render.submit_document(submitted))
+        return
+    click.echo(job.id)
+    render.stderr.print(render.submit_summary(submitted))
+
+
+def _to_stderr(line: str) -> None:
+    """Progress of a long step (an image build's log), line by line as it comes."""
+    click.echo(line, err=True)
+
+
+@cli.command()
+@click.argument("job_ref", metavar="[JOB]", required=False)
+@click.option("-w", "--watch", is_flag=True, help="Refresh in place until Ctrl-C (with --json: one document per line).")
+@click.option("--interval", type=DURATION, default=2.0, show_default=True, help="Seconds between refreshes with -w.")
+@JSON_OPTION
+def status(job_ref: str | None, watch: bool, interval: float, as_json: bool) -> None:
+    """Show all jobs, or one JOB (id, id prefix or name): progress, GPUs, alerts."""
+    with open_store() as store:
+        _prewarm_hosts([store.find(job_ref)] if job_ref else store.list_jobs())  # handshakes overlap the imports
+        from runner.cli import render
+        from runner.observe.observe import refresh
+
+        def poll() -> Refreshed:
+            return refresh(store, [store.find(job_ref)] if job_ref else store.list_jobs())
+
+        if watch:
+            _watch_status(poll, interval, as_json, bool(job_ref))
+            return
+        refreshed = poll()
+    if as_json:
+        render.print_json(_status_document(refreshed, bool(job_ref)))
+    else:
+        from runner.cli.statusview import status_view
+
+        render.stdout.print(status_view(refreshed))
+    if refreshed.problems:
+        for problem in refreshed.problems.values():
+            render.stderr.print(f"runner: {problem.error}", markup=False)
+        sys.exit(max(problem.error.exit_code for problem in refreshed.problems.values()))
+
+
+def _prewarm_hosts(jobs: list[Job]) -> None:
+    """Start the SSH handshakes with the hosts status will probe; problems are for the probe to report."""
+    from runner.hosts import get_host
+    from runner.jobs.state import JobState
+
+    for name in sorted({job.host for job in jobs if job.state is JobState.RUNNING and job.job_dir}):
+        try:
+            host = get_host(name)
+        except RunnerError:
+            continue
+        if hasattr(host, "prewarm"):
+            host.prewarm()
+
+
+def _status_document(refreshed: Refreshed, one_job: bool) -> dict:
+    from runner.cli import render
+    from runner.cli.statusview import unreachable_since
+
+    unreachable = unreachable_since(refreshed)
+    documents = [render.job_document(job, unreachable.get(job.host), refreshed.costs.get(job.id)) for job in refreshed.jobs]
+    return documents[0] if one_job else {"jobs": documents}
+
+
+def _watch_status(poll: Callable[[], Refreshed], interval: float, as_json: bool, one_job: bool) -> None:
+    if not as_json:
+        from runner.cli.statusview import watch
+
+        watch(poll, interval)
+        return
+    try:
+        while True:
+            print(json.dumps(_status_document(poll(), one_job)), flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command()
+@click.argument("job_ref", metavar="JOB")
+@click.option("-n", "--lines", "last_lines", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Keep printing until the job ends; exit 1 unless it succeeded. A line is printed once it ends, so a"
+    " bar shows once, finished (--raw -f shows it live).",
+)
+@click.option("--raw", is_flag=True, help="The bytes exactly as recorded: every \\r update of every bar, all escape codes.")
+@click.option(
+    "--color",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Colours in the rendered log. auto: only when stdout is a terminal and NO_COLOR is unset; without them"
+    " every escape code is removed. --raw ignores this.",
+)
+def logs(job_ref: str, last_lines: int | None, follow: bool, raw: bool, color: str) -> None:
+    """Print JOB's train.log as a terminal shows it: each progress bar once, in its final state."""
+    from runner.cli import render
+    from runner.observe.logs import follow_log, show_log, wants_color
+    from runner.jobs.state import JobState
+
+    colored = wants_color(color, sys.stdout)
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    with open_store() as store:
+        job = store.find(job_ref)
+        if not follow:
+            show_log(job, last_lines, write, raw=raw, color=colored)
+            return
+        job = follow_log(
+            store, job, last_lines, write, lambda note: render.stderr.print(note, markup=False), raw=raw, color=colored
+        )
+    render.stderr.print(f"\n{job.id} {job.state.value}" + ("" if job.exit_code is None else f" (exit {job.exit_code})"))
+    if job.state is not JobState.SUCCEEDED:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("job_ref", metavar="JOB")
+@click.option("--grace", default=10.0, show_default=True, help="Seconds between Ctrl-C and killing the job.")
+@JSON_OPTION
+def stop(job_ref: str, grace: float, as_json: bool) -> None:
+    """Stop JOB: Ctrl-C, then kill whatever is left after the grace period."""
+    from runner.cli import render
+    from runner.pipeline.stop import stop as stop_job
+
+    with open_store() as store:
+        job = stop_job(store, store.find(job_ref), grace)
+    if as_json:
+        render.print_json(render.job_document(job))
+        return
+    render.stderr.print(f"{job.id} {job.state.value}; its log is kept: runner logs {job.id}")
+
+
+@cli.command()
+@click.argument("artifact")
+@click.argument("job_ref", metavar="[JOB]", required=False)
+@click.option("--dest", type=click.Path(path_type=Path), help="Destination folder [default: artifacts/JOB_ID].")
+@click.option(
+    "--every",
+    type=DURATION,
+    help="Keep fetching at this interval (30s, 10m, 1h) until the job ends, then once more; a host that does not"
+    " answer is waited for.",
+)
+@JSON_OPTION
+def fetch(artifact: str, job_ref: str | None, dest: Path | None, every: float | None, as_json: bool) -> None:
+    """Copy ARTIFACT (weights, results, logs, ...) of JOB (default: the newest job) here."""
+    from runner.cli import render
+    from runner.transfer.artifactsync import default_dest, fetch_every, fetch_locked
+
+    with open_store() as store:
+        job = store.find(job_ref)
+        where = dest or default_dest(job.id)
+        if every is None:
+            with transferprogress.shown(f"{artifact} of {job.id}", _bars(as_json)):
+                result = fetch_locked(job, artifact, where, _note)
+        else:
+            result = fetch_every(store, job, artifact, where, every, _progress_note(every), _note)
+    if as_json:
+        render.print_json(render.fetch_document(result))
+        return
+    render.stdout.print(render.fetch_table(result))
+    render.stderr.print(
+        f"{len(result.files)} files in {result.dest}, {render.human_size(result.bytes_copied)} copied"
+        f" in {result.seconds:.2f}s"
+    )
+    for path in result.refused:
+        render.stderr.print(f"refused {path}: it leads outside the job's workdir or the destination", markup=False)
+    for path in result.changing:
+        render.stderr.print(f"skipped {path}: still being written on the host; the next fetch takes it", markup=False)
+
+
+def _bars(as_json: bool) -> bool:
+    """Progress bars only for a person at a terminal: not in --json output, logs or pipes."""
+    return not as_json and sys.stderr.isatty()
+
+
+def _note(text: str) -> None:
+    """A line on stderr for a fetch that goes on a while (a background sync's log keeps them)."""
+    from runner.cli import render
+
+    render.stderr.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False)
+
+
+def _progress_note(every: float) -> Callable[[FetchResult], None]:
+    from runner.cli import render
+
+    return lambda result: _note(f"{render.fetch_progress(result)}; next in {format_duration(every)}")
+
+
+@cli.command()
+@click.argument("job_ref", metavar="JOB")
+@click.option("--port", type=click.IntRange(1, 65535), help="Local port [default: the job's, or the next free one].")
+def tensorboard(job_ref: str, port: int | None) -> None:
+    """Forward JOB's TensorBoard to this machine and print its URL; Ctrl-C ends the forward."""
+    from runner.cli import render
+    from runner.observe.tunnel import forward_until_stopped
+
+    with open_store() as store:
+        job = store.find(job_ref)
+
+    def announce(url: str) -> None:
+        render.stderr.print("forwarding; Ctrl-C to stop")
+        click.echo(url)  # last: whoever reads the URL may stop the forward at once
+
+    forward_until_stopped(job, port, announce)
+
+
+@cli.command()
+@click.argument("job_ref", metavar="JOB")
+@click.option("--window", "-w", default="train", show_default=True, type=click.Choice(WINDOW_NAMES))
+def attach(job_ref: str, window: str) -> None:
+    """Attach this terminal to JOB's tmux session (detach with Ctrl-b d; the job goes on)."""
+    from runner.jobs.session import attach_argv
+
+    with open_store() as store:
+        job = store.find(job_ref)
+    if not job.session or job.finished:
+        raise NotFound(f"job {job.id} is {job.state.value}: its tmux session is gone; `runner logs {job.id}` has its output")
+    argv = attach_argv(job, window)
+    os.execvp(argv[0], argv)
+
+
+@cli.command()
+@click.argument("job_ref", metavar="JOB")
+@click.option("--out", type=click.Path(path_type=Path), help="The PNG, or a folder for it [default: JOBNAME-JOBID.png here].")
+@JSON_OPTION
+def plot(job_ref: str, out: Path | None, as_json: bool) -> None:
+    """Draw JOB's losses, validation metrics and GPU telemetry into one PNG; prints its path."""
+    from runner.cli import render
+    from runner.cli.plot import plot_document, plot_job, plot_summary, require_matplotlib
+
+    require_matplotlib()  # before any round trip: without the extra there is nothing to draw with
+    with open_store() as store:
+        job = store.find(job_ref)
+    result = plot_job(job, out)
+    if as_json:
+        render.print_json(plot_document(result))
+        return
+    click.echo(result.path)
+    render.stderr.print(plot_summary(result), markup=False)
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(path_type=Path))
+@JSON_OPTION
+def check(job_file: Path, as_json: bool) -> None:
+    """Check JOB_FILE's dataset (its `dataset:` data YAML) here, as submit does on the host before
+    training: labels, classes, images. Exits 2 when it has errors."""
+    from runner.cli import render
+    from runner.cli.datareport import report_text
+    from runner.pipeline.preflight import check_here, refusal
+    from runner.jobs.specfile import load_job
+
+    report = check_here(load_job(job_file))
+    if as_json:
+        render.print_json(report)
+    else:
+        render.stdout.print(report_text(report), markup=False)
+    if not report["ok"]:
+        raise refusal(report, job_file)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the job file's JSON Schema (for editor completion)."""
+    from runner.cli import render
+    from runner.jobs.spec import JobSpec
+
+    render.print_json(JobSpec.model_json_schema())
+
+
+cli.add_command(hosts)
+cli.add_command(down)
+cli.add_command(keep)
+cli.add_command(offers)
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="runner", standalone_mode=False)
+    except SpecError as exc:
+        click.echo(str(exc), err=True)  # already file:line:col: field: message
+        sys.exit(exc.exit_code)
+    except RunnerError as exc:
+        click.echo(f"runner: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("runner: interrupted", err=True)
+        sys.exit(130)

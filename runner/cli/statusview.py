@@ -1,0 +1,49 @@
+"""`runner status`'s screen: the jobs table, then each alert in a line, then hosts that did not
+answer; `status -w` redraws it in place (rich Live) until Ctrl-C."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from runner.cli import render
+from runner.observe.observe import Refreshed
+from runner.jobs.state import JobState
+
+
+def status_view(refreshed: Refreshed, with_problems: bool = False) -> RenderableType:
+    """The screen; hosts that did not answer are listed in it only when asked (status -w): a plain
+    status reports them once, on stderr."""
+    unreachable = unreachable_since(refreshed)
+    parts: list[RenderableType] = []
+    if refreshed.jobs:
+        parts.append(render.jobs_table(refreshed.jobs, unreachable, refreshed.costs))
+    else:
+        parts.append(Text("no jobs yet: `runner submit JOBFILE` starts one"))
+    for job in refreshed.jobs:
+        if job.state is JobState.SUCCEEDED:
+            continue  # a finished good run's old warnings are history, not news
+        for alert in (job.snapshot or {}).get("alerts") or []:
+            parts.append(Text(f"{job.id} {alert['kind']}: {alert['message']}", style="red"))
+    for name, problem in refreshed.problems.items() if with_problems else ():
+        parts.append(Text(f"host {name}: {problem.error}", style="yellow"))
+    return Group(*parts)
+
+
+def unreachable_since(refreshed: Refreshed) -> dict[str, float]:
+    return {name: p.unreachable_since for name, p in refreshed.problems.items() if p.unreachable_since}
+
+
+def watch(poll: Callable[[], Refreshed], interval: float) -> None:
+    """Redraw until interrupted; a host that does not answer is shown in place and the watch goes on."""
+    with Live(status_view(poll(), with_problems=True), console=render.stdout, auto_refresh=False, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(status_view(poll(), with_problems=True), refresh=True)
+        except KeyboardInterrupt:
+            return

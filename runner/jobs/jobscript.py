@@ -1,0 +1,139 @@
+"""The two scripts a job directory holds: run.sh (runner's wrapper) and job.sh (the user's commands).
+
+run.sh runs job.sh under util-linux `script`, so the training sees a terminal (progress bars behave
+as they do in a user's tmux pane), and tees what it printed into train.log, byte for byte, carriage
+returns and colours included. The pipeline has ended before exit_code is written, so a log is
+complete once its exit code exists. Hosts without `script` run job.sh on a pipe instead.
+
+A job with an image runs container.sh there instead: job.sh in a container named after the job,
+with the job directory and the host's data directory mounted at their own paths (so the links
+into the data and every path in the scripts mean the same inside and out). The container's exit
+code is the job's.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from runner.provision.vast.provisioner import IMAGE_ENV_FILE
+from runner.images.plan import ImagePlan
+from runner.jobs.spec import JobSpec
+
+RUN_SH = """\
+#!/usr/bin/env bash
+# Written by runner for job {job_id} ({job_name}); the train window runs it.
+cd {job_dir} || exit 1
+# Ctrl-C stops the training, not this wrapper: the exit code must still be recorded.
+trap 'true' INT
+# `runner stop` finds every process of the job, daemonised ones too, by this variable.
+export RUNNER_JOB_ID={job_id}
+if command -v script >/dev/null 2>&1; then
+    # script gives the training a terminal of its own; its copy of what was printed goes to tee.
+    SHELL=/bin/bash script -q -e -f -c 'bash {script}' /dev/null | tee -i -a train.log
+else
+    bash {script} 2>&1 | tee -i -a train.log
+fi
+# Both writers have exited here, so train.log is complete before exit_code appears.
+code=${{PIPESTATUS[0]}}
+printf '%s\\n' "$code" > exit_code.tmp && mv -f exit_code.tmp exit_code
+# The monitor's last snapshot, with the exit code and the log's final lines (a traceback, an OOM).
+{final_snapshot} >/dev/null 2>&1 || true
+tmux kill-session -t {session_target}
+"""
+
+JOB_SH = """\
+#!/usr/bin/env bash
+# The commands of job {job_id} ({job_name}), from {job_file}. The first failing line ends the job.
+set -eo pipefail
+trap 'echo "runner: \\"$BASH_COMMAND\\" failed with exit status $?" >&2' ERR
+cd {work_dir}
+# A rented instance's image environment, which its SSH sessions lack (written there at its start).
+if [ -f {image_env} ]; then . {image_env}; fi
+{exports}
+# setup
+{setup}
+# run
+{run}
+"""
+
+
+CONTAINER_SH = """\
+#!/usr/bin/env bash
+# Written by runner for job {job_id} ({job_name}): job.sh in a container of {image_comment}.
+name={name}
+docker rm -f "$name" >/dev/null 2>&1 || true  # a container left by an earlier start of this same job
+flags=(--name "$name" --label runner.job={job_id} --init --ipc=host
+       -v {job_dir}:{job_dir} -w {work_dir} -e RUNNER_JOB_ID={job_id}{env_flags})
+[ -d {data_dir} ] && flags+=(-v {data_dir}:{data_dir})
+# With the train window's terminal, one inside too: progress bars draw as usual, and keys (Ctrl-C from
+# the window or from `runner stop`) reach the training through it, as at a keyboard.
+[ -t 0 ] && [ -t 1 ] && flags+=(-i -t)
+{vendor_lines}
+docker run "${{flags[@]}}" {image} bash {job_sh}
+code=$?
+docker rm "$name" >/dev/null 2>&1 || true
+exit "$code"
+"""
+
+# ROCm: the GPU's device files, and their groups by number (the image has no group of their names).
+AMD_LINES = """\
+flags+=(--device=/dev/kfd --device=/dev/dri --security-opt seccomp=unconfined --cap-add=SYS_PTRACE)
+for device in /dev/kfd /dev/dri/renderD*; do
+    [ -e "$device" ] && flags+=(--group-add "$(stat -c %g "$device")")
+done
+mkdir -p {job_dir}/miopen/db {job_dir}/miopen/cache
+flags+=(-e MIOPEN_USER_DB_PATH={job_dir}/miopen/db -e MIOPEN_CUSTOM_CACHE_DIR={job_dir}/miopen/cache)"""
+NVIDIA_LINES = "flags+=(--gpus all)"
+
+
+def render_container_sh(job_id: str, job_name: str, container: str, image: str, plan: ImagePlan, job_dir: str,
+                        data_dir: str) -> str:  # fmt: skip
+    """container.sh: runs job.sh in a container of image, named container, as plan says."""
+    env_flags = "".join(f" -e {shlex.quote(f'{name}={value}')}" for name, value in sorted(plan.env.items()))
+    vendor_lines = {"amd": AMD_LINES, "nvidia": NVIDIA_LINES}.get(plan.vendor or "", "# no GPU: a CPU container")
+    return CONTAINER_SH.format(
+        job_id=job_id,
+        job_name=job_name,
+        image_comment=_one_line(image),
+        name=shlex.quote(container),
+        job_dir=shlex.quote(job_dir),
+        work_dir=shlex.quote(f"{job_dir}/work"),
+        data_dir=shlex.quote(data_dir),
+        env_flags=env_flags,
+        vendor_lines=vendor_lines.format(job_dir=shlex.quote(job_dir)),
+        image=shlex.quote(image),
+        job_sh=shlex.quote(f"{job_dir}/job.sh"),
+    )
+
+
+def render_run_sh(
+    job_id: str, job_name: str, job_dir: str, session_target: str, snapshot_argv: list[str], script: str = "job.sh"
+) -> str:
+    """run.sh, which runs script (job.sh, or container.sh for a job with an image) in the train window."""
+    return RUN_SH.format(
+        script=script,
+        job_id=job_id,
+        job_name=job_name,
+        job_dir=shlex.quote(job_dir),
+        session_target=shlex.quote(session_target),
+        final_snapshot=shlex.join(snapshot_argv),
+    )
+
+
+def render_job_sh(job_id: str, spec: JobSpec, job_file: str, work_dir: str) -> str:
+    exports = "\n".join(f"export {name}={shlex.quote(value)}" for name, value in spec.env.items())
+    return JOB_SH.format(
+        job_id=job_id,
+        job_name=spec.name,
+        job_file=_one_line(job_file),
+        work_dir=shlex.quote(work_dir),
+        image_env=IMAGE_ENV_FILE,
+        exports=exports,
+        setup="\n".join(spec.setup),
+        run="\n".join(spec.run),
+    )
+
+
+def _one_line(text: str) -> str:
+    # The job file's path lands in a comment: a newline in it must not end the comment.
+    return text.replace("\n", " ").replace("\r", " ")

@@ -1,0 +1,382 @@
+"""The controller's local store: jobs, hosts and events in SQLite (WAL).
+
+The only module that speaks SQL. Every write runs in a `BEGIN IMMEDIATE` transaction, so parallel
+`runner` processes serialise on SQLite's lock instead of overwriting each other, and state changes
+are compare-and-set: a transition names the states it may leave, so a late writer cannot drag a
+finished job back to `running`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from runner.base.errors import NotFound, UsageError
+
+
+class JobState(str, Enum):
+    SUBMITTED = "submitted"
+    PROVISIONING = "provisioning"
+    SYNCING = "syncing"
+    BUILDING = "building"
+    PREFLIGHT = "preflight"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+
+FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST})
+ACTIVE = frozenset(JobState) - FINISHED
+
+
+def ended_state(stop_requested: bool, exit_code: int | None) -> JobState:
+    """How a job that is over ended: a requested stop wins; no exit code means it died unrecorded."""
+    if stop_requested:
+        return JobState.STOPPED
+    if exit_code is None:
+        return JobState.LOST
+    return JobState.SUCCEEDED if exit_code == 0 else JobState.FAILED
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,   -- submission order: "newest job" of a name
+    id           TEXT NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    host         TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    spec         TEXT NOT NULL,                       -- the validated job spec, as JSON
+    job_file     TEXT NOT NULL,
+    job_dir      TEXT,                                -- the job's directory on its host
+    session      TEXT,                                -- its tmux session name
+    created_at   REAL NOT NULL,
+    started_at   REAL,
+    ended_at     REAL,
+    exit_code    INTEGER,
+    stop_requested_at REAL,
+    last_line    TEXT,
+    message      TEXT,
+    snapshot     TEXT                                 -- the host monitor's latest snapshot, as JSON
+);
+CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
+CREATE TABLE IF NOT EXISTS hosts (
+    name              TEXT PRIMARY KEY,
+    kind              TEXT NOT NULL,
+    unreachable_since REAL,
+    updated_at        REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id  TEXT NOT NULL,
+    at      REAL NOT NULL,
+    kind    TEXT NOT NULL,
+    detail  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+CREATE TABLE IF NOT EXISTS instances (                -- rented vast.ai instances: written before they run
+    id          INTEGER PRIMARY KEY,                  -- vast.ai's instance id
+    job_id      TEXT NOT NULL,
+    offer_id    INTEGER NOT NULL,
+    gpu         TEXT NOT NULL DEFAULT '',
+    dph         REAL NOT NULL,                        -- $ per hour
+    rented_at   REAL NOT NULL,
+    ssh         TEXT,                                 -- root@address:port, once it answers
+    gone_at     REAL                                  -- destroyed, and confirmed gone by the API
+);
+CREATE INDEX IF NOT EXISTS instances_job ON instances(job_id);
+"""
+# Columns added since the first release, for stores made before them: (table, column, declaration).
+ADDED_COLUMNS = [("jobs", "snapshot", "TEXT")]
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    name: str
+    host: str
+    state: JobState
+    spec: dict[str, Any]
+    job_file: str
+    job_dir: str | None
+    session: str | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+    stop_requested_at: float | None
+    last_line: str | None
+    message: str | None
+    snapshot: dict[str, Any] | None = None  # the host monitor's latest: progress, results, GPUs, alerts
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: int
+    job_id: str
+    offer_id: int
+    gpu: str
+    dph: float
+    rented_at: float
+    ssh: str | None
+    gone_at: float | None
+
+    def cost(self, until: float | None = None) -> float:
+        """What it has cost so far (or until gone), in $: vast.ai bills by the second."""
+        end = self.gone_at or until or time.time()
+        return max(0.0, end - self.rented_at) / 3600.0 * self.dph
+
+
+@dataclass(frozen=True)
+class Event:
+    job_id: str
+    at: float
+    kind: str
+    detail: str
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are ours to open (BEGIN IMMEDIATE), not sqlite3's.
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 60000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL survives process crashes; only an OS crash may lose the latest commit.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        # executescript commits before it runs, so the schema carries its own transaction.
+        self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;")
+        self._add_missing_columns()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _add_missing_columns(self) -> None:
+        for table, column, declaration in ADDED_COLUMNS:
+            with self._write() as db:  # checked inside the write lock: two processes may both be here
+                present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # jobs
+
+    def create_job(self, name: str, host: str, spec: dict[str, Any], job_file: str) -> Job:
+        now = time.time()
+        with self._write() as db:
+            while True:
+                job_id = secrets.token_hex(4)
+                if not db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                    break
+            db.execute(
+                "INSERT INTO jobs (id, name, host, state, spec, job_file, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, name, host, JobState.SUBMITTED.value, json.dumps(spec), job_file, now),
+            )
+            self._event(db, job_id, "submitted", f"{job_file} on {host}")
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job with id '{job_id}'")
+        return _job(row)
+
+    def find(self, ref: str | None) -> Job:
+        """A job by id, unique id prefix, or name (the newest of that name); None means the newest job."""
+        if ref is None:
+            row = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT 1").fetchone()
+            if row is None:
+                raise NotFound("no jobs yet: `runner submit JOBFILE` starts one")
+            return _job(row)
+        # An exact id, then an exact name (a name like "cafe" must not hit an id starting cafe...), then a prefix.
+        exact = self._db.execute("SELECT * FROM jobs WHERE id = ?", (ref,)).fetchone()
+        if exact:
+            return _job(exact)
+        named = self._db.execute("SELECT * FROM jobs WHERE name = ? ORDER BY seq DESC LIMIT 1", (ref,)).fetchone()
+        if named:
+            return _job(named)
+        prefixed = self._db.execute(
+            "SELECT * FROM jobs WHERE substr(id, 1, ?) = ? ORDER BY seq DESC", (len(ref), ref)
+        ).fetchall()
+        if len(prefixed) > 1:
+            ids = ", ".join(row["id"] for row in prefixed[:5])
+            raise UsageError(f"job '{ref}' is ambiguous: it starts {len(prefixed)} job ids ({ids})")
+        if prefixed:
+            return _job(prefixed[0])
+        raise NotFound(f"no job with id, id prefix or name '{ref}'")
+
+    def list_jobs(self) -> list[Job]:
+        return [_job(row) for row in self._db.execute("SELECT * FROM jobs ORDER BY seq")]
+
+    def set_placement(self, job_id: str, job_dir: str, session: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET job_dir = ?, session = ? WHERE id = ?", (job_dir, session, job_id))
+
+    def set_last_line(self, job_id: str, last_line: str | None) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET last_line = ? WHERE id = ?", (last_line, job_id))
+
+    def set_snapshot(self, job_id: str, snapshot: dict[str, Any]) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET snapshot = ? WHERE id = ?", (json.dumps(snapshot), job_id))
+
+    def request_stop(self, job_id: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET stop_requested_at = COALESCE(stop_requested_at, ?) WHERE id = ?", (time.time(), job_id)
+            )
+            self._event(db, job_id, "stop-requested", "")
+
+    def transition(
+        self,
+        job_id: str,
+        to: JobState,
+        leaving: frozenset[JobState],
+        exit_code: int | None = None,
+        message: str | None = None,
+    ) -> bool:
+        """Move a job to `to` if it is in one of `leaving`; False (and nothing written) otherwise."""
+        with self._write() as db:
+            return self._set_state(db, job_id, to, leaving, exit_code, message)
+
+    def record_end(
+        self, job_id: str, exit_code: int | None, message: str | None = None, ended_at: float | None = None
+    ) -> JobState | None:
+        """The job is over on its host: finish it as `ended_state` says, judged on the row as it is now
+        (a stop requested a moment ago by another process counts). None if it was already finished.
+        ended_at: when it ended, if known (else now, when it was noticed)."""
+        with self._write() as db:
+            row = db.execute("SELECT stop_requested_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            state = ended_state(row["stop_requested_at"] is not None, exit_code)
+            return state if self._set_state(db, job_id, state, ACTIVE, exit_code, message, ended_at) else None
+
+    def _set_state(
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        to: JobState,
+        leaving: frozenset[JobState],
+        exit_code: int | None,
+        message: str | None,
+        ended_at: float | None = None,
+    ) -> bool:
+        now = time.time()
+        started = now if to is JobState.RUNNING else None
+        ended = (ended_at or now) if to in FINISHED else None
+        placeholders = ",".join("?" for _ in leaving)
+        cursor = db.execute(
+            f"UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?), ended_at = COALESCE(?, ended_at),"
+            f" exit_code = COALESCE(?, exit_code), message = COALESCE(?, message)"
+            f" WHERE id = ? AND state IN ({placeholders})",
+            (to.value, started, ended, exit_code, message, job_id, *(state.value for state in leaving)),
+        )
+        if cursor.rowcount:
+            self._event(db, job_id, to.value, message or "")
+        return bool(cursor.rowcount)
+
+    # hosts
+
+    def remember_host(self, name: str, kind: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO hosts (name, kind, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, updated_at = excluded.updated_at",
+                (name, kind, time.time()),
+            )
+
+    def mark_unreachable(self, name: str) -> float:
+        """Record that the host did not answer; returns since when it has not (the first failure's time)."""
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO hosts (name, kind, unreachable_since, updated_at) VALUES (?, 'unknown', ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET unreachable_since = COALESCE(unreachable_since, excluded.unreachable_since),"
+                " updated_at = excluded.updated_at",
+                (name, now, now),
+            )
+            row = db.execute("SELECT unreachable_since FROM hosts WHERE name = ?", (name,)).fetchone()
+        return float(row["unreachable_since"])
+
+    def unreachable_since(self, name: str) -> float | None:
+        row = self._db.execute("SELECT unreachable_since FROM hosts WHERE name = ?", (name,)).fetchone()
+        return row["unreachable_since"] if row else None
+
+    def mark_reachable(self, name: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE hosts SET unreachable_since = NULL, updated_at = ? WHERE name = ?", (time.time(), name))
+
+    def set_host(self, job_id: str, host: str) -> None:
+        """The job's host, once known: a rented instance is named after its id."""
+        with self._write() as db:
+            db.execute("UPDATE jobs SET host = ? WHERE id = ?", (host, job_id))
+
+    # rented instances
+
+    def record_instance(self, instance_id: int, job_id: str, offer_id: int, gpu: str, dph: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO instances (id, job_id, offer_id, gpu, dph, rented_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (instance_id, job_id, offer_id, gpu, dph, time.time()),
+            )
+
+    def set_instance_ssh(self, instance_id: int, ssh: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE instances SET ssh = ? WHERE id = ?", (ssh, instance_id))
+
+    def instance_gone(self, instance_id: int) -> None:
+        with self._write() as db:
+            db.execute("UPDATE instances SET gone_at = COALESCE(gone_at, ?) WHERE id = ?", (time.time(), instance_id))
+
+    def instance(self, instance_id: int) -> Instance | None:
+        row = self._db.execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
+        return Instance(**dict(row)) if row else None
+
+    def instances(self, job_id: str | None = None, live_only: bool = False) -> list[Instance]:
+        """Instances of one job (or all), oldest first; live_only: not yet confirmed gone."""
+        query = "SELECT * FROM instances WHERE (? IS NULL OR job_id = ?)" + (" AND gone_at IS NULL" if live_only else "")
+        return [Instance(**dict(row)) for row in self._db.execute(query + " ORDER BY rented_at", (job_id, job_id))]
+
+    # events
+
+    def add_event(self, job_id: str, kind: str, detail: str = "") -> None:
+        with self._write() as db:
+            self._event(db, job_id, kind, detail)
+
+    def events(self, job_id: str) -> list[Event]:
+        rows = self._db.execute("SELECT * FROM events WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [Event(row["job_id"], row["at"], row["kind"], row["detail"]) for row in rows]
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, job_id: str, kind: str, detail: str) -> None:
+        db.execute("INSERT INTO events (job_id, at, kind, detail) VALUES (?, ?, ?, ?)", (job_id, time.time(), kind, detail))
+
+
+def _job(row: sqlite3.Row) -> Job:
+    values = dict(row)
+    values.pop("seq")
+    values["state"] = JobState(values["state"])
+    values["spec"] = json.loads(values["spec"])
+    values["snapshot"] = json.loads(values["snapshot"]) if values.get("snapshot") else None
+    return Job(**values)

@@ -1,0 +1,98 @@
+"""A rented job whose instance is interrupted or lost, carried on elsewhere (the job file's `retry`).
+
+Interrupted: the API says the instance exited, went offline or is gone. Lost: the API says running,
+but SSH has not answered for `retry.lost_after` (LOST_AFTER_S by default). Either way, when
+`retry.on` names the cause and tries are left, the keeper destroys the old instance, rents a new
+one, pushes the workdir and the checkpoints it fetched last (artifacts/JOB, as they lay under the
+workdir), and starts the session with `resume` in place of `run`. The job stays `running` throughout: it never ran to an end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.transfer.artifactsync import default_dest
+from runner.hosts import get_host
+from runner.provision.vast.provisioner import FAILED, destroy_until_gone, instance_id_of, provision
+from runner.jobs.spec import LOST_AFTER_S
+from runner.jobs.state import Job, Store
+
+if TYPE_CHECKING:
+    from runner.provision.vast.api import VastClient
+
+Log = Callable[[str], None]
+MANIFEST = ".runner-manifest.json"  # fetch's record of what it brought: not part of the checkpoints
+
+
+def interruption(client: VastClient, job: Job, unreachable_for: float | None) -> str | None:
+    """"interrupted", "lost" or None for the job's current instance."""
+    instance_id = instance_id_of(job.host)
+    if instance_id is None:
+        return None
+    record = client.instance(instance_id)
+    if record is None or record.get("actual_status") in FAILED or record.get("cur_state") == "unloaded":
+        return "interrupted"
+    if unreachable_for is not None and unreachable_for >= lost_after(job):
+        return "lost"
+    return None
+
+
+def lost_after(job: Job) -> float:
+    """The job's grace; the default for a job stored before `lost_after` existed."""
+    return float((job.spec.get("retry") or {}).get("lost_after", LOST_AFTER_S))
+
+
+def may_retry(store: Store, job: Job, cause: str) -> bool:
+    policy = job.spec.get("retry") or {}
+    return cause in (policy.get("on") or []) and _tries(store, job) < int(policy.get("max", 1))
+
+
+def carry_on(client: VastClient, store: Store, job: Job, cause: str, log: Log) -> Job:
+    """Move the job to a new instance and resume it there."""
+    old = instance_id_of(job.host)
+    log(f"job {job.id}: instance {old} {cause}; renting another (retry {_tries(store, job) + 1})")
+    store.add_event(job.id, "retry", f"instance {old} {cause}")
+    if old is not None:
+        destroy_until_gone(client, store, old, log)
+    name = provision(client, store, job.id, job.spec, log)
+    store.remember_host(name, "vast")
+    _restart_on(store, job, get_host(name), log)
+    # Only now: a status that probed the new host before its session started would find no session,
+    # no exit code and no process there, and call the job lost.
+    store.set_host(job.id, name)
+    return store.get(job.id)
+
+
+def _tries(store: Store, job: Job) -> int:
+    return len([event for event in store.events(job.id) if event.kind == "retry"])
+
+
+def _restart_on(store: Store, job: Job, host: Any, log: Log) -> None:
+    from runner.jobs import session
+    from runner.jobs.layout import JobLayout
+    from runner.pipeline.placement import plan_datasets
+    from runner.transfer.push import push_tree
+    from runner.jobs.specfile import load_job
+    from runner.pipeline.submit import Submitted, job_windows, place_job
+
+    loaded = load_job(Path(job.job_file))
+    resume = job.spec.get("resume") or job.spec["run"]
+    loaded = type(loaded)(loaded.spec.model_copy(update={"run": list(resume)}), loaded.path, loaded.marks)
+    layout = JobLayout.on(host, job.id)
+    name = session.session_name(job.name, job.id)
+    place_job(host, loaded, job, layout, name, plan_datasets(loaded), Submitted(job))
+    checkpoints = Path.cwd() / default_dest(job.id)
+    if checkpoints.is_dir():
+        stats = push_tree(host, checkpoints, layout.work, exclude=[MANIFEST])
+        log(f"pushed the last fetched checkpoints: {stats.files_sent} files, {stats.bytes_sent} bytes")
+    store.set_placement(job.id, layout.job_dir, name)
+    session.start(host, name, job_windows(host, loaded, layout), cwd=layout.work)
+    log(f"job {job.id} resumed on {host.name}: {'; '.join(resume)}")
+
+
+def unreachable_for(store: Store, job: Job) -> float | None:
+    since = store.unreachable_since(job.host)
+    return None if since is None else time.time() - since

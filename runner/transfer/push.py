@@ -1,0 +1,255 @@
+"""push: a local folder to a host, only what changed, resumable, verified by sha256 on arrival.
+
+The fetch engine run the other way. The host lists its files with sha256 (cached there by path,
+size and mtime); a local file moves when the host lacks it, holds another size, or another hash
+(local hashes are cached too, so an unchanged dataset is not read again). Small files go in a few
+tar streams; large ones one by one, each resuming an interrupted upload from its part file on the
+host and hashed as it is read. The host's agent places a file under its name only once its bytes
+hash to what the sender read, and the sender voids an upload when the file changed while it read
+it: a dropped link or a file being written never leaves a torn file under the final name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from runner.transfer import progress as transferprogress
+from runner.base.errors import HostUnreachable, RunnerError
+from runner.hosts import Host, SyncStats
+from runner.hosts.feed import write_all
+from runner.hostside.transfer import hash_prefix  # the agent's own: both sides hash alike
+from runner.jobs.layout import run_agent
+from runner.transfer.localfiles import LocalFile, LocalTree
+from runner.transfer.smallfiles import BATCH_BYTES, BATCH_FILES, SMALL_FILE_BYTES
+
+LINK_ATTEMPTS = 6
+ROUNDS_PER_FILE = 3  # a local file rewritten during each of its uploads is reported, not sent torn
+READ_BYTES = 1024 * 1024
+VOID = b"-" * 64  # sent instead of the sha256 when the file changed while it was read
+
+
+@dataclass
+class Sent:
+    files: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    size: int
+    sha256: str
+
+
+def push_tree(host: Host, source: Path, dest: str, exclude: Sequence[str]) -> SyncStats:
+    """Make dest on the host hold source's files (less the excluded ones); nothing is deleted there."""
+    started = time.monotonic()
+    local = LocalTree(source, exclude)
+    remote_files, remote_parts = _list_remote(host, dest)
+    sent = Sent()
+    try:
+        wanted = [item for item in local.files if _differs(local, item, remote_files.get(item.rel))]
+        transferprogress.current().add_total(sum(item.size for item in wanted))
+        small = [local.hashed(item) for item in wanted if item.size <= SMALL_FILE_BYTES]
+        placed = _send_batches(host, dest, small, sent)
+        for item in wanted:
+            if item.rel not in placed:
+                _send_one(host, dest, local, item, remote_parts.get(_part_rel(item)), sent)
+    finally:
+        local.save()
+    _remove_stale_parts(host, dest, remote_parts, {_part_rel(item) for item in wanted})
+    return SyncStats(host.transport, sent.files, sent.bytes, time.monotonic() - started)
+
+
+def _differs(local: LocalTree, item: LocalFile, there: RemoteEntry | None) -> bool:
+    # Only a file of the same size is worth hashing to compare: any other is sent without a look.
+    return there is None or there.size != item.size or local.hashed(item).sha256 != there.sha256
+
+
+def _list_remote(host: Host, dest: str) -> tuple[dict[str, RemoteEntry], dict[str, int]]:
+    answer = json.loads(run_agent(host, "tree", dest, timeout=3600).check().text)
+    files = {item["path"]: RemoteEntry(item["size"], item["sha256"]) for item in answer["files"]}
+    parts = {item["part"]: item["size"] for item in answer["parts"]}
+    return files, parts
+
+
+def _remove_stale_parts(host: Host, dest: str, listed: dict[str, int], used: set[str]) -> None:
+    """Parts of versions that are gone, left by interrupted uploads: after a push that went through,
+    each listed part was either completed (and is gone) or belongs to no file here any more."""
+    stale = sorted(set(listed) - used)
+    for start in range(0, len(stale), 500):  # far below the command-line limit
+        run_agent(host, "remove-parts", dest, *stale[start : start + 500]).check()
+
+
+def _part_rel(item: LocalFile) -> str:
+    folder, _, name = item.rel.rpartition("/")
+    part = f".{name}.{item.version}.runner-part"  # the agent's transfer.part_path
+    return f"{folder}/{part}" if folder else part
+
+
+# Small files: tar streams
+
+
+def _send_batches(host: Host, dest: str, items: list[LocalFile], sent: Sent) -> set[str]:
+    placed: set[str] = set()
+    for batch in _batches(items):
+        stream, included = _batch_stream(batch)
+        result = run_agent(host, "receive-batch", dest, stdin=stream, timeout=None)
+        if result.returncode != 0:
+            continue  # the one-by-one path takes these, and reports what is wrong
+        for rel in json.loads(result.text)["placed"]:
+            placed.add(rel)
+            sent.files += 1
+            sent.bytes += included[rel]
+            transferprogress.current().advance(included[rel])
+    return placed
+
+
+def _batches(items: list[LocalFile]) -> list[list[LocalFile]]:
+    batches: list[list[LocalFile]] = [[]]
+    size = 0
+    for item in items:
+        if batches[-1] and (size + item.size > BATCH_BYTES or len(batches[-1]) >= BATCH_FILES):
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += item.size
+    return [batch for batch in batches if batch]
+
+
+def _batch_stream(batch: list[LocalFile]) -> tuple[bytes, dict[str, int]]:
+    """The header line and the tar. A file that changed since it was hashed goes anyway: the agent
+    refuses it on its hash, and the one-by-one path sends it again."""
+    header = [
+        {"path": item.rel, "size": item.size, "sha256": item.sha256, "mode": item.mode, "mtime_ns": item.mtime_ns}
+        for item in batch
+    ]
+    buffer = io.BytesIO()
+    buffer.write(json.dumps(header).encode() + b"\n")
+    included = {}
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for item in batch:
+            try:
+                archive.add(str(item.path), arcname=item.rel, recursive=False)
+            except OSError:
+                continue  # gone since it was listed
+            included[item.rel] = item.size
+    return buffer.getvalue(), included
+
+
+# Large files: one by one, resumable
+
+
+class _TryAgain(Exception):
+    """The host could not take the upload now (another push of the same file, a moved offset)."""
+
+
+def _send_one(host: Host, dest: str, local: LocalTree, item: LocalFile, known_offset: int | None, sent: Sent) -> None:
+    for _ in range(ROUNDS_PER_FILE):
+        retrying = Retrying(
+            retry=retry_if_exception_type((HostUnreachable, _TryAgain)),
+            stop=stop_after_attempt(LINK_ATTEMPTS),
+            wait=wait_random_exponential(multiplier=0.5, max=10),
+            reraise=True,
+        )
+        offsets = [known_offset]  # the listing's part size serves the first attempt; later ones ask
+        first_offset = min(known_offset or 0, item.size)
+        answer = retrying(_upload, host, dest, item, offsets)
+        if answer["status"] == "placed":
+            local.record(item, answer["sha256"])
+            sent.files += 1
+            sent.bytes += item.size - first_offset
+            return
+        item = item.restat()  # it changed while it was read: send the version it is now
+        known_offset = 0
+    raise RunnerError(f"{item.path}: changed during each of {ROUNDS_PER_FILE} uploads; try again when it holds still")
+
+
+def _upload(host: Host, dest: str, item: LocalFile, offsets: list[int | None]) -> dict:
+    offset = offsets.pop() if offsets else None
+    if offset is None:
+        answer = run_agent(host, "part-size", dest, item.rel, item.version).check()
+        offset = json.loads(answer.text).get("size", 0)
+    if offset > item.size:
+        offset = 0  # not a part of this version after all: start over
+    with _HashingReader(item, offset) as source:
+        fields = [str(item.size), str(item.mtime_ns), format(item.mode, "o"), str(offset)]
+        answer = json.loads(run_agent(host, "receive", dest, item.rel, *fields, stdin=source, timeout=None).check().text)
+    status = answer["status"]
+    if status == "refused":
+        raise RunnerError(f"host '{host.name}' refused {item.rel}: it would land outside {dest}")
+    if status in ("busy", "moved"):
+        raise _TryAgain(status)
+    return answer  # placed; or mismatch / incomplete: the file changed (or shrank) while it was read
+
+
+class _HashingReader:
+    """The file's bytes from offset to its listed size, then the sha256 of all of it, or VOID when
+    the file changed while it was read. write_to() moves the bytes with sendfile (no copy through
+    Python) while a thread hashes the file beside it; read() is the portable path. Rewindable to its
+    start, for a command that must be run again."""
+
+    def __init__(self, item: LocalFile, offset: int) -> None:
+        self.item, self.offset = item, offset
+        self._file = item.path.open("rb")
+        self.seek(offset)
+
+    def __enter__(self) -> "_HashingReader":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._file.close()
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int) -> None:
+        if position != self.offset:
+            raise ValueError("a hashing reader only goes back to where it started")
+        self._position, self._trailer_sent = position, False
+
+    def write_to(self, fd: int) -> None:
+        hashed: list[str] = []
+        hasher = threading.Thread(target=lambda: hashed.append(hash_prefix(str(self.item.path), self.item.size).hexdigest()))
+        hasher.start()
+        try:
+            while self._position < self.item.size:
+                moved = os.sendfile(fd, self._file.fileno(), self._position, self.item.size - self._position)
+                if moved == 0:
+                    break  # it shrank: the hash below cannot match its listing
+                self._position += moved
+                transferprogress.current().advance(moved)
+        finally:
+            hasher.join()
+        whole = self._position == self.item.size and hashed and self._held_still()
+        write_all(fd, hashed[0].encode() if whole else VOID)
+
+    def read(self, size: int = READ_BYTES) -> bytes:
+        if self._position < self.item.size:
+            self._file.seek(self._position)
+            block = self._file.read(min(size, self.item.size - self._position))
+            self._position = self._position + len(block) if block else self.item.size
+            if block:
+                transferprogress.current().advance(len(block))
+                return block
+        if self._trailer_sent:
+            return b""
+        self._trailer_sent = True
+        whole = hash_prefix(str(self.item.path), self.item.size).hexdigest()
+        return whole.encode() if self._held_still() else VOID
+
+    def _held_still(self) -> bool:
+        info = os.stat(self._file.fileno())
+        return (info.st_size, info.st_mtime_ns) == (self.item.size, self.item.mtime_ns)
