@@ -24,6 +24,11 @@ def config_dir() -> Path:
     return Path(platformdirs.user_config_dir("runner", appauthor=False))
 
 
+def hosts_yaml() -> Path:
+    """The user's named hosts (and the registry runner publishes to)."""
+    return config_dir() / "hosts.yaml"
+
+
 def state_db() -> Path:
     return runner_home() / "state.db"
 

@@ -13,7 +13,6 @@ like `runner status` starts without loading pydantic.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,8 +22,7 @@ from runner.base import paths
 from runner.base.atomicfile import write_atomically
 from runner.base.errors import NotFound
 
-# user@host:port, host:port, user@[v6addr]:port, or a bare alias; no spaces, no leading '-' (no ssh options)
-SSH_TARGET = re.compile(r"^(?:(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.][A-Za-z0-9_.-]*)(?::(?P<port>[0-9]{1,5}))?$")
+from runner.hosts.target import SSH_TARGET  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class Hosts:
 
 
 def hosts_path() -> Path:
-    return paths.config_dir() / "hosts.yaml"
+    return paths.hosts_yaml()
 
 
 def load_hosts() -> Hosts:

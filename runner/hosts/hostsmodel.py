@@ -1,5 +1,5 @@
 """hosts.yaml validated: the pydantic models behind `runner hosts add` and every edit of the file.
-Reading the file for a command goes through runner.hostsfile, which caches this validation."""
+Reading the file for a command goes through runner.hosts.hostsfile, which caches this validation."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pydantic import Field, field_validator
 
 from runner.base.atomicfile import write_atomically
 from runner.base.errors import SpecError
-from runner.hosts.hostsfile import SSH_TARGET, hosts_path
-from runner.jobs.spec import NAME_PATTERN, StrictModel
-from runner.jobs.specfile import load_yaml_mapping, validate
+from runner.base.paths import hosts_yaml as hosts_path
+from runner.base.yamlfile import NAME_PATTERN, StrictModel, load_yaml_mapping, validate
+from runner.hosts.target import SSH_TARGET
 
 
 class SshHostEntry(StrictModel):

@@ -12,9 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -27,8 +25,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from runner.base.durations import parse_duration
+from runner.base.yamlfile import NAME_PATTERN, StrictModel
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 # Globs are relative to the job's working directory on the host.
@@ -80,10 +78,6 @@ SyncInterval = Annotated[
     BeforeValidator(_sync_interval),
     WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*[0-9.]+\s*[smhSMH]?\s*$"}, {"type": "number"}]}),
 ]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _duration(value: object) -> float:
