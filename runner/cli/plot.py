@@ -209,6 +209,7 @@ def _gpu_ids(telemetry: list[dict[str, Any]]) -> list[str]:
 
 
 def _gpu_in(sample: dict[str, Any], gpu: str) -> dict[str, Any]:
+    reading: dict[str, Any]
     for place, reading in enumerate(sample.get("gpus") or []):
         if _gpu_id(reading, place) == gpu:
             return reading

@@ -33,7 +33,8 @@ class ContainerJob:
 def host_facts(host: Host) -> dict[str, Any]:
     """The agent's facts of host: OS, tools, GPUs and the GPU it picks (GPU tools can be slow)."""
     install_hostside(host)
-    return json.loads(host.run(agent_argv(host, "facts", host.root()), timeout=180).check().text)
+    facts: dict[str, Any] = json.loads(host.run(agent_argv(host, "facts", host.root()), timeout=180).check().text)
+    return facts
 
 
 def plan_container(host: Host, loaded: LoadedJob) -> ContainerJob | None:
@@ -60,7 +61,8 @@ def write_container_sh(host: Host, container: ContainerJob, job_id: str, job_nam
                        layout: JobLayout) -> None:  # fmt: skip
     """container.sh in the job directory; the container is named as the job's tmux session."""
     data_dir = posixpath.join(layout.root, "data")
-    script = render_container_sh(job_id, job_name, session, container.reference, container.plan, layout.job_dir, data_dir)
+    script = render_container_sh(job_id, job_name, session, container.reference, container.plan.env, container.plan.vendor,
+                                 layout.job_dir, data_dir)
     host.write_file(layout.file(CONTAINER_SH), script.encode(), mode=0o700)
 
 

@@ -146,7 +146,7 @@ class LineRenderer:
 def render_log(data: bytes, color: bool = True) -> bytes:
     """Raw log bytes as a terminal leaves them; with color False, every escape code is removed too.
     Bytes that are not UTF-8 pass through unchanged."""
-    text = render_carriage_returns(data.decode("utf-8", "surrogateescape"))
+    text: str = render_carriage_returns(data.decode("utf-8", "surrogateescape"))
     if not color:
         text = ESCAPE.sub("", text)
     return text.encode("utf-8", "surrogateescape")

@@ -16,7 +16,7 @@ def monitor_document(snapshot: dict[str, Any] | None) -> dict[str, Any]:
     got = snapshot.get("progress") or {}
     results = snapshot.get("results") or {}
     gpu_reading = snapshot.get("gpus") or {}
-    return finite({
+    document: dict[str, Any] = finite({
         "snapshot_at": snapshot.get("updated_at"),
         "progress": {key: got.get(key) for key in ("format", "phase", "epoch", "epochs", "batch", "batches",
                                                    "rate_its", "epoch_eta_s", "run_eta_s", "losses", "val")},
@@ -27,6 +27,7 @@ def monitor_document(snapshot: dict[str, Any] | None) -> dict[str, Any]:
         "system": snapshot.get("system"),
         "alerts": snapshot.get("alerts") or [],
     })  # fmt: skip
+    return document
 
 
 def finite(value: Any) -> Any:
@@ -92,7 +93,7 @@ def _best_map(best: dict[str, Any] | None, val: dict[str, Any] | None) -> str:
 
 def _gpu(gpu: dict[str, Any]) -> str:
     util = "" if gpu.get("util_pct") is None else f"{gpu['util_pct']:.0f}%"
-    temps = [gpu.get(key) for key in ("temp_junction_c", "temp_edge_c") if isinstance(gpu.get(key), (int, float))]
+    temps = [t for t in (gpu.get("temp_junction_c"), gpu.get("temp_edge_c")) if isinstance(t, (int, float))]
     temp = f"{max(temps):.0f}°C" if temps else ""
     used, total = gpu.get("vram_used_mib"), gpu.get("vram_total_mib")
     vram = f"{used / 1024:.1f}/{total / 1024:.0f}G" if isinstance(used, (int, float)) and isinstance(total, (int, float)) else ""

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -48,7 +49,7 @@ def download(host: Host, root: str, expected: RemoteFile, final: Path) -> Remote
     if part.exists() and part.stat().st_size > expected.size:
         part.unlink()  # left by a copy of another version: useless to resume from
     hasher = _GrowingFileHasher(part)
-    report: dict = {}
+    report: dict[str, Any] = {}
     retrying = Retrying(
         retry=retry_if_exception_type(HostUnreachable),
         stop=stop_after_attempt(LINK_ATTEMPTS),
@@ -70,7 +71,7 @@ def download(host: Host, root: str, expected: RemoteFile, final: Path) -> Remote
     return RemoteFile(expected.path, size, digest)
 
 
-def _append_missing(host: Host, root: str, expected: RemoteFile, part: Path, report: dict) -> None:
+def _append_missing(host: Host, root: str, expected: RemoteFile, part: Path, report: dict[str, Any]) -> None:
     with part.open("ab") as out:  # what arrived before a drop stays for the retry
         if expected.sha256:
             host.read_into(posixpath.join(root, expected.path), out.tell(), out)

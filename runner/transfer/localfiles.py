@@ -11,6 +11,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from runner.base import paths
 from runner.base.atomicfile import write_atomically
@@ -90,7 +91,7 @@ class _HashCache:
         key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:20]
         self.path = paths.runner_home() / "hashcache" / f"{key}.json"
         try:
-            self.entries: dict[str, list] = json.loads(self.path.read_text())
+            self.entries: dict[str, list[Any]] = json.loads(self.path.read_text())
         except (OSError, ValueError):
             self.entries = {}
         self.changed = False

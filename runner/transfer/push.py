@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -174,7 +175,7 @@ def _send_one(host: Host, dest: str, local: LocalTree, item: LocalFile, known_of
     raise RunnerError(f"{item.path}: changed during each of {ROUNDS_PER_FILE} uploads; try again when it holds still")
 
 
-def _upload(host: Host, dest: str, item: LocalFile, offsets: list[int | None]) -> dict:
+def _upload(host: Host, dest: str, item: LocalFile, offsets: list[int | None]) -> dict[str, Any]:
     offset = offsets.pop() if offsets else None
     if offset is None:
         answer = run_agent(host, "part-size", dest, item.rel, item.version).check()
@@ -183,13 +184,14 @@ def _upload(host: Host, dest: str, item: LocalFile, offsets: list[int | None]) -
         offset = 0  # not a part of this version after all: start over
     with _HashingReader(item, offset) as source:
         fields = [str(item.size), str(item.mtime_ns), format(item.mode, "o"), str(offset)]
-        answer = json.loads(run_agent(host, "receive", dest, item.rel, *fields, stdin=source, timeout=None).check().text)
-    status = answer["status"]
+        reply: dict[str, Any] = json.loads(
+            run_agent(host, "receive", dest, item.rel, *fields, stdin=source, timeout=None).check().text)
+    status = reply["status"]
     if status == "refused":
         raise RunnerError(f"host '{host.name}' refused {item.rel}: it would land outside {dest}")
     if status in ("busy", "moved"):
         raise _TryAgain(status)
-    return answer  # placed; or mismatch / incomplete: the file changed (or shrank) while it was read
+    return reply  # placed; or mismatch / incomplete: the file changed (or shrank) while it was read
 
 
 class _HashingReader:
