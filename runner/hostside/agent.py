@@ -34,10 +34,30 @@ import subprocess
 import sys
 import time
 
-# Its sibling modules travel with it; each command imports the ones it needs, when it runs: a probe
-# (every `runner status`) should not pay for the transfer code or the monitor's parsers.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hostfiles import TAIL_BYTES, read_int, read_json, read_tail  # noqa: E402
+HOST_PACKAGE = "hostside"
+
+
+def _as_package(name):
+    """Run as a script on a host (`python agent.py`), the agent makes its folder the package `name`
+    and takes the folder off sys.path: its siblings are then imported by the same relative imports as
+    on the controller (runner.hostside.*), each under one name, so no module (and no class such as
+    HashCache) can exist twice in one process."""
+    import types
+
+    folder = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != folder]
+    package = types.ModuleType(name)
+    package.__path__ = [folder]
+    sys.modules[name] = package
+    return name
+
+
+if not __package__:
+    __package__ = _as_package(HOST_PACKAGE)
+
+# Each command imports the sibling modules it needs, when it runs: a probe (every `runner status`)
+# should not pay for the transfer code or the monitor's parsers.
+from .hostfiles import PROTOCOL, TAIL_BYTES, read_int, read_json, read_tail  # noqa: E402, F401  (TAIL_BYTES: the tests' bound)
 
 TRANSFER_COMMANDS = ("manifest", "tree", "part-size", "receive", "receive-batch", "send", "remove-parts")
 
@@ -111,7 +131,7 @@ def _fresh_snapshot(job_dir):
     so, and the progress line moves faster than that."""
     snapshot = read_json(os.path.join(job_dir, "status.json"))
     if snapshot:
-        import progress
+        from . import progress
 
         snapshot["progress"] = progress.parse_log_tail(read_tail(os.path.join(job_dir, "train.log")) or "")
     return snapshot
@@ -181,7 +201,7 @@ def _first_line(argv):
 
 
 def _gpus_and_pick():
-    import gpuident  # lazily, as for `monitor`: probes and transfers need none of its readers
+    from . import gpuident  # lazily, as for `monitor`: probes and transfers need none of its readers
 
     argvs = gpuident.tool_argvs()
     outputs = {tool: _output(argv) or None for tool, argv in argvs.items() if tool != "nvidia-smi"}
@@ -249,8 +269,8 @@ def sample_jsonl(path, max_points):
 
 
 def _results_rows(work_dir):
-    import monitor  # lazily, as for the `monitor` command: probes and transfers need none of its parsers
-    import progress
+    # Lazily, as for the `monitor` command: probes and transfers need none of their parsers.
+    from . import monitor, progress
 
     path = monitor.find_results(work_dir)
     if path is None:
@@ -275,7 +295,7 @@ def main(argv):
         sys.stderr.write("agent: %s needs %d arguments\n" % (command, needed[command]))
         return 2
     if command in ("monitor", "snapshot"):
-        import monitor  # here, not at the top: probes and transfers need none of its parsers
+        from . import monitor  # here, not at the top: probes and transfers need none of its parsers
 
         monitor.run(args[0], once=command == "snapshot")
         return 0
@@ -292,19 +312,21 @@ def main(argv):
     elif command == "plotdata":
         result = plot_data(args[0])
     elif command == "datacheck":
-        import datacheck  # here, not at the top: only a submit's preflight needs the checker
+        from . import datacheck  # here, not at the top: only a submit's preflight needs the checker
 
         result = datacheck.check(json.load(sys.stdin), args[0])
     else:
         sys.stderr.write("agent: unknown command %r\n" % command)
         return 2
-    json.dump(result, sys.stdout)
+    answer = {"protocol": PROTOCOL}  # first: a reader of another protocol sees it before anything else
+    answer.update(result)
+    json.dump(answer, sys.stdout)
     sys.stdout.write("\n")
     return 0
 
 
 def _transfer_command(command, args):
-    import transfer
+    from . import transfer
 
     if command == "manifest":
         defer_over = None
@@ -325,13 +347,15 @@ def _transfer_command(command, args):
 
 def _send(root, rel, offset):
     """The data on stdout; the report, as the last line of stderr."""
-    import transfer
+    from . import transfer
 
     try:
         report = transfer.send(root, rel, int(offset), sys.stdout.buffer)
     except OSError as error:
-        sys.stderr.write("%s\n" % json.dumps({"error": "%s: %s" % (rel, error.strerror or error)}))
+        failure = {"protocol": PROTOCOL, "error": "%s: %s" % (rel, error.strerror or error)}
+        sys.stderr.write("%s\n" % json.dumps(failure))
         return 1
+    report["protocol"] = PROTOCOL
     sys.stderr.write("%s\n" % json.dumps(report))
     return 0
 

@@ -16,12 +16,8 @@ background images, and problems by kind with their count and first offenders as 
 import os
 import time
 
-try:  # as runner.hostside.datacheck, where the controller checks a dataset in-process
-    from . import fanout
-    from .splitscan import Images, Locator, Tally, check_images
-except ImportError:  # as a top-level module beside agent.py, on a host
-    import fanout
-    from splitscan import Images, Locator, Tally, check_images
+from . import fanout
+from .splitscan import Images, Locator, Tally, check_images
 
 ERROR, WARNING = "error", "warning"
 REQUIRED_SPLITS = ("train", "val")  # both trainers need these; a missing `test` only matters when used

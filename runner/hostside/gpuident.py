@@ -9,10 +9,7 @@ over an RTX 5090 on the same box. Nothing here raises on odd text: a sick driver
 
 import re
 
-try:  # as runner.hostside.gpuident, on the controller
-    from . import gpus
-except ImportError:  # as a top-level module beside agent.py, on a host
-    import gpus
+from . import gpus
 
 IDENTITY_KEYS = ("vendor", "index", "name", "gfx", "compute_cap", "driver", "vram_mib", "integrated")
 

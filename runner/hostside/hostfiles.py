@@ -3,6 +3,10 @@
 import json
 import os
 
+# The agent's protocol: in every answer it prints and every document it writes for the controller
+# (status.json, telemetry.jsonl, hash caches). Raised when their meaning changes, so a controller that
+# meets a job's agent of another protocol knows, says so, and installs its own.
+PROTOCOL = 1
 TAIL_BYTES = 64 * 1024  # a log's last progress line is in its tail: reading it must not cost the whole log
 
 

@@ -14,13 +14,8 @@ import subprocess
 import sys
 import time
 
-import alerts
-import gpus
-import progress
-try:
-    from hostfiles import read_int, read_json, read_tail
-except ImportError:  # imported as runner.hostside.monitor (the controller's tests and tools), not beside agent.py
-    from runner.hostside.hostfiles import read_int, read_json, read_tail
+from . import alerts, gpus, progress
+from .hostfiles import PROTOCOL, read_int, read_json, read_tail
 
 RESULTS_RESCAN_S = 60  # finding the results file walks runs/: not at every snapshot
 PREHASH_EVERY_S = 60  # new checkpoints are hashed ahead of a fetch this often...
@@ -49,6 +44,7 @@ class Monitor(object):
         parsed = progress.parse_log_tail(tail)
         exit_code = read_int(os.path.join(self.job_dir, "exit_code"))
         snapshot = {
+            "protocol": PROTOCOL,
             "updated_at": now,
             "progress": parsed,
             "results": self._results(now),
@@ -66,10 +62,7 @@ class Monitor(object):
         if not self.artifact_globs or now - self.prehashed_at < PREHASH_EVERY_S:
             return
         self.prehashed_at = now
-        try:
-            from transfer import prehash
-        except ImportError:  # imported as runner.hostside.monitor (the controller's tests and tools)
-            from runner.hostside.transfer import prehash
+        from .transfer import prehash  # here: only a job with artifacts needs the transfer code
         prehash(os.path.join(self.job_dir, "work"), self.artifact_globs, PREHASH_BUDGET_BYTES)
 
     def _results(self, now):
@@ -154,6 +147,7 @@ def telemetry_line(snapshot):
     """The time series `runner plot` draws: small, one line per snapshot."""
     got = snapshot["progress"]
     return {
+        "protocol": PROTOCOL,
         "t": round(snapshot["updated_at"], 1), "epoch": got.get("epoch"), "epochs": got.get("epochs"),
         "batch": got.get("batch"), "rate_its": got.get("rate_its"), "losses": got.get("losses"),
         "load1": snapshot["system"]["load1"], "mem_used_mib": snapshot["system"]["mem_used_mib"],

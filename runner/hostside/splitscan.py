@@ -4,12 +4,7 @@ was found. Standard library only, Python >= 3.7 (see datacheck.py for the whole 
 import errno
 import os
 
-try:  # as runner.hostside.splitscan, where the controller checks a dataset in-process
-    from . import fanout, imageheader, labelfile
-except ImportError:  # as a top-level module beside agent.py, on a host
-    import fanout
-    import imageheader
-    import labelfile
+from . import fanout, imageheader, labelfile
 
 # What ultralytics (and, a subset, YOLOv7) take for an image, by suffix.
 IMAGE_SUFFIXES = frozenset(["avif", "bmp", "dng", "heic", "jp2", "jpeg", "jpeg2000", "jpg", "mpo", "png", "pfm",

@@ -16,10 +16,7 @@ import tarfile
 import threading
 import time
 
-try:
-    from hostfiles import read_json
-except ImportError:  # imported as runner.hostside.transfer (the controller's tests and tools), not beside agent.py
-    from runner.hostside.hostfiles import read_json
+from .hostfiles import PROTOCOL, read_json
 
 CHUNK_BYTES = 1024 * 1024
 PART_SUFFIX = ".runner-part"
@@ -30,13 +27,18 @@ HASH_ATTEMPTS = 3
 
 
 class HashCache(object):
-    """sha256 by (relative path, size, mtime_ns), one JSON file per root, in the runner directory."""
+    """sha256 by (relative path, size, mtime_ns), one JSON file per root, in the runner directory.
+    The file is named by the protocol too: agents of two protocols on one host (a job started by an
+    older runner still running) never read each other's caches."""
 
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hashcache")
 
     def __init__(self, real_root):
-        self.path = os.path.join(self.folder, hashlib.sha1(real_root.encode()).hexdigest() + ".json")
-        self.entries = read_json(self.path) or {}
+        name = "%s.p%d.json" % (hashlib.sha1(real_root.encode()).hexdigest(), PROTOCOL)
+        self.path = os.path.join(self.folder, name)
+        document = read_json(self.path)
+        valid = isinstance(document, dict) and document.get("protocol") == PROTOCOL
+        self.entries = document["entries"] if valid else {}
         self.changed = False
 
     def get(self, rel, stat):
@@ -55,7 +57,7 @@ class HashCache(object):
         os.makedirs(self.folder, exist_ok=True)
         temporary = "%s.%d.tmp" % (self.path, os.getpid())
         with open(temporary, "w") as handle:
-            json.dump(self.entries, handle)
+            json.dump({"protocol": PROTOCOL, "entries": self.entries}, handle)
         os.replace(temporary, self.path)  # concurrent agents: the last one wins, the other's hashes are redone
 
 

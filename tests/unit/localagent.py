@@ -14,6 +14,7 @@ import pytest
 
 from runner.hosts.local import LocalHost
 from runner.hostside import transfer
+from runner.hostside.hostfiles import PROTOCOL
 from runner.jobs.layout import run_agent
 
 
@@ -48,7 +49,9 @@ def _sha256(data: bytes) -> str:
 def _call(host: LocalHost, *args: str, stdin: bytes | None = None) -> dict[str, Any]:
     result = run_agent(host, *args, stdin=stdin)
     assert result.returncode == 0, result.stderr.decode()
-    return json.loads(result.text)
+    answer = json.loads(result.text)
+    assert answer.pop("protocol") == PROTOCOL  # every answer carries it; the rest is the command's
+    return answer
 
 
 def _version(size: int, mtime_ns: int = MTIME_NS) -> str:

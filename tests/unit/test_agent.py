@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.hostside import agent
-
-import transfer  # noqa: E402  (the agent's sibling, as the agent imports it: agent put its folder on sys.path)
+from runner.hostside import agent, transfer
 from tests.conftest import SAMPLES
+
 
 @pytest.fixture(autouse=True)
 def hash_cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-import runner.hostside
-
-sys.path.insert(0, str(Path(runner.hostside.__file__).parent))
-import alerts  # noqa: E402  (the host's way: top-level modules beside agent.py)
-import gpus  # noqa: E402
-import progress  # noqa: E402
+from runner.hostside import alerts, gpus, progress
 
 # Byte-for-byte copies of shared/samples, so the suite runs from a plain clone.
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples"

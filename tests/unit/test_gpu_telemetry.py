@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-import runner.hostside
-
-sys.path.insert(0, str(Path(runner.hostside.__file__).parent))
-import gpus  # noqa: E402  (the host's way: a top-level module beside agent.py)
+from runner.hostside import gpus
 
 # Byte-for-byte copies of shared/samples, so the suite runs from a plain clone.
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples" / "telemetry"

@@ -15,17 +15,12 @@ from typing import Any
 
 import pytest
 
-import runner.hostside
-from runner.cli import plot
 from runner.base.errors import NotFound, UsageError
-from runner.hostside import agent
+from runner.cli import plot
+from runner.hostside import agent, gpus, monitor, progress
+from runner.hostside.hostfiles import PROTOCOL
 from runner.jobs.state import Job, JobState
 from tests.conftest import SAMPLES
-
-sys.path.insert(0, str(Path(runner.hostside.__file__).parent))
-import gpus  # noqa: E402  (the host's way: top-level modules beside agent.py)
-import monitor  # noqa: E402
-import progress  # noqa: E402
 
 # The `plot` extra, which .ci/run installs; the agent's side and the missing-extra error need none.
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="pip install '.[plot]'")
@@ -277,7 +272,9 @@ def agent_plotdata(job_dir: Path) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, agent.__file__, "plotdata", str(job_dir)], capture_output=True, text=True, check=True
     )
-    return json.loads(done.stdout)
+    answer = json.loads(done.stdout)
+    assert answer.pop("protocol") == PROTOCOL  # every answer carries it; the rest is the plot's
+    return answer
 
 
 def test_plotdata_answers_telemetry_and_results_in_one_document(tmp_path: Path) -> None:

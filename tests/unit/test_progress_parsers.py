@@ -1,21 +1,19 @@
 """progress.py against real recorded trainings: ultralytics 8.4 and YOLOv7, through a pty (tty) and a pipe.
 
-The module is imported as the host imports it: a plain `import progress` from the folder it is copied to.
+The module has one name, runner.hostside.progress (test_hostside_modules checks the host's way of importing it).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-import runner.hostside
-
-sys.path.insert(0, str(Path(runner.hostside.__file__).parent))
-import progress  # noqa: E402  (the host's way: a top-level module beside agent.py)
+from runner.hostside import progress
+from tests.unit.hostcopy import copy_hostside, run_in_copy
 
 # Byte-for-byte copies of shared/samples, so the suite runs from a plain clone.
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples"
@@ -286,11 +284,15 @@ def test_the_log_and_the_files_agree() -> None:
     assert progress.parse_log_tail(tail("ultralytics/train_tty.log"))["epochs"] == args["epochs"] == len(rows)
 
 
-def test_the_packaged_module_reads_the_same() -> None:
-    import runner.hostside.progress as packaged
-
-    text = tail("yolov7/train_pipe.log")
-    assert packaged.parse_log_tail(text) == progress.parse_log_tail(text)
+def test_the_hosts_copy_reads_the_same(tmp_path: Path) -> None:
+    # On a host the module is hostside.progress, from a copied folder, under Python run with -E -S.
+    log = tmp_path / "train.log"
+    log.write_text(tail("yolov7/train_pipe.log"), encoding="utf-8")
+    code = ("import json, sys\nfrom hostside import progress\n"
+            "print(json.dumps(progress.parse_log_tail(open(sys.argv[1], encoding='utf-8').read())))")
+    done = run_in_copy(copy_hostside(tmp_path / "hostside-copy"), code, str(log))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(json.dumps(progress.parse_log_tail(log.read_text(encoding="utf-8"))))
 
 
 def test_a_results_csv_with_accuracy_keeps_it_and_its_single_loss() -> None:
