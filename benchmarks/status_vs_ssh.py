@@ -84,7 +84,7 @@ class Setup:
                     "HOME": str(folder / "user"), "TMUX_TMPDIR": str(folder)}  # fmt: skip
         (folder / "user").mkdir(parents=True)
         self.names = [f"box{index}" for index in range(len(boxes))]
-        write_hosts_file(folder / "config", {name: box.hosts_entry() for name, box in zip(self.names, boxes)})
+        write_hosts_file(folder / "config", {name: box.hosts_entry() for name, box in zip(self.names, boxes, strict=True)})
         self.job_dirs = []
         for name in self.names:
             runner(self.env, "hosts", "check", name, "--trust-new-host")

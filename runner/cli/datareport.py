@@ -16,7 +16,7 @@ def report_text(report: dict[str, Any]) -> str:
     lines += _split_table(report["splits"])
     per_class = [line for split, found in report["splits"].items()
                  for line in _per_class(split, found["instances_per_class"], report["names"])]  # fmt: skip
-    lines += [""] + per_class if per_class else []
+    lines += ["", *per_class] if per_class else []
     groups = [("dataset", report["problems"])] + [(split, found["problems"]) for split, found in report["splits"].items()]
     for severity in ("error", "warning"):
         lines += _problems(groups, severity)
@@ -27,18 +27,19 @@ def report_text(report: dict[str, Any]) -> str:
 def _split_table(splits: dict[str, Any]) -> list[str]:
     rows = [COLUMNS] + [
         (split, str(found["images"]), str(found["labels"]), str(found["backgrounds"]), str(found["empty_labels"]),
-         str(found["instances"]), ", ".join(found["sources"]) or "-")  # fmt: skip
+         str(found["instances"]), ", ".join(found["sources"]) or "-")
         for split, found in splits.items()
-    ]
+    ]  # fmt: skip
     widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS) - 1)]
-    return ["  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip() for row in rows]
+    return ["  ".join([cell.ljust(width) for cell, width in zip(row, widths, strict=False)] + [row[-1]]).rstrip() for row in rows]
 
 
 def _per_class(split: str, counts: list[int], names: list[str]) -> list[str]:
     if not any(counts):
         return []
-    present = ", ".join(f"{name} {count}" for name, count in zip(names, counts) if count)
-    missing = [name for name, count in zip(names, counts) if not count]
+    # strict=False: the agent's report may name fewer classes than it counted; the table shows what it can
+    present = ", ".join(f"{name} {count}" for name, count in zip(names, counts, strict=False) if count)
+    missing = [name for name, count in zip(names, counts, strict=False) if not count]
     text = f"{split} instances per class: {present}"
     if missing:
         text += f"; none of: {', '.join(missing)}"
@@ -55,7 +56,7 @@ def _problems(groups: list[tuple[str, dict[str, Any]]], severity: str) -> list[s
             lines += [f"  {offender_text(offender)}" for offender in entry["first"]]
             if entry["count"] > len(entry["first"]):
                 lines.append(f"  ... and {entry['count'] - len(entry['first'])} more")
-    return [""] + lines if lines else []
+    return ["", *lines] if lines else []
 
 
 def _verdict(report: dict[str, Any]) -> str:

@@ -244,7 +244,7 @@ def draw(panels: list[Panel], title: str) -> Figure:
     figure = Figure(figsize=FIGURE_INCHES, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     figure.suptitle(title, fontsize=15)
-    for axes, panel in zip(figure.subplots(3, 2).flat, panels):
+    for axes, panel in zip(figure.subplots(3, 2).flat, panels, strict=True):
         _draw_panel(axes, panel)
     return figure
 

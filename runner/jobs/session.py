@@ -80,7 +80,7 @@ def start_argv(session: str, windows: list[Window], cwd: str) -> list[str]:
     first, *rest = windows
     argv = new_session_argv(session, first, cwd)
     for window in rest:
-        argv += [";"] + new_window_argv(session, window, cwd)[1:]
+        argv += [";", *new_window_argv(session, window, cwd)[1:]]
     return argv
 
 

@@ -4,6 +4,7 @@ unchanged or with one file changed, a local file rewritten while it is read."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -189,7 +190,7 @@ def _resume_offset(samples: list[tuple[float, int | None]], killed_at: float) ->
     after = [(moment, size or 0) for moment, size in samples if moment >= killed_at]
     if len(after) < 2:
         return after[0][1] if after else 0
-    gaps = [(later[0] - earlier[0], earlier[1]) for earlier, later in zip(after, after[1:])]
+    gaps = [(later[0] - earlier[0], earlier[1]) for earlier, later in itertools.pairwise(after)]
     return max(gaps)[1]
 
 

@@ -231,7 +231,7 @@ def test_a_tensorboard_forward_outlives_a_refused_look_and_ends_on_a_stop_signal
                 assert _page(url) is None
                 trusted_box.sh(f"touch ~/.runner/jobs/{job_id}/work/go")
             # ...and the same forward serves the page once it is
-            assert wait_for(lambda: _page(url), 30, what="the page through the forward") == b"board-ok\n"
+            assert wait_for(lambda url=url: _page(url), 30, what="the page through the forward") == b"board-ok\n"
             forward.send_signal(stop)  # the moment the page is read, as a script would
             assert forward.wait(10) == 0, (stop, forward.stderr.read())  # type: ignore[union-attr]
             port = int(url.rsplit(":", 1)[1].rstrip("/"))

@@ -163,7 +163,7 @@ def test_an_instance_cut_off_stops_answering_while_the_api_says_running(
 def test_interactive_logins_start_tmux_unless_no_auto_tmux(
     emulator: Emulator, registry: Registry, key: Path  # noqa: F811
 ) -> None:
-    instance_id, port = running_with_key(emulator, registry.image, key)
+    _instance_id, port = running_with_key(emulator, registry.image, key)
     assert ssh(port, key, "echo plain").stdout == "plain\n"  # a command over ssh is never caught in tmux
 
     login = subprocess.Popen([*ssh_argv(port, key, "-tt")], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

@@ -26,7 +26,8 @@ def test_the_context_is_the_dockerfile_and_the_folder_it_copies() -> None:
     assert names[0] == "Dockerfile.rocm52" and "Dockerfile.cu128" not in names
     assert {"images/runner_torch/sitecustomize.py", "images/runner_torch/runner_conv.py"} <= set(names)
     assert all(name == "Dockerfile.rocm52" or name.startswith("images/") for name in names)
-    members = tarfile.open(fileobj=io.BytesIO(context_tar(context_root(), "rocm52"))).getnames()
+    with tarfile.open(fileobj=io.BytesIO(context_tar(context_root(), "rocm52"))) as tar:
+        members = tar.getnames()
     assert members == names
 
 

@@ -224,7 +224,7 @@ def awkward_cuts(data: bytes) -> list[int]:
 def feed_in_pieces(data: bytes, cuts: list[int], color: bool = True) -> tuple[bytes, list[bytes]]:
     written: list[bytes] = []
     renderer = LineRenderer(written.append, color)
-    for start, end in zip([0, *cuts], [*cuts, len(data)]):
+    for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
         renderer.feed(data[start:end])
     before_finish = b"".join(written)
     renderer.finish()
@@ -280,7 +280,7 @@ def test_follow_renders_a_growing_log_once_per_line(
     data = ULTRALYTICS.read_bytes()
     log = tmp_path / "train.log"
     cuts = awkward_cuts(data)[::7]
-    pieces = [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)])]
+    pieces = [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True)]
     job = SimpleNamespace(path=str(log), finished=False)
 
     def refresh_one(store: object, job: SimpleNamespace) -> SimpleNamespace:

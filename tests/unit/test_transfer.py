@@ -27,7 +27,7 @@ from tests.unit.localagent import (  # noqa: F401  (fixtures are found by name)
 HOSTILE = ["../escape", "a/../../escape", "a/../b", "./x", "a//b", "", ".", "..", "x\x00y"]
 
 
-@pytest.mark.parametrize("rel", HOSTILE + ["/ABSOLUTE"], ids=lambda rel: repr(rel))
+@pytest.mark.parametrize("rel", [*HOSTILE, "/ABSOLUTE"], ids=lambda rel: repr(rel))
 def test_receive_refuses_a_name_that_leaves_the_destination(host: LocalHost, tmp_path: Path, outside: Path, rel: str) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()

@@ -256,7 +256,7 @@ def test_the_v1_list_pages_60_instances_25_at_a_time() -> None:
             if not token:
                 break
         assert [len(page) for page in pages] == [25, 25, 10]
-        assert sum(pages, []) == sorted(created)
+        assert [instance for page in pages for instance in page] == sorted(created)
         assert len(api.ok("GET", "/api/v1/instances/?limit=100")["instances"]) == 25  # 25 at most
         filters = urllib.request.quote(json.dumps({"label": {"eq": "job-1"}}))
         order = urllib.request.quote(json.dumps([{"col": "id", "dir": "desc"}]))
