@@ -15,6 +15,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Tag, ValidationError
+from pydantic_core import ErrorDetails
 
 from runner.base.errors import SpecError
 
@@ -138,15 +139,15 @@ def _collect_marks(node: yaml.Node, path: FieldPath, marks: Marks) -> None:
     marks.values[path] = Mark(node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            child = path + (key_node.value,)
+            child = (*path, key_node.value)
             marks.keys[child] = Mark(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             _collect_marks(value_node, child, marks)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _collect_marks(item, path + (index,), marks)
+            _collect_marks(item, (*path, index), marks)
 
 
-def _file_location(model: type[BaseModel], error: dict[str, Any]) -> FieldPath:
+def _file_location(model: type[BaseModel], error: ErrorDetails) -> FieldPath:
     """The error's place in the file: pydantic's location without the tags of tagged unions (the file has
     no such level), and down to the entry a mapping's validator named in its context ("entry")."""
     kept: list[str | int] = []
@@ -162,7 +163,7 @@ def _file_location(model: type[BaseModel], error: dict[str, Any]) -> FieldPath:
     return tuple(kept) + ((entry,) if isinstance(entry, str) else ())
 
 
-def _describe(model: type[BaseModel], error: dict[str, Any], loc: FieldPath) -> str:
+def _describe(model: type[BaseModel], error: ErrorDetails, loc: FieldPath) -> str:
     where = dotted(loc)
     if error["type"] == "extra_forbidden":
         unknown = str(loc[-1])

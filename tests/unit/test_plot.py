@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import json
 import math
 import subprocess
@@ -83,7 +84,7 @@ def same(values: list[float], expected: list[float | None]) -> bool:
     """Equal where both are numbers, and NaN exactly where expected has no number."""
     if len(values) != len(expected):
         return False
-    for value, want in zip(values, expected):
+    for value, want in zip(values, expected, strict=True):
         if want is None or (isinstance(want, float) and math.isnan(want)):
             if not math.isnan(value):
                 return False
@@ -310,6 +311,6 @@ def test_long_telemetry_is_thinned_on_the_host_evenly_keeping_first_and_last(tmp
     assert times[0] == 0 and times[-1] == lines - 1
     assert len(times) <= 5001
     assert len(times) >= min(lines, 2500)
-    strides = {later - earlier for earlier, later in zip(times, times[1:-1])}
+    strides = {later - earlier for earlier, later in itertools.pairwise(times[:-1])}
     assert len(strides) <= 1  # even spacing; only the step to the last line may be shorter
     assert times == sorted(set(times))
