@@ -3,8 +3,9 @@
 Bytes go to NAME.part (appended from where an interrupted copy stopped) while a second thread
 hashes the part file as it grows; the file takes its final name only when its sha256 matches the
 host's: from the manifest, or, for a large file not hashed yet, computed by the host as it sends
-the file (one read on the host instead of two), with its word that the file held still meanwhile. A dropped link is retried and resumes; a file that changed on the host (last.pt
-at every epoch end) starts over.
+the file (one read on the host instead of two), with its word that the file held still meanwhile.
+A dropped link is retried and resumes; a file that changed on the host (last.pt at every epoch end)
+starts over.
 """
 
 from __future__ import annotations

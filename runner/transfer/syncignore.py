@@ -23,8 +23,9 @@ def load_excludes(workdir: Path) -> list[str]:
 
 def is_excluded(rel_path: str, patterns: Sequence[str]) -> bool:
     """gitignore-like, and as rsync reads the same patterns (a test checks against a real rsync): a
-    pattern without '/' matches any path component; one with a '/' (leading or inside) matches from the workdir's top, '*' never crossing a
-    '/' and '**' crossing any number. Either way, matching a folder excludes what is under it."""
+    pattern without '/' matches any path component; one with a '/' (leading or inside) matches from
+    the workdir's top, '*' never crossing a '/' and '**' crossing any number. Either way, matching a
+    folder excludes what is under it."""
     parts = PurePosixPath(rel_path).parts
     for pattern in patterns:
         body = pattern.rstrip("/")
