@@ -18,6 +18,7 @@ from runner import __version__
 from runner.base import paths
 
 from runner.transfer import progress as transferprogress
+from runner.cli.common import open_store
 from runner.cli.hosts import JSON_OPTION, TRUST_OPTION, hosts
 from runner.cli.vast import down, keep, offers
 from runner.base.durations import format_duration, parse_duration
@@ -48,17 +49,6 @@ class Duration(click.ParamType):
 DURATION = Duration()
 
 
-@contextmanager
-def open_store() -> Iterator[Store]:
-    from runner.jobs.state import Store
-
-    store = Store(paths.state_db())
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="runner")
 def cli() -> None:
@@ -81,7 +71,7 @@ def submit(
     from runner.pipeline.submit import submit as submit_job
 
     loaded = load_job(job_file)
-    with open_store() as store, transferprogress.shown(f"{loaded.spec.name}: files", _bars(as_json)):
+    with open_store() as store, transferprogress.shown(f"{loaded.spec.name}: files", _bars(as_json), render.stderr):
         submitted = submit_job(
             store, loaded, host_name, trust_new_host, preflight=not skip_preflight, log=_to_stderr, keep=keep
         )
@@ -139,8 +129,7 @@ def _prewarm_hosts(jobs: list[Job]) -> None:
             host = get_host(name)
         except RunnerError:
             continue
-        if hasattr(host, "prewarm"):
-            host.prewarm()
+        host.prewarm()
 
 
 def _status_document(refreshed: Refreshed, one_job: bool) -> dict:
@@ -248,7 +237,7 @@ def fetch(artifact: str, job_ref: str | None, dest: Path | None, every: float | 
         job = store.find(job_ref)
         where = dest or default_dest(job.id)
         if every is None:
-            with transferprogress.shown(f"{artifact} of {job.id}", _bars(as_json)):
+            with transferprogress.shown(f"{artifact} of {job.id}", _bars(as_json), render.stderr):
                 result = fetch_locked(job, artifact, where, _note)
         else:
             result = fetch_every(store, job, artifact, where, every, _progress_note(every), _note)

@@ -155,7 +155,7 @@ def submit_summary(submitted: Submitted) -> str:
         for sync in submitted.artifact_syncs
     ]
     lines.append(f"  runner status {job.id}    runner logs -f {job.id}    runner fetch weights {job.id}")
-    if job.spec.get("tensorboard"):
+    if job.spec.tensorboard:
         lines.append(f"  runner tensorboard {job.id}    runner attach {job.id}")
     return "\n".join(lines)
 

@@ -43,10 +43,10 @@ def offers(
 def down(job_ref: str | None, orphans: bool, as_json: bool) -> None:
     """Destroy JOB's rented instances (or the orphans) and wait until vast.ai confirms they are gone."""
     from runner.cli import render
-    from runner.cli.app import open_store
+    from runner.cli.common import open_store
     from runner.provision.vast.provisioner import destroy_until_gone
     from runner.provision.vast.api import VastClient
-    from runner.pipeline.rented import down as down_job
+    from runner.provision.vast.renting import down as down_job
     from runner.pipeline.rented import orphans as find_orphans
 
     if bool(job_ref) == orphans:
@@ -69,7 +69,7 @@ def down(job_ref: str | None, orphans: bool, as_json: bool) -> None:
 @click.argument("job_id")
 def keep(job_id: str) -> None:
     """The keeper of a job on a rented instance (started by submit): cost limit, final fetch, teardown."""
-    from runner.cli.app import open_store
+    from runner.cli.common import open_store
     from runner.pipeline.rented import keep as keep_job
 
     with open_store() as store:

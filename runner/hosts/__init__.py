@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 
+from runner.hosts import provisioned
 from runner.hosts.base import CommandResult, Host, SyncStats
 from runner.hosts.local import LocalHost
 from runner.hosts.ssh import SshHost
@@ -33,16 +34,12 @@ def get_host(name: str, trust_new: bool = False) -> Host:
 
 
 def _entry(name: str) -> HostEntry:
-    """hosts.yaml's entry, or for a rented instance (vast-<id>) the store's."""
-    from runner.provision.vast.provisioner import instance_entry, instance_id_of
-
-    instance_id = instance_id_of(name)
-    return host_entry(name) if instance_id is None else instance_entry(instance_id)
+    """The entry a provisioner recorded for a host it made (a rented instance), else hosts.yaml's."""
+    return provisioned.entry(name) or host_entry(name)
 
 
 @atexit.register
 def _close_all() -> None:
     for host in _open_hosts.values():
-        if isinstance(host, SshHost):
-            host.close()
+        host.close()
     _open_hosts.clear()

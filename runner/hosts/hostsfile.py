@@ -38,6 +38,9 @@ class HostEntry:
     # The name its host key is pinned under, instead of its address: a rented instance's address and
     # port are reused by later instances, each with a new key (set by runner, never in hosts.yaml).
     host_key_alias: str | None = None
+    # The host is a container of the job's image (a rented instance): a job with an image runs in it
+    # directly, with no container of its own (set by runner, never in hosts.yaml).
+    provides_image: bool = False
 
 
 @dataclass(frozen=True)

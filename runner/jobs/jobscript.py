@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import shlex
 
-from runner.provision.vast.provisioner import IMAGE_ENV_FILE
-from runner.images.plan import ImagePlan
 from runner.jobs.spec import JobSpec
 
 RUN_SH = """\
@@ -56,6 +54,9 @@ if [ -f {image_env} ]; then . {image_env}; fi
 {run}
 """
 
+# A rented instance's image environment, which an SSH session there lacks: written by its onstart
+# (runner.provision.vast), read by job.sh.
+IMAGE_ENV_FILE = "/etc/runner-image-env.sh"
 
 CONTAINER_SH = """\
 #!/usr/bin/env bash
@@ -86,11 +87,11 @@ flags+=(-e MIOPEN_USER_DB_PATH={job_dir}/miopen/db -e MIOPEN_CUSTOM_CACHE_DIR={j
 NVIDIA_LINES = "flags+=(--gpus all)"
 
 
-def render_container_sh(job_id: str, job_name: str, container: str, image: str, plan: ImagePlan, job_dir: str,
-                        data_dir: str) -> str:  # fmt: skip
-    """container.sh: runs job.sh in a container of image, named container, as plan says."""
-    env_flags = "".join(f" -e {shlex.quote(f'{name}={value}')}" for name, value in sorted(plan.env.items()))
-    vendor_lines = {"amd": AMD_LINES, "nvidia": NVIDIA_LINES}.get(plan.vendor or "", "# no GPU: a CPU container")
+def render_container_sh(job_id: str, job_name: str, container: str, image: str, env: dict[str, str],
+                        vendor: str | None, job_dir: str, data_dir: str) -> str:  # fmt: skip
+    """container.sh: runs job.sh in a container of image, named container, with env and the GPU of vendor."""
+    env_flags = "".join(f" -e {shlex.quote(f'{name}={value}')}" for name, value in sorted(env.items()))
+    vendor_lines = {"amd": AMD_LINES, "nvidia": NVIDIA_LINES}.get(vendor or "", "# no GPU: a CPU container")
     return CONTAINER_SH.format(
         job_id=job_id,
         job_name=job_name,

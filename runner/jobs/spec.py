@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+from pydantic_core.core_schema import SerializationInfo
 
 from runner.base.durations import parse_duration
 from runner.base.yamlfile import NAME_PATTERN, StrictModel
@@ -37,6 +38,7 @@ DEFAULT_ARTIFACTS: dict[str, list[str]] = {
 }
 # Each sync lists the whole set on the host (hashing what changed): more often than this is a busy loop.
 MIN_SYNC_SECONDS = 10.0
+WHOLE_SETS = "whole_artifact_sets"  # the serialization context key of stored_document
 LOST_AFTER_S = 300.0  # a rented instance's SSH silent this long while the API says running: it is lost
 
 
@@ -328,11 +330,25 @@ class JobSpec(StrictModel):
         object.__setattr__(self, "artifacts", merged)
         return self
 
-    # Stored with the job (and in the host's spec.json), `artifacts` stays a name -> list of globs mapping,
-    # the shape `runner fetch` reads; the background syncs are a mapping of their own beside it.
+    # In the host's spec.json and --json documents, `artifacts` stays a name -> list of globs mapping;
+    # the background syncs are a mapping of their own beside it. The store keeps every set whole
+    # (`stored_document`), so that validating what it kept gives this very spec back.
     @field_serializer("artifacts")
-    def _globs_only(self, sets: dict[str, ArtifactSet]) -> dict[str, list[str]]:
+    def _globs_only(self, sets: dict[str, ArtifactSet], info: SerializationInfo) -> dict[str, Any]:
+        if info.context and info.context.get(WHOLE_SETS):
+            return {name: entry.model_dump(mode="json") for name, entry in sets.items()}
         return {name: list(entry.paths or []) for name, entry in sets.items()}
+
+    def artifact_globs(self, name: str) -> list[str] | None:
+        """The globs of the set `name`; None where the job has no such set."""
+        entry = self.artifacts.get(name)
+        if entry is None:
+            return None
+        return list(entry.paths or []) if isinstance(entry, ArtifactSet) else list(entry)
+
+    def stored_document(self) -> dict[str, Any]:
+        """The spec as the store keeps it: JobSpec.model_validate of it gives this spec back."""
+        return self.model_dump(mode="json", context={WHOLE_SETS: True}, exclude={"artifact_sync"})
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -10,8 +10,9 @@ from pathlib import Path
 from runner.base.errors import SpecError
 from runner.base.yamlfile import MAX_SPEC_BYTES, FieldPath, Marks, dotted, load_yaml_mapping, validate
 from runner.jobs.spec import JobSpec
+from runner.jobs.state import Job
 
-__all__ = ["MAX_SPEC_BYTES", "FieldPath", "LoadedJob", "Marks", "dotted", "load_job", "load_yaml_mapping", "validate"]
+__all__ = ["MAX_SPEC_BYTES", "FieldPath", "LoadedJob", "Marks", "dotted", "load_job", "load_yaml_mapping", "stored_job", "validate"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class LoadedJob:
     spec: JobSpec
     path: Path
     marks: Marks
+    resolved_workdir: Path | None = None  # a stored job's, as submit resolved it
 
     def error(self, field_path: FieldPath, message: str) -> SpecError:
         mark = self.marks.nearest_value(field_path)
@@ -28,6 +30,8 @@ class LoadedJob:
 
     @property
     def workdir(self) -> Path:
+        if self.resolved_workdir is not None:
+            return self.resolved_workdir
         base = self.path.resolve().parent
         return (base / self.spec.workdir).resolve() if self.spec.workdir else base
 
@@ -35,3 +39,9 @@ class LoadedJob:
 def load_job(path: Path) -> LoadedJob:
     data, marks = load_yaml_mapping(path, what="job file")
     return LoadedJob(spec=validate(JobSpec, data, marks, path), path=path, marks=marks)
+
+
+def stored_job(job: Job, spec: JobSpec | None = None) -> LoadedJob:
+    """A job as the store keeps it (or with spec in place of its own), for the steps that place it on a
+    host again: its paths as submit resolved them, whatever became of its file."""
+    return LoadedJob(spec or job.spec, Path(job.job_file), Marks(), Path(job.resolved.workdir))

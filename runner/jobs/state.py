@@ -9,17 +9,22 @@ finished job back to `running`.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.base.errors import NotFound, UsageError
+
+if TYPE_CHECKING:  # pydantic is imported only where a job's spec is read, not by every command
+    from runner.jobs.spec import JobSpec
 
 
 class JobState(str, Enum):
@@ -54,7 +59,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     name         TEXT NOT NULL,
     host         TEXT NOT NULL,
     state        TEXT NOT NULL,
-    spec         TEXT NOT NULL,                       -- the validated job spec, as JSON
+    spec         TEXT NOT NULL,                       -- the job's document, as JSON: see job_document
     job_file     TEXT NOT NULL,
     job_dir      TEXT,                                -- the job's directory on its host
     session      TEXT,                                -- its tmux session name
@@ -98,13 +103,37 @@ CREATE INDEX IF NOT EXISTS instances_job ON instances(job_id);
 ADDED_COLUMNS = [("jobs", "snapshot", "TEXT")]
 
 
+# The stored document of a job: {"schema": SPEC_SCHEMA, "spec": JobSpec.stored_document(), "resolved": Resolved}.
+# A document without "schema" is a job stored before it (the spec's plain dump, perhaps with pushed_image).
+SPEC_SCHEMA = 2
+LEGACY_KEYS = ("artifact_sync", "pushed_image")  # what a schema-1 document holds beside the spec's fields
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What submit fixed for good, as absolute paths and names, so that whatever comes later (a retry on
+    a new instance, the keeper, a background sync) never reads the job file again, and never depends
+    on the directory a command runs in: the file may have moved or changed since."""
+
+    workdir: str
+    submit_dir: str  # where `runner submit` ran: default artifact destinations (artifacts/JOB_ID) are under it
+    pushed_image: str | None = None  # the image runner built and pushed for a rented host
+
+    def artifacts_dir(self, job_id: str) -> Path:
+        return Path(self.submit_dir) / "artifacts" / job_id
+
+
+def job_document(spec: JobSpec, resolved: Resolved) -> dict[str, Any]:
+    return {"schema": SPEC_SCHEMA, "spec": spec.stored_document(), "resolved": asdict(resolved)}
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
     name: str
     host: str
     state: JobState
-    spec: dict[str, Any]
+    document: dict[str, Any]  # see job_document: read it through .spec and .resolved
     job_file: str
     job_dir: str | None
     session: str | None
@@ -120,6 +149,22 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+    @cached_property
+    def spec(self) -> JobSpec:
+        """The validated spec, as submit stored it (pydantic is imported here, not by every command)."""
+        from runner.jobs.spec import JobSpec
+
+        stored = self.document.get("spec") if "schema" in self.document else self.document
+        return JobSpec.model_validate({key: value for key, value in (stored or {}).items() if key not in LEGACY_KEYS})
+
+    @property
+    def resolved(self) -> Resolved:
+        if "schema" in self.document:
+            return Resolved(**self.document["resolved"])
+        # Stored before the paths were: as that runner resolved them, from the job file and the current directory.
+        workdir = Path(self.job_file).parent / (self.document.get("workdir") or "")
+        return Resolved(str(workdir.resolve()), os.getcwd(), self.document.get("pushed_image"))
 
 
 @dataclass(frozen=True)
@@ -183,7 +228,7 @@ class Store:
 
     # jobs
 
-    def create_job(self, name: str, host: str, spec: dict[str, Any], job_file: str) -> Job:
+    def create_job(self, name: str, host: str, document: dict[str, Any], job_file: str) -> Job:
         now = time.time()
         with self._write() as db:
             while True:
@@ -192,7 +237,7 @@ class Store:
                     break
             db.execute(
                 "INSERT INTO jobs (id, name, host, state, spec, job_file, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, name, host, JobState.SUBMITTED.value, json.dumps(spec), job_file, now),
+                (job_id, name, host, JobState.SUBMITTED.value, json.dumps(document), job_file, now),
             )
             self._event(db, job_id, "submitted", f"{job_file} on {host}")
         return self.get(job_id)
@@ -377,6 +422,6 @@ def _job(row: sqlite3.Row) -> Job:
     values = dict(row)
     values.pop("seq")
     values["state"] = JobState(values["state"])
-    values["spec"] = json.loads(values["spec"])
+    values["document"] = json.loads(values.pop("spec"))
     values["snapshot"] = json.loads(values["snapshot"]) if values.get("snapshot") else None
     return Job(**values)

@@ -4,7 +4,6 @@ transitions in the store. A host that does not answer changes no job: it is an o
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +12,8 @@ from typing import Any
 
 from runner.base.errors import HostUnreachable, RunnerError
 from runner.hosts import Host
-from runner.jobs.layout import job_host, run_agent
+from runner.jobs.agentanswers import probe_answer
+from runner.jobs.layout import job_host
 from runner.jobs.state import Job, JobState, Store, ended_state
 
 MAX_PARALLEL_HOSTS = 8
@@ -47,12 +47,8 @@ class Refreshed:
 
 
 def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
-    """One command on the host reports every listed job."""
-    result = run_agent(host, "probe", *job_dirs, timeout=host.patience).check()
-    try:
-        reported = json.loads(result.text)["jobs"]
-    except (ValueError, KeyError) as exc:
-        raise RunnerError(f"host '{host.name}': the agent's probe answered unreadable output ({exc})") from None
+    """One command on the host reports every listed job (an agent of another protocol is replaced)."""
+    reported = probe_answer(host, job_dirs)["jobs"]
     return {
         job_dir: Observation(
             seen["session_alive"], seen["exit_code"], seen["last_line"], seen["processes_alive"], seen.get("snapshot"),
@@ -94,9 +90,7 @@ def refresh(store: Store, jobs: list[Job]) -> Refreshed:
 
 
 def cost_of(store: Store, job: Job) -> dict[str, Any] | None:
-    """$/h of the job's instance and what its instances have cost so far (None: not on a rented host)."""
-    if not job.host.startswith("vast"):
-        return None
+    """$/h of the job's instance and what its instances have cost so far (None: nothing was rented for it)."""
     instances = store.instances(job.id)
     if not instances:
         return None

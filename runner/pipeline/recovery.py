@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from runner.transfer.artifactsync import default_dest
-from runner.hosts import get_host
-from runner.provision.vast.provisioner import FAILED, destroy_until_gone, instance_id_of, provision
+from runner.hosts import Host, get_host
 from runner.jobs.spec import LOST_AFTER_S
+from runner.jobs.specfile import stored_job
 from runner.jobs.state import Job, Store
+from runner.provision.vast.provisioner import FAILED, destroy_until_gone, instance_id_of, provision
 
 if TYPE_CHECKING:
     from runner.provision.vast.api import VastClient
@@ -42,12 +41,12 @@ def interruption(client: VastClient, job: Job, unreachable_for: float | None) ->
 
 def lost_after(job: Job) -> float:
     """The job's grace; the default for a job stored before `lost_after` existed."""
-    return float((job.spec.get("retry") or {}).get("lost_after", LOST_AFTER_S))
+    return job.spec.retry.lost_after if job.spec.retry else LOST_AFTER_S
 
 
 def may_retry(store: Store, job: Job, cause: str) -> bool:
-    policy = job.spec.get("retry") or {}
-    return cause in (policy.get("on") or []) and _tries(store, job) < int(policy.get("max", 1))
+    policy = job.spec.retry
+    return policy is not None and cause in policy.on and _tries(store, job) < policy.max
 
 
 def carry_on(client: VastClient, store: Store, job: Job, cause: str, log: Log) -> Job:
@@ -57,8 +56,7 @@ def carry_on(client: VastClient, store: Store, job: Job, cause: str, log: Log) -
     store.add_event(job.id, "retry", f"instance {old} {cause}")
     if old is not None:
         destroy_until_gone(client, store, old, log)
-    name = provision(client, store, job.id, job.spec, log)
-    store.remember_host(name, "vast")
+    name = provision(client, store, job, log)
     _restart_on(store, job, get_host(name), log)
     # Only now: a status that probed the new host before its session started would find no session,
     # no exit code and no process there, and call the job lost.
@@ -70,21 +68,20 @@ def _tries(store: Store, job: Job) -> int:
     return len([event for event in store.events(job.id) if event.kind == "retry"])
 
 
-def _restart_on(store: Store, job: Job, host: Any, log: Log) -> None:
+def _restart_on(store: Store, job: Job, host: Host, log: Log) -> None:
     from runner.jobs import session
     from runner.jobs.layout import JobLayout
     from runner.pipeline.placement import plan_datasets
     from runner.transfer.push import push_tree
-    from runner.jobs.specfile import load_job
     from runner.pipeline.submit import Submitted, job_windows, place_job
 
-    loaded = load_job(Path(job.job_file))
-    resume = job.spec.get("resume") or job.spec["run"]
-    loaded = type(loaded)(loaded.spec.model_copy(update={"run": list(resume)}), loaded.path, loaded.marks)
+    # The job as submit stored it, never the job file: it may be gone, or say something else by now.
+    resume = job.spec.resume or job.spec.run
+    loaded = stored_job(job, job.spec.model_copy(update={"run": list(resume)}))
     layout = JobLayout.on(host, job.id)
     name = session.session_name(job.name, job.id)
     place_job(host, loaded, job, layout, name, plan_datasets(loaded), Submitted(job))
-    checkpoints = Path.cwd() / default_dest(job.id)
+    checkpoints = job.resolved.artifacts_dir(job.id)
     if checkpoints.is_dir():
         stats = push_tree(host, checkpoints, layout.work, exclude=[MANIFEST])
         log(f"pushed the last fetched checkpoints: {stats.files_sent} files, {stats.bytes_sent} bytes")

@@ -1,136 +1,31 @@
-"""Jobs on rented vast.ai instances, from the controller: rent one for the job, run the job there as
-on any SSH host, and give it back, so that no path leaves an instance billing unseen.
+"""A job on a rented vast.ai instance, kept from the controller once it runs, so that no path leaves
+an instance billing unseen (the renting itself is runner.provision.vast).
 
-- submit rents (hosts/vast.py), then places and starts the job as on an SSH host; any failure up to
-  a running session destroys the instance (unless --keep), and the job is failed.
-- Once the job runs, a keeper (`runner keep JOB`, detached like the artifact syncs, its log in
-  RUNNER_HOME/syncs/JOB-keep.log) watches it: `resources.max_cost` stops it when reached; when the
-  job ends, it fetches the weights a last time and destroys the instance as `teardown` says.
+- The keeper (`runner keep JOB`, detached like the artifact syncs, its log in
+  RUNNER_HOME/syncs/JOB-keep.log) watches the job: `resources.max_cost` stops it when reached; an
+  interrupted or lost instance is replaced as `retry` says (recovery.py); when the job ends, it
+  fetches the weights a last time and destroys the instance as `teardown` says.
 - `runner down JOB` destroys a job's instances and waits until the API confirms they are gone;
   `runner down --orphans` does so for instances labelled `runner:` that no running job owns.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.base import paths
-from runner.transfer.artifactsync import default_dest, fetch_locked, fetch_unless_busy, start_detached
 from runner.base.errors import HostUnreachable, RunnerError
-from runner.hosts import get_host
-from runner.provision.vast.provisioner import LABEL_PREFIX, destroy_until_gone, provision
-from runner.images.plan import requested
-from runner.jobs.specfile import LoadedJob
-from runner.jobs.state import ACTIVE, Job, JobState, Store
+from runner.jobs.state import Job, JobState, Store
+from runner.provision.vast.provisioner import LABEL_PREFIX
+from runner.provision.vast.renting import teardown
+from runner.transfer.artifactsync import fetch_locked, fetch_unless_busy
 
 if TYPE_CHECKING:
     from runner.provision.vast.api import VastClient
-    from runner.pipeline.submit import Submitted
 
 Log = Callable[[str], None]
 KEEP_POLL_S = 10.0
-
-
-def check_rentable(loaded: LoadedJob) -> None:
-    """Bad input for a rented host, refused before anything is rented."""
-    from runner.provision.vast.key import load_api_key
-    from runner.hosts.hostsmodel import load_registry
-
-    image = loaded.spec.image
-    if image is None:
-        raise loaded.error(("host",), "host vast runs the job in an image: give `image` (a reference, or cu128)")
-    if requested(image)[1] and load_registry() is None:
-        raise loaded.error(("image",), "host vast pulls the images runner builds from a registry: name one in"
-                           " hosts.yaml (registry: {address: ghcr.io/you}), or give an image reference")  # fmt: skip
-    load_api_key()  # missing, or in a file others can read: exit 2 now, not after renting
-
-
-def published_spec(loaded: LoadedJob, log: Log) -> dict[str, Any]:
-    """The job's spec as stored, with `pushed_image` where runner builds the image: built here and
-    pushed before anything is rented, so a failed build costs nothing."""
-    from runner.hosts.hostsmodel import load_registry
-    from runner.images.publish import publish
-    from runner.images.plan import ImagePlan
-
-    spec = loaded.spec.model_dump(mode="json")
-    _, build, args = requested(spec["image"])
-    if build is None:
-        return spec
-    # Rented GPUs are NVIDIA ones but for an AMD card asked for by name.
-    kind = build if build != "auto" else "rocm52" if _amd(spec) else "cu128"
-    registry = load_registry()
-    assert registry is not None
-    spec["pushed_image"] = publish(ImagePlan(None, kind, args, reason=f"image {kind} for vast.ai"), registry, log)
-    return spec
-
-
-def _amd(spec: dict[str, Any]) -> bool:
-    gpu = ((spec.get("resources") or {}).get("gpu") or "").upper()
-    return gpu.startswith(("RX ", "RADEON", "MI"))
-
-
-def submit_rented(
-    store: Store, loaded: LoadedJob, run: Callable[[Job, Any], Submitted], log: Log, keep: bool
-) -> Submitted:
-    """Rent an instance for the job, then `run` it there (submit's placing and starting)."""
-    from runner.provision.vast.api import VastClient
-
-    check_rentable(loaded)
-    spec = published_spec(loaded, log)
-    job = store.create_job(loaded.spec.name, "vast", spec, str(loaded.path.resolve()))
-    store.transition(job.id, JobState.PROVISIONING, frozenset({JobState.SUBMITTED}))
-    with VastClient() as client:
-        try:
-            name = provision(client, store, job.id, spec, log)
-            store.set_host(job.id, name)
-            store.remember_host(name, "vast")
-            submitted = run(store.get(job.id), get_host(name))
-        except BaseException as exc:  # Ctrl-C included: a rented instance must not outlive a failed submit
-            store.transition(job.id, JobState.FAILED, ACTIVE, message=f"submit failed: {exc or type(exc).__name__}")
-            _give_back_after_failure(client, store, job.id, log, keep)
-            raise
-        if submitted.job.finished:
-            teardown(client, store, submitted.job, log)
-    if not submitted.job.finished:
-        start_keeper(job.id)
-    return submitted
-
-
-def _give_back_after_failure(client: VastClient, store: Store, job_id: str, log: Log, keep: bool) -> None:
-    instances = store.instances(job_id, live_only=True)
-    if keep:
-        ids = ", ".join(str(instance.id) for instance in instances)
-        log(f"--keep: instance {ids} is left running and billing: `runner down {job_id}` destroys it")
-        return
-    for instance in instances:
-        try:
-            destroy_until_gone(client, store, instance.id, log)
-        except RunnerError as exc:  # the submit's own error is the one to raise; this one must show too
-            log(f"instance {instance.id} could not be destroyed ({exc}): `runner down {job_id}` tries again")
-
-
-def teardown(client: VastClient, store: Store, job: Job, log: Log, policy: str | None = None) -> None:
-    """Destroy the job's instances as its `teardown` (or policy) says, now that it has ended."""
-    policy = policy or job.spec.get("teardown", "on_exit")
-    if policy == "never" or (policy == "on_success" and job.state is not JobState.SUCCEEDED):
-        ids = ", ".join(str(instance.id) for instance in store.instances(job.id, live_only=True))
-        if ids:
-            log(f"teardown: {policy}: instance {ids} kept, and billing: `runner down {job.id}` destroys it")
-        return
-    down(client, store, job, log)
-
-
-def down(client: VastClient, store: Store, job: Job, log: Log) -> list[int]:
-    """Destroy every live instance of the job, confirmed gone; returns their ids."""
-    destroyed = []
-    for instance in store.instances(job.id, live_only=True):
-        destroy_until_gone(client, store, instance.id, log)
-        destroyed.append(instance.id)
-    return destroyed
 
 
 def orphans(client: VastClient, store: Store) -> list[dict[str, Any]]:
@@ -142,12 +37,6 @@ def orphans(client: VastClient, store: Store) -> list[dict[str, Any]]:
         if label.startswith(LABEL_PREFIX) and label[len(LABEL_PREFIX):] not in running:
             found.append(record)
     return found
-
-
-def start_keeper(job_id: str) -> int:
-    """`runner keep JOB` in a session of its own, so that it outlives this process and its terminal."""
-    log = paths.syncs_dir() / f"{job_id}-keep.log"
-    return start_detached([sys.executable, "-m", "runner", "keep", job_id], log, f"keeping job {job_id}")
 
 
 def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Job:
@@ -162,7 +51,7 @@ def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Jo
         while not job.finished:
             try:
                 job = refresh_one(store, store.get(job_id))
-                if job.spec.get("retry") and not job.finished:
+                if job.spec.retry and not job.finished:
                     _fetch_weights(job, log, wait=False)  # the checkpoint a retry resumes from
             except HostUnreachable as exc:
                 log(f"{exc}; looking again in {poll_s:g}s")
@@ -199,7 +88,7 @@ def _carry_on_if_gone(client: VastClient, store: Store, job: Job, log: Log) -> J
 
 
 def _over_budget(store: Store, job: Job, log: Log) -> bool:
-    limit = (job.spec.get("resources") or {}).get("max_cost")
+    limit = job.spec.resources.max_cost
     spent = sum(instance.cost() for instance in store.instances(job.id))
     if limit is None or spent < limit:
         return False
@@ -225,7 +114,7 @@ def _fetch_weights(job: Job, log: Log, wait: bool = True) -> bool:
     """The weights into artifacts/JOB here: before the instance can go, the last checkpoint must not
     go with it. False when the fetch failed. Without wait, a fetch already under way (a background
     sync, stuck on a host that went away) is left to it: the keeper must go on watching."""
-    dest = Path.cwd() / default_dest(job.id)
+    dest = job.resolved.artifacts_dir(job.id)
     try:
         result = fetch_locked(job, "weights", dest, log) if wait else fetch_unless_busy(job, "weights", dest, log)
     except RunnerError as exc:

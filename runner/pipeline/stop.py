@@ -30,19 +30,12 @@ def stop(store: Store, job: Job, grace_seconds: float) -> Job:
     store.request_stop(job.id)
     host.run(session.interrupt_argv(job.session))
     if not _ends_within(host, job.job_dir, grace_seconds):
-        if _in_container(job):  # the container would outlive its `docker run` client
+        if job.spec.image is not None and not host.provides_image:  # it would outlive its `docker run` client
             host.run(session.stop_container_argv(job.session))
         host.run(session.kill_session_argv(job.session))
         run_agent(host, "kill", job.id).check()
         store.add_event(job.id, "killed", f"still running {grace_seconds:g}s after Ctrl-C")
     return refresh_one(store, store.get(job.id))
-
-
-def _in_container(job: Job) -> bool:
-    """A job with an image runs in a container, but on a rented instance, which is the image's container."""
-    from runner.provision.vast.provisioner import instance_id_of
-
-    return job.spec.get("image") is not None and instance_id_of(job.host) is None
 
 
 def _ends_within(host, job_dir: str, grace_seconds: float) -> bool:

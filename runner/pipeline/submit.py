@@ -8,21 +8,23 @@ runs on the host after the sync, where the data lies, and fails the job before i
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.base.errors import HostUnreachable, RunnerError
+from runner.hosts import Host, SyncStats
+from runner.images.container import CONTAINER_SH, ContainerJob, build_image, write_container_sh
 from runner.jobs import session
-from runner.transfer.artifactsync import Sync, start_syncs
-from runner.images.container import CONTAINER_SH, ContainerJob, build_image, plan_container, write_container_sh
-from runner.base.errors import HostUnreachable, NotFound, RunnerError, SpecError
-from runner.hosts import Host, SyncStats, get_host
 from runner.jobs.jobscript import render_job_sh, render_run_sh
 from runner.jobs.layout import JobLayout, agent_argv, install_hostside, window_script_path
+from runner.jobs.specfile import LoadedJob
+from runner.jobs.state import ACTIVE, Job, JobState, Resolved, Store, job_document
 from runner.pipeline.placement import DatasetPlacement, plan_datasets, push_datasets, push_workdir
 from runner.pipeline.preflight import check_on_host, describe, refusal
-from runner.jobs.specfile import LoadedJob
-from runner.jobs.state import ACTIVE, Job, JobState, Store
+from runner.provision import Provisioner, provisioner_for
+from runner.transfer.artifactsync import Sync, start_syncs
 
 
 @dataclass
@@ -38,7 +40,6 @@ class Submitted:
 
 # A job leaves these states for running; any other (stopped meanwhile, failed) must not start.
 STARTING = frozenset({JobState.SYNCING, JobState.PREFLIGHT, JobState.BUILDING})
-RENTED = "vast"  # the host name that rents an instance per job
 
 
 def submit(
@@ -50,23 +51,48 @@ def submit(
     log: Callable[[str], None] = lambda line: None,
     keep: bool = False,
 ) -> Submitted:
+    """One pipeline for every kind of host: admit, provision, place, check the data, build or pick the
+    image, start the session."""
     datasets = plan_datasets(loaded)
     # The data YAML is read here: a malformed one refuses the job before anything moves.
     description = describe(loaded, datasets) if preflight and loaded.spec.dataset else None
-    if (host_override or loaded.spec.host) == RENTED:
-        from runner.pipeline.rented import submit_rented
+    _check_placeable(loaded)
+    provisioner = provisioner_for(host_override or loaded.spec.host, bool(host_override), trust_new_host)
+    try:
+        admitted = provisioner.admit(loaded, log)
+        resolved = Resolved(str(loaded.workdir), os.getcwd(), admitted.pushed_image)
+        job = store.create_job(loaded.spec.name, admitted.host_name, job_document(loaded.spec, resolved),
+                               str(loaded.path.resolve()))  # fmt: skip
+        submitted = _provision_and_run(store, provisioner, loaded, job, datasets, description,
+                                       Submitted(job, container=admitted.container), log, keep)  # fmt: skip
+        provisioner.after_submit(store, submitted.job, log)
+    finally:
+        provisioner.close()
+    if submitted.job.state is JobState.RUNNING:  # never for a job that failed or was stopped meanwhile
+        submitted.artifact_syncs = start_syncs(store, submitted.job)
+    return submitted
 
-        return submit_rented(store, loaded, lambda job, host: _run(store, host, loaded, job, datasets, description,
-                                                                   Submitted(job), log), log, keep)  # fmt: skip
-    host = _host_for(loaded, host_override, trust_new_host)
-    _check_placeable(loaded, host)
-    host.root()  # connect and verify the host key now: a refused or unreachable host leaves no job behind
-    container = plan_container(host, loaded)  # an image that cannot run there leaves no job behind either
-    if container:
-        log(container.plan.reason)
-    store.remember_host(host.name, host.kind)
-    job = store.create_job(loaded.spec.name, host.name, loaded.spec.model_dump(mode="json"), str(loaded.path.resolve()))
-    return _run(store, host, loaded, job, datasets, description, Submitted(job, container=container), log)
+
+def _provision_and_run(
+    store: Store,
+    provisioner: Provisioner,
+    loaded: LoadedJob,
+    job: Job,
+    datasets: list[DatasetPlacement],
+    description: dict[str, Any] | None,
+    submitted: Submitted,
+    log: Callable[[str], None],
+    keep: bool,
+) -> Submitted:
+    try:
+        host = provisioner.provision(store, job, log)
+        if host.name != job.host:  # a rented job's host is named once it is rented
+            store.set_host(job.id, host.name)
+        return _run(store, host, loaded, store.get(job.id), datasets, description, submitted, log)
+    except BaseException as exc:  # Ctrl-C included: what was made for the job must not outlive the submit
+        store.transition(job.id, JobState.FAILED, ACTIVE, message=f"submit failed: {_reason(exc)}")
+        provisioner.release_after_failure(store, store.get(job.id), log, keep)
+        raise
 
 
 def _run(
@@ -101,8 +127,6 @@ def _run(
         _end_session_quietly(host, name)
         raise
     submitted.job = store.get(job.id)
-    if submitted.job.state is JobState.RUNNING:  # never for a job that failed or was stopped meanwhile
-        submitted.artifact_syncs = start_syncs(store, submitted.job, loaded.spec.artifact_sync, loaded.path)
     return submitted
 
 
@@ -133,16 +157,7 @@ def _preflight(
     return report
 
 
-def _host_for(loaded: LoadedJob, host_override: str | None, trust_new_host: bool) -> Host:
-    try:
-        return get_host(host_override or loaded.spec.host, trust_new_host)
-    except NotFound as exc:
-        if host_override:
-            raise SpecError(f"--host: {exc}") from None
-        raise loaded.error(("host",), str(exc)) from None
-
-
-def _check_placeable(loaded: LoadedJob, host: Host) -> None:
+def _check_placeable(loaded: LoadedJob) -> None:
     if not loaded.workdir.is_dir():
         raise loaded.error(("workdir",), f"'{loaded.workdir}' is not a directory")
 
@@ -161,7 +176,7 @@ def place_job(
     host.run(["mkdir", "-p", "-m", "700", "--", layout.job_dir]).check()
     submitted.workdir_sync = push_workdir(host, loaded, layout, datasets)
     submitted.dataset_syncs = push_datasets(host, layout, datasets)
-    resolved = {"id": job.id, "session": session_name, "job_file": job.job_file, "spec": job.spec}
+    resolved = {"id": job.id, "session": session_name, "job_file": job.job_file, "spec": job.spec.model_dump(mode="json")}
     host.write_file(layout.file("spec.json"), json.dumps(resolved, indent=2).encode(), mode=0o600)
     job_sh = render_job_sh(job.id, loaded.spec, job.job_file, layout.work)
     host.write_file(layout.file("job.sh"), job_sh.encode(), mode=0o700)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from runner.base import paths
 from runner.base.atomicfile import write_atomically
+from runner.base.detached import start_detached
 from runner.base.durations import format_duration
 from runner.base.errors import HostUnreachable, NotFound, RunnerError
 from runner.transfer.fetch import FetchResult, fetch
@@ -70,12 +71,12 @@ def pid_path(job_id: str, artifact: str) -> Path:
     return paths.syncs_dir() / f"{job_id}-{artifact}.pid"
 
 
-def start_syncs(store: Store, job: Job, syncs: dict[str, ArtifactSync], job_file: Path) -> list[Sync]:
-    """Start one detached `runner fetch --every` per set; it outlives this process."""
+def start_syncs(store: Store, job: Job) -> list[Sync]:
+    """Start one detached `runner fetch --every` per set of the job's; it outlives this process."""
     started = []
-    for name, sync in syncs.items():
+    for name, sync in job.spec.artifact_sync.items():
         try:
-            started.append(start_sync(store, job, name, sync, job_file))
+            started.append(start_sync(store, job, name, sync))
         except OSError as exc:  # RUNNER_HOME unwritable, no processes left: rare, and the job runs on
             every = format_duration(sync.every_s)
             raise RunnerError(
@@ -85,8 +86,8 @@ def start_syncs(store: Store, job: Job, syncs: dict[str, ArtifactSync], job_file
     return started
 
 
-def start_sync(store: Store, job: Job, artifact: str, sync: ArtifactSync, job_file: Path) -> Sync:
-    dest = sync_dest(sync, job_file, job.id)
+def start_sync(store: Store, job: Job, artifact: str, sync: ArtifactSync) -> Sync:
+    dest = sync_dest(sync, Path(job.job_file), job.id, cwd=Path(job.resolved.submit_dir))
     every = format_duration(sync.every_s)
     argv = [sys.executable, "-m", "runner", "fetch", artifact, job.id, "--every", every, "--dest", str(dest)]
     log = log_path(job.id, artifact)
@@ -94,21 +95,6 @@ def start_sync(store: Store, job: Job, artifact: str, sync: ArtifactSync, job_fi
     write_atomically(pid_path(job.id, artifact), f"{pid}\n".encode(), mode=0o644)
     store.add_event(job.id, "sync", f"{artifact} every {every} to {dest} (pid {pid}, log {log})")
     return Sync(artifact, sync.every_s, dest, pid, log)
-
-
-def start_detached(argv: list[str], log: Path, first_line: str) -> int:
-    """Start argv so that it outlives this process, its output appended to log; returns its pid."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out, open(os.devnull, "rb") as nothing:
-        out.write(f"{_stamp()} {first_line}\n".encode())
-        out.flush()
-        # Its own session: no terminal hangup or Ctrl-C of `runner submit` reaches it. Only the log and
-        # /dev/null are inherited, so whoever reads submit's output (a pipe) is not kept waiting for it.
-        process = subprocess.Popen(
-            argv, stdin=nothing, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-    return process.pid
 
 
 def fetch_every(

@@ -52,9 +52,9 @@ class FetchResult:
 
 
 def fetch(job: Job, artifact: str, dest: Path) -> FetchResult:
-    globs = job.spec["artifacts"].get(artifact)
+    globs = job.spec.artifact_globs(artifact)
     if globs is None:
-        names = ", ".join(sorted(job.spec["artifacts"]))
+        names = ", ".join(sorted(job.spec.artifacts))
         raise NotFound(f"job {job.id} has no artifact set '{artifact}' (it has: {names})")
     if not job.job_dir:
         raise NotFound(f"job {job.id} never reached its host: there is nothing to fetch")

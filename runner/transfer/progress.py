@@ -6,7 +6,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 
@@ -27,18 +30,17 @@ def current() -> Any:
 
 
 @contextmanager
-def shown(label: str, enabled: bool) -> Iterator[None]:
-    """While the block runs, transfers report to a bar labelled label (when enabled)."""
+def shown(label: str, enabled: bool, console: Console | None = None) -> Iterator[None]:
+    """While the block runs, transfers report to a bar labelled label on console (when enabled): the
+    command hands in its own console, since this layer knows none."""
     global _active
     if not enabled:
         yield
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    from runner.cli import render
-
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=render.stderr, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True) as progress:
         _active = _Bar(progress, progress.add_task(label, total=0))
         try:
             yield

@@ -190,6 +190,45 @@ def test_an_interrupted_or_lost_instance_is_replaced_and_the_job_resumes_from_it
     wait_for(lambda: checkpoint.read_text() == "200", 60, what="the final checkpoint")
 
 
+def test_a_job_whose_file_is_gone_recovers_from_the_store_and_fetches_where_submit_resolved(
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """Submitted from one folder, its job file deleted at once, every later command run from elsewhere:
+    the retry on a second instance runs the job as submit stored it, and the weights land under the
+    folder submit ran in, resolved then."""
+    retry = "retry: {on: [interrupted], max: 1}\nresume: python3 steps.py 200 --resume\n"
+    project = tmp_path / "project"
+    project.mkdir()
+    job_file = steps_job(project, registry.image, extra=retry)
+    job_file.write_text(job_file.read_text().replace("  weights: runs/demo/weights/*.pt",
+                                                     "  weights: {paths: [runs/demo/weights/*.pt], sync_every: 10s}"))
+    submitter = tmp_path / "submitted-from"
+    submitter.mkdir()
+    job_id = runner.run("submit", str(job_file), cwd=submitter, check=True, timeout=600).stdout.strip()
+    job_file.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    checkpoint = submitter / "artifacts" / job_id / "runs" / "demo" / "weights" / "last.pt"
+    wait_for(lambda: checkpoint.exists() and int(checkpoint.read_text() or 0) >= 10, 90, what="a fetched checkpoint")
+    first = runner.run("status", job_id, "--json", cwd=elsewhere, check=True)
+    first_instance = json.loads(first.stdout)["cost"]["instances"][0]
+    vast.faults.kill_instance(first_instance)
+
+    def ended() -> dict[str, Any] | None:
+        result = runner.run("status", job_id, "--json", cwd=elsewhere)
+        assert result.returncode in (0, 3), result.stderr
+        job = json.loads(result.stdout)
+        return job if job["finished"] else None
+
+    done = wait_for(ended, 300, interval=1, what="the job on its second instance")
+    log = runner.run("logs", job_id, cwd=elsewhere).stdout
+    assert done["state"] == "succeeded", (log, _keeper_log(runner, job_id))
+    assert len(done["cost"]["instances"]) == 2 and "starting at step " in log
+    wait_for(lambda: not live_instances(vast), 120, what="teardown")
+    wait_for(lambda: checkpoint.read_text() == "200", 60, what="the final checkpoint")
+    assert not (elsewhere / "artifacts").exists() and not job_file.exists()
+
+
 def test_a_destroy_answered_500_twice_is_retried_until_the_instance_is_gone(
     runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
 ) -> None:

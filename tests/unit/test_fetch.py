@@ -194,12 +194,12 @@ def test_a_bar_shows_the_transfer_on_a_terminal_and_nothing_otherwise(
     from runner.transfer import progress as transferprogress
 
     screen = io.StringIO()
-    monkeypatch.setattr(render, "stderr", Console(file=screen, force_terminal=True, width=120))
+    console = Console(file=screen, force_terminal=True, width=120)
     root = tmp_path / "work"
     root.mkdir()
     (root / "last.pt").write_bytes(os.urandom(20 * 1024 * 1024))
     settled(root / "last.pt")
-    with transferprogress.shown("weights of job", enabled):
+    with transferprogress.shown("weights of job", enabled, console):
         fetch(CountingHost(), root, tmp_path / "dest", "*.pt")
     shown = screen.getvalue()
     assert ("weights of job" in shown and "21.0/21.0 MB" in shown) if enabled else shown == ""  # 20 MiB, in MB

@@ -10,7 +10,7 @@ from runner.observe.observe import Observation, next_state
 from runner.jobs.state import Job, JobState
 
 RUNNING = Job(
-    id="0123abcd", name="t", host="local", state=JobState.RUNNING, spec={}, job_file="t.yaml",
+    id="0123abcd", name="t", host="local", state=JobState.RUNNING, document={}, job_file="t.yaml",
     job_dir="/tmp/jobs/0123abcd", session="rj-0123abcd", created_at=1.0, started_at=2.0, ended_at=None,
     exit_code=None, stop_requested_at=None, last_line=None, message=None,
 )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.jobs.spec import Resources
 from runner.provision.vast import provisioner as vast
 from runner.jobs.state import Instance, Job, JobState, Store
 
@@ -23,7 +24,7 @@ def test_direct_ports_come_before_the_proxy_and_the_address_is_stripped() -> Non
 
 
 def test_a_create_asks_for_the_image_the_label_and_no_auto_tmux() -> None:
-    body = vast.create_body("a1b2c3d4", "ghcr.io/acme/train:cu128", {"disk_gb": 40})
+    body = vast.create_body("a1b2c3d4", "ghcr.io/acme/train:cu128", Resources(disk_gb=40))
     assert body["label"] == "runner:a1b2c3d4" and body["image"] == "ghcr.io/acme/train:cu128" and body["disk"] == 40
     assert body["onstart"].startswith("touch ~/.no_auto_tmux;") and "/etc/runner-image-env.sh" in body["onstart"]
     assert body["env"] == {} and body["cancel_unavail"] is True
@@ -80,13 +81,13 @@ def test_a_private_registry_login_comes_from_a_private_file_and_goes_to_vast_onl
     token.chmod(0o600)
     registry = RegistrySettings(address="ghcr.io/acme", username="me", password_file=str(token))
     assert image_login(registry) == "-u me -p s3cret ghcr.io"
-    body = vast.create_body("j1", "ghcr.io/acme/runner-cu128:abc", {}, image_login(registry))
+    body = vast.create_body("j1", "ghcr.io/acme/runner-cu128:abc", Resources(), image_login(registry))
     assert body["image_login"] == "-u me -p s3cret ghcr.io"
     token.chmod(0o644)
     with pytest.raises(SpecError, match="can be read by others: chmod 600"):
         image_login(registry)
     assert image_login(RegistrySettings(address="127.0.0.1:5000/team")) is None  # no login: none sent
-    assert "image_login" not in vast.create_body("j1", "127.0.0.1:5000/team/x:1", {})
+    assert "image_login" not in vast.create_body("j1", "127.0.0.1:5000/team/x:1", Resources())
 
 
 def test_a_silent_instance_is_lost_after_its_jobs_grace_and_not_before(tmp_path: Path) -> None:
@@ -101,11 +102,13 @@ def test_a_silent_instance_is_lost_after_its_jobs_grace_and_not_before(tmp_path:
     with Emulator(default_offers(), api_key=key, containers=False) as emulator, VastClient(key, emulator.url) as client:
         instance_id = client.create_instance(default_offers()[0]["id"], body)
         wait_for(lambda: (client.instance(instance_id) or {}).get("actual_status") == "running", 10, what="running")
-        on_it = Job(id="job1", name="t", host=vast.host_name(instance_id), state=JobState.RUNNING, spec={},
-                    job_file="t.yaml", job_dir=None, session=None, created_at=1.0, started_at=2.0, ended_at=None,
+        on_it = Job(id="job1", name="t", host=vast.host_name(instance_id), state=JobState.RUNNING,
+                    document={"name": "t", "run": ["train"]}, job_file="t.yaml", job_dir=None, session=None, created_at=1.0, started_at=2.0, ended_at=None,
                     exit_code=None, stop_requested_at=None, last_line=None, message=None)  # fmt: skip
-        stored_before_the_grace_existed = dataclasses.replace(on_it, spec={"retry": {"on": ["lost"], "max": 1}})
-        with_a_grace = dataclasses.replace(on_it, spec={"retry": {"on": ["lost"], "max": 1, "lost_after": 20.0}})
+        stored_before_the_grace_existed = dataclasses.replace(on_it, document={**on_it.document, "retry": {"on": ["lost"], "max": 1}})
+        with_a_grace = dataclasses.replace(
+            on_it, document={**on_it.document, "retry": {"on": ["lost"], "max": 1, "lost_after": 20.0}}
+        )
         assert interruption(client, stored_before_the_grace_existed, None) is None  # SSH answers
         assert interruption(client, stored_before_the_grace_existed, LOST_AFTER_S - 1) is None
         assert interruption(client, stored_before_the_grace_existed, LOST_AFTER_S) == "lost"

@@ -20,11 +20,15 @@ from typing import TYPE_CHECKING, Any
 from runner.base import paths
 from runner.base.atomicfile import write_atomically
 from runner.base.errors import RunnerError
+from runner.hosts import provisioned
 from runner.hosts.hostsfile import HostEntry
+from runner.images.plan import requested
+from runner.jobs.jobscript import IMAGE_ENV_FILE
 
 if TYPE_CHECKING:  # the client (httpx, tenacity) is imported only by the commands that rent
+    from runner.jobs.spec import Resources
+    from runner.jobs.state import Job, Store
     from runner.provision.vast.api import VastClient
-    from runner.jobs.state import Store
 
 PREFIX = "vast-"  # host names of instances: vast-<instance id>
 LABEL_PREFIX = "runner:"
@@ -33,7 +37,6 @@ KEY_FILE = "vast_ed25519"  # runner's own key for its instances, beside hosts.ya
 # And an SSH session does not see the image's environment (its ENV lines: PATH to its Python,
 # PYTHONPATH to runner's conv hook, CUDA's and ROCm's variables), which onstart does: it writes them
 # where job.sh reads them.
-IMAGE_ENV_FILE = "/etc/runner-image-env.sh"
 IMAGE_ENV_NAMES = "PATH|PYTHONPATH|PYTHONUNBUFFERED|LD_LIBRARY_PATH|(CUDA|NVIDIA|RUNNER|HSA|MIOPEN|CONDA)_[A-Z0-9_]*"
 ONSTART = f'touch ~/.no_auto_tmux; export -p | grep -E "^export ({IMAGE_ENV_NAMES})=" > {IMAGE_ENV_FILE}'
 RUNNING_DEADLINE_S = 1200.0  # an image pull of several GB on a slow host takes its time
@@ -58,22 +61,6 @@ def instance_id_of(name: str) -> int | None:
     return int(rest) if rest.isdigit() else None
 
 
-def instance_entry(instance_id: int) -> HostEntry:
-    """How to reach a rented instance, from the store (see get_host)."""
-    from runner.base.errors import NotFound
-    from runner.jobs.state import Store
-
-    store = Store(paths.state_db())
-    try:
-        instance = store.instance(instance_id)
-    finally:
-        store.close()
-    if instance is None or not instance.ssh:
-        raise NotFound(f"instance {instance_id} is not one runner can reach (not rented here, or not up yet)")
-    return HostEntry(ssh=instance.ssh, identity=str(ssh_key()), transport="openssh", connect_timeout=10,
-                     retry_seconds=30, host_key_alias=host_name(instance_id))  # fmt: skip
-
-
 def ssh_key() -> Path:
     """runner's key pair for its instances, made on first use (never passphrase-protected: runner logs
     in unattended; the file is private to this user, like ssh's own). Under a lock: submits side by
@@ -91,9 +78,9 @@ def ssh_key() -> Path:
     return key
 
 
-def create_body(job_id: str, image: str, resources: dict[str, Any], image_login: str | None = None) -> dict[str, Any]:
+def create_body(job_id: str, image: str, resources: Resources, image_login: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "client_id": "me", "image": image, "disk": resources.get("disk_gb", 50), "label": f"{LABEL_PREFIX}{job_id}",
+        "client_id": "me", "image": image, "disk": resources.disk_gb, "label": f"{LABEL_PREFIX}{job_id}",
         "onstart": ONSTART, "runtype": "ssh_direc ssh_proxy", "env": {}, "cancel_unavail": True,
     }  # fmt: skip
     if image_login:
@@ -101,22 +88,19 @@ def create_body(job_id: str, image: str, resources: dict[str, Any], image_login:
     return body
 
 
-def rent(
-    client: VastClient, store: Store, job_id: str, spec: dict[str, Any], log: Log, image_login: str | None = None
-) -> int:
+def rent(client: VastClient, store: Store, job: Job, log: Log, image_login: str | None = None) -> int:
     """Rent the cheapest offer that fits; returns the instance id. Offers this store already holds are
     skipped, and renting is one process at a time (a lock), so two submits never rent one offer."""
     from runner.provision.vast.api import OfferGone, offer_query
-    from runner.jobs.spec import Resources
 
-    resources = Resources.model_validate(spec.get("resources") or {})
-    query = offer_query(resources, _image_kind(spec))
+    job_id, resources = job.id, job.spec.resources
+    query = offer_query(resources, _image_kind(job))
     with _lock("vast-rent"):
         held = {instance.offer_id for instance in store.instances(live_only=True)}
         offers = [offer for offer in client.search_offers(query) if offer["id"] not in held]
         for offer in offers:
             try:
-                body = create_body(job_id, image_reference(spec), spec.get("resources") or {}, image_login)
+                body = create_body(job_id, image_reference(job), resources, image_login)
                 instance_id = client.create_instance(offer["id"], body)
             except OfferGone:
                 continue  # taken since the search: the next one
@@ -127,17 +111,21 @@ def rent(
     raise RunnerError(f"no vast.ai offer fits the job's resources now ({len(offers)} found, all taken): see `runner offers`")
 
 
-def _image_kind(spec: dict[str, Any]) -> str | None:
+def _image_kind(job: Job) -> str | None:
     """The image kind the offer must suit: a cu128 build (auto included) needs a driver for CUDA 12.8."""
-    from runner.images.plan import requested
-
-    _, build, _ = requested(spec["image"])
+    _, build, _ = requested(_image_choice(job))
     return "cu128" if build in ("cu128", "auto") else build
 
 
-def image_reference(spec: dict[str, Any]) -> str:
+def _image_choice(job: Job) -> str | dict[str, Any]:
+    image = job.spec.model_dump(mode="json", include={"image"})["image"]
+    assert image is not None  # admitted: a rented job always has one
+    return image  # type: ignore[no-any-return]
+
+
+def image_reference(job: Job) -> str:
     """What the instance pulls: the job's reference, or (for an image runner built) the pushed one."""
-    return str(spec.get("pushed_image") or spec["image"])
+    return job.resolved.pushed_image or str(_image_choice(job))
 
 
 @contextmanager
@@ -200,20 +188,31 @@ def pin_host_key(instance_id: int, address: str, port: int, deadline_s: float = 
         write_atomically(known, ("\n".join(kept + [f"{alias} {key}" for key in keys]) + "\n").encode(), mode=0o600)
 
 
-def provision(client: VastClient, store: Store, job_id: str, spec: dict[str, Any], log: Log) -> str:
+def provision(client: VastClient, store: Store, job: Job, log: Log) -> str:
     """Rent, start and reach an instance for the job; returns its host name. The instance is in the
     store from its first moment: the caller destroys it when anything here fails."""
-    instance_id = rent(client, store, job_id, spec, log, _registry_login(spec))
+    instance_id = rent(client, store, job, log, _registry_login(job))
     client.attach_ssh_key(instance_id, (ssh_key().with_suffix(".pub")).read_text().strip())
     record = wait_running(client, instance_id, log)
     address, port = _ssh_address(record)  # type: ignore[misc]
     pin_host_key(instance_id, address, port)
-    store.set_instance_ssh(instance_id, f"root@{_bracketed(address)}:{port}")
-    return host_name(instance_id)
+    ssh = f"root@{_bracketed(address)}:{port}"
+    store.set_instance_ssh(instance_id, ssh)
+    name = host_name(instance_id)
+    provisioned.remember(name, instance_entry(instance_id, ssh))
+    store.remember_host(name, "vast")
+    return name
 
 
-def _registry_login(spec: dict[str, Any]) -> str | None:
-    if not spec.get("pushed_image"):
+def instance_entry(instance_id: int, ssh: str) -> HostEntry:
+    """How to reach a rented instance: runner's own key, its host key pinned under its alias, and the
+    job runs in it directly (the instance is the image's container)."""
+    return HostEntry(ssh=ssh, identity=str(ssh_key()), transport="openssh", connect_timeout=10, retry_seconds=30,
+                     host_key_alias=host_name(instance_id), provides_image=True)  # fmt: skip
+
+
+def _registry_login(job: Job) -> str | None:
+    if not job.resolved.pushed_image:
         return None
     from runner.hosts.hostsmodel import load_registry
     from runner.images.publish import image_login
@@ -236,6 +235,7 @@ def destroy_until_gone(
         record = client.instance(instance_id)
         if record is None or record.get("cur_state") == "unloaded":
             store.instance_gone(instance_id)
+            provisioned.forget(host_name(instance_id))
             log(f"instance {instance_id} destroyed; the API confirms it is gone")
             return
         if time.monotonic() > deadline:
