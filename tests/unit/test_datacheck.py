@@ -197,7 +197,8 @@ def test_worker_processes_give_the_report_one_process_gives(tmp_path: Path, monk
     labels.update({"i05": f"7 {BOX}\n", "i17": "0 2 2 2 2\n", "i30": None, "i33": ""})
     write_split(tmp_path, "train", labels)
     write_split(tmp_path, "val", {"v": f"0 {BOX}\n"})
-    description = {"yaml": "data.yaml", "path": str(tmp_path), "splits": {"train": ["images/train"], "val": ["images/val"]},
+    description = {"yaml": "data.yaml", "path": str(tmp_path),
+                   "splits": {"train": ["images/train"], "val": ["images/val"]},
                    "nc": 3, "names": None, "lines": {}}  # fmt: skip
     monkeypatch.setattr(splitscan, "CHUNK_IMAGES", 3)
     monkeypatch.setattr(splitscan, "PARALLEL_FROM", 6)

@@ -71,7 +71,8 @@ def test_no_header_no_units_by_the_query_s_own_field_list() -> None:
 
 
 def test_a_fan_that_reads_na() -> None:
-    # i3pystatus' query: memory.total,memory.free,memory.used,temperature.gpu,fan.speed,utilization.gpu,utilization.memory
+    # i3pystatus' query:
+    # memory.total,memory.free,memory.used,temperature.gpu,fan.speed,utilization.gpu,utilization.memory
     fields = ("memory.total", "memory.free", "memory.used", "temperature.gpu", "fan.speed", "utilization.gpu",
               "utilization.memory")
     gpu = only_gpu(gpus.parse_nvidia_smi_csv(sample("nvidia-smi_query-gpu_csv-noheader-nounits_NA-fan.csv"), fields))
@@ -87,7 +88,8 @@ def test_unknown_error_value_and_blank_line() -> None:
 
 
 def test_na_values_become_none() -> None:
-    text = "index, name, power.draw [W], fan.speed [%]\n0, Tesla T4, [N/A], [Unknown Error]\n1, Tesla T4, N/A, [Not Supported]\n"
+    text = ("index, name, power.draw [W], fan.speed [%]\n"
+            "0, Tesla T4, [N/A], [Unknown Error]\n1, Tesla T4, N/A, [Not Supported]\n")
     reading = gpus.parse_nvidia_smi_csv(text)
     assert [(gpu["power_w"], gpu["fan_pct"]) for gpu in reading["gpus"]] == [(None, None), (None, None)]
 

@@ -24,14 +24,14 @@ SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples"
 ULTRALYTICS = SAMPLES / "ultralytics" / "train_tty.log"
 YOLOV7 = SAMPLES / "yolov7" / "train_tty.log"
 ULTRALYTICS_BARS = [
-    "        1/3         0G     0.1103      0.385    0.06596          9         64: 100% ━━━━━━━━━━━━ 4/4 14.2it/s 0.3s",
-    "        2/3         0G     0.6219     0.6825      0.386          8         64: 100% ━━━━━━━━━━━━ 4/4 19.8it/s 0.2s",
-    "        3/3         0G     0.1301     0.3945    0.07743          9         64: 100% ━━━━━━━━━━━━ 4/4 17.0it/s 0.2s",
+    "        1/3         0G     0.1103      0.385    0.06596          9         64: 100% ━━━━━━━━━━━━ 4/4 14.2it/s 0.3s",  # noqa: E501 (a bar as the tool prints it)
+    "        2/3         0G     0.6219     0.6825      0.386          8         64: 100% ━━━━━━━━━━━━ 4/4 19.8it/s 0.2s",  # noqa: E501 (a bar as the tool prints it)
+    "        3/3         0G     0.1301     0.3945    0.07743          9         64: 100% ━━━━━━━━━━━━ 4/4 17.0it/s 0.2s",  # noqa: E501 (a bar as the tool prints it)
 ]
 YOLOV7_BARS = [
-    "       0/2        0G   0.06046  0.003944   0.02107   0.08547         8        64: 100%|██| 4/4 [00:00<00:00,  5.90it/s]",
-    "       1/2        0G   0.04588  0.003491    0.0173   0.06667        14        64: 100%|██| 4/4 [00:00<00:00,  4.72it/s]",
-    "       2/2        0G   0.04444  0.003692   0.01787     0.066        11        64: 100%|██| 4/4 [00:03<00:00,  1.24it/s]",
+    "       0/2        0G   0.06046  0.003944   0.02107   0.08547         8        64: 100%|██| 4/4 [00:00<00:00,  5.90it/s]",  # noqa: E501 (a bar as the tool prints it)
+    "       1/2        0G   0.04588  0.003491    0.0173   0.06667        14        64: 100%|██| 4/4 [00:00<00:00,  4.72it/s]",  # noqa: E501 (a bar as the tool prints it)
+    "       2/2        0G   0.04444  0.003692   0.01787     0.066        11        64: 100%|██| 4/4 [00:03<00:00,  1.24it/s]",  # noqa: E501 (a bar as the tool prints it)
 ]
 ULTRALYTICS_EPOCH = re.compile(r"\d/3 {9}0G")  # an epoch bar's state, final or not
 YOLOV7_EPOCH = re.compile(r"\d/2 {8}0G")

@@ -197,7 +197,8 @@ def test_render_keeps_each_bar_s_final_state_and_the_colours() -> None:
     shown = progress.render_carriage_returns(raw)
     lines = shown.split("\n")
     assert len(lines) == raw.count("\n") + 1  # one line per newline: nothing merged, nothing split
-    assert "        2/3         0G     0.6219     0.6825      0.386          8         64: 100% ━━━━━━━━━━━━ 4/4 19.8it/s 0.2s" in lines
+    bar = "        2/3         0G     0.6219     0.6825      0.386          8         64: 100% ━━━━━━━━━━━━ 4/4 19.8it/s 0.2s"  # noqa: E501
+    assert bar in lines
     assert "2.9it/s" not in shown  # an intermediate state of that bar
     assert "\r" not in shown and "\x1b[K" not in shown
     assert "\x1b[34m\x1b[1mtrain: \x1b[0mNew cache created: /home/user/exp/ds/labels/train.cache" in lines
@@ -298,7 +299,8 @@ def test_the_hosts_copy_reads_the_same(tmp_path: Path) -> None:
 def test_a_results_csv_with_accuracy_keeps_it_and_its_single_loss() -> None:
     from runner.hostside.progress import parse_results_csv
 
-    text = "epoch,time,train/loss,val/loss,metrics/accuracy,lr\n1,0.7,0.20204,0.11939,0.95792,0.5\n2,1.1,0.08456,0.08364,0.97458,0.49\n"
+    text = ("epoch,time,train/loss,val/loss,metrics/accuracy,lr\n"
+            "1,0.7,0.20204,0.11939,0.95792,0.5\n2,1.1,0.08456,0.08364,0.97458,0.49\n")
     rows = parse_results_csv(text)["rows"]
     assert [row["accuracy"] for row in rows] == [0.95792, 0.97458]
     assert [row["losses"] for row in rows] == [{"loss": 0.20204}, {"loss": 0.08456}]

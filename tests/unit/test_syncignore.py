@@ -127,7 +127,8 @@ def test_rsync_gets_the_same_patterns_with_its_anchor() -> None:
 def test_a_real_rsync_leaves_out_the_same_files(tmp_path: Path) -> None:
     source = tmp_path / "src"
     files = ["weights/a.pt", "weights/a/b.pt", "sub/weights/x.pt", "runs/x/y/events.out", "runs/events.out",
-             "data/raw/img.jpg", "src/build/keep.o", "build/drop.o", "notes.tmp", "deep/notes.tmp", "main.py"]  # fmt: skip
+             "data/raw/img.jpg", "src/build/keep.o", "build/drop.o", "notes.tmp", "deep/notes.tmp",
+             "main.py"]  # fmt: skip
     for rel in files:
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         (source / rel).write_text(rel)

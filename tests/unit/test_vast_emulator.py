@@ -82,7 +82,8 @@ def test_default_offers_are_three_realistic_rtx_5090s(api: Api) -> None:
     ({"geolocation": {"in": ["Texas, US", "Quebec, CA"]}}, {20_114_302, 20_114_303}),
     ({"geolocation": {"notin": ["Texas, US"]}}, {20_114_301, 20_114_303}),
     ({"gpu_name": {"eq": "RTX 5090"}, "cuda_max_good": {"gte": 12.9}}, {20_114_301}),
-    ({"direct_port_count": {"gte": 1}, "reliability": {"gte": 0.9}, "inet_down": {"gt": 128}}, {20_114_301, 20_114_302, 20_114_303}),
+    ({"direct_port_count": {"gte": 1}, "reliability": {"gte": 0.9}, "inet_down": {"gt": 128}},
+     {20_114_301, 20_114_302, 20_114_303}),
     ({"gpu_name": {"eq": "H100 SXM"}}, set()),
 ])  # fmt: skip
 def test_search_filters_with_every_operator(api: Api, condition: dict[str, Any], expected: set[int]) -> None:
@@ -127,8 +128,9 @@ def test_a_rented_offer_is_left_out_when_rented_eq_false(api: Api) -> None:
 
 
 def test_create_answers_the_contract_at_once(api: Api) -> None:
-    answer = api.ok("PUT", "/api/v0/asks/20114301/", {"client_id": "me", "image": "ghcr.io/acme/train:cu128", "disk": 40,
-                                                      "label": "runner:abc", "runtype": "ssh_direc ssh_proxy",
+    answer = api.ok("PUT", "/api/v0/asks/20114301/", {"client_id": "me", "image": "ghcr.io/acme/train:cu128",
+                                                      "disk": 40, "label": "runner:abc",
+                                                      "runtype": "ssh_direc ssh_proxy",
                                                       "env": {"-p 6006:6006": "1", "RUNNER_JOB": "abc"},
                                                       "price": None, "cancel_unavail": True})  # fmt: skip
     assert answer["success"] is True and isinstance(answer["new_contract"], int) and answer["instance_api_key"]
@@ -177,7 +179,8 @@ def test_a_bid_below_min_bid_is_invalid_price(api: Api) -> None:
 
 
 @pytest.mark.parametrize("runtype", ["ssh", "ssh_proxy", "ssh_direc", "ssh_direct", "ssh_direc ssh_proxy",
-                                     "jupyter_direc ssh_direc ssh_proxy", "jupyter_direct ssh_direct", "args"])  # fmt: skip
+                                     "jupyter_direc ssh_direc ssh_proxy", "jupyter_direct ssh_direct",
+                                     "args"])  # fmt: skip
 def test_every_runtype_spelling_is_accepted(api: Api, runtype: str) -> None:
     record = api.show(api.create(20_114_301, runtype=runtype))
     assert record and record["image_runtype"] == runtype
