@@ -8,7 +8,7 @@ import hashlib
 from importlib import resources
 
 FILES = ("agent.py", "hostfiles.py", "transfer.py", "monitor.py", "progress.py", "gpus.py", "alerts.py", "window.sh",
-         "datacheck.py", "splitscan.py", "labelfile.py", "imageheader.py", "fanout.py", "gpuident.py")
+         "datacheck.py", "splitscan.py", "labelfile.py", "imageheader.py", "fanout.py", "gpuident.py", "agentdirs.py")
 
 
 def read(name: str) -> bytes:

@@ -21,6 +21,7 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
   snapshot JOB_DIR           one such snapshot (run.sh takes a last one when the training ends)
   plotdata JOB_DIR           what `runner plot` draws: telemetry.jsonl (at most PLOT_MAX_POINTS samples,
                              evenly spaced) and the results file's rows
+  prune                      remove the other agent folders beside this one that no running job uses
   datacheck WORKDIR          the dataset check (preflight): the data YAML's description, as JSON on stdin,
                              checked against the files under WORKDIR; the report
 """
@@ -107,6 +108,7 @@ def probe(job_dirs):
         spec = read_json(os.path.join(job_dir, "spec.json")) or {}
         jobs[job_dir] = {
             "exists": os.path.isdir(job_dir),
+            "session": spec.get("session"),
             "session_alive": None if sessions is None else spec.get("session") in sessions,
             # A second witness: tmux's socket can vanish (tmp cleaners) while the training runs on.
             "processes_alive": None if running_ids is None else spec.get("id") in running_ids,
@@ -311,6 +313,11 @@ def main(argv):
         result = facts(args[0])
     elif command == "plotdata":
         result = plot_data(args[0])
+    elif command == "prune":
+        from . import agentdirs  # here, not at the top: only an install of a new version needs it
+
+        folder = os.path.dirname(os.path.abspath(__file__))
+        result = agentdirs.prune(os.path.dirname(folder), os.path.basename(folder), job_ids_with_processes())
     elif command == "datacheck":
         from . import datacheck  # here, not at the top: only a submit's preflight needs the checker
 

@@ -17,12 +17,23 @@ AGENT = "agent.py"
 AGENT_MISSING = 86  # the exit code of run_agent's check, distinct from the agent's own (0, 1, 2)
 WINDOW_SCRIPT = "window.sh"
 
-# Unpacks the tar on stdin into a new folder and renames it into place, unless a folder of this
-# version is there already: one round trip, and a running job's files are never touched.
+# $1 the folder, $2 the host's Python, $3 "replace" or nothing. Unpacks the tar on stdin into a new
+# folder and renames it into place, unless a folder of this version is there already: one round trip,
+# and a running job's files are never touched. "replace" swaps out a folder of this name that answered
+# another protocol (its files are not this version's, whatever its name says). Then, only when other
+# versions' folders are there, this version's agent removes those no running job uses (best effort:
+# the install stands either way).
 INSTALL_SCRIPT = """
-[ -d "$1" ] && exit 0
-mkdir -p -- "$(dirname -- "$1")" && temporary="$1.tmp.$$" && mkdir -- "$temporary" &&
-tar -x -C "$temporary" -f - && { mv -T -- "$temporary" "$1" 2>/dev/null || { rm -rf -- "$temporary"; [ -d "$1" ]; }; }
+if [ "$3" = replace ] || [ ! -d "$1" ]; then
+  mkdir -p -- "$(dirname -- "$1")" && temporary="$1.tmp.$$" && mkdir -- "$temporary" &&
+  tar -x -C "$temporary" -f - || exit 1
+  if [ "$3" = replace ] && [ -d "$1" ]; then mv -T -- "$1" "$1.old.$$" || exit 1; fi
+  mv -T -- "$temporary" "$1" 2>/dev/null || { rm -rf -- "$temporary"; [ -d "$1" ] || exit 1; }
+  rm -rf -- "$1.old.$$"
+fi
+for other in "$(dirname -- "$1")"/hostside-*; do
+  if [ "$other" != "$1" ]; then "$2" -E -S "$1/agent.py" prune >/dev/null 2>&1; exit 0; fi
+done
 """
 
 
@@ -69,9 +80,11 @@ def window_script_path(host: Host) -> str:
     return posixpath.join(hostside_dir(host), WINDOW_SCRIPT)
 
 
-def install_hostside(host: Host) -> None:
-    """Put this version's agent and window script on the host, if it does not have them yet."""
-    host.run(["sh", "-c", INSTALL_SCRIPT, "sh", hostside_dir(host)], stdin=_hostside_tar()).check()
+def install_hostside(host: Host, replace: bool = False) -> None:
+    """Put this version's agent and window script on the host, if it does not have them yet (with
+    replace: even if a folder of their name is there), and remove old versions no running job uses."""
+    mode = ["replace"] if replace else []
+    host.run(["sh", "-c", INSTALL_SCRIPT, "sh", hostside_dir(host), host.python, *mode], stdin=_hostside_tar()).check()
 
 
 def _hostside_tar() -> bytes:

@@ -12,7 +12,7 @@ from typing import Any
 
 from runner.base.errors import HostUnreachable, RunnerError
 from runner.hosts import Host
-from runner.jobs.agentanswers import probe_answer
+from runner.jobs.agentanswers import Snapshot, probe_answer
 from runner.jobs.layout import job_host
 from runner.jobs.state import Job, JobState, Store, ended_state
 
@@ -25,7 +25,7 @@ class Observation:
     exit_code: int | None
     last_line: str | None
     processes_alive: bool | None = None  # processes carrying the job's RUNNER_JOB_ID; None: unknown
-    snapshot: dict | None = None  # the host monitor's status.json
+    snapshot: Snapshot | None = None  # the host monitor's status.json
     exit_age_s: float | None = None  # how long ago the exit code was written, by the host's clock
 
     @property
@@ -122,7 +122,7 @@ def _apply(store: Store, job: Job, seen: Observation | None) -> None:
     if seen.last_line != job.last_line:
         store.set_last_line(job.id, seen.last_line)
     if seen.snapshot and seen.snapshot != job.snapshot:
-        store.set_snapshot(job.id, seen.snapshot)
+        store.set_snapshot(job.id, dict(seen.snapshot))
     if seen.ended:
         unrecorded = "the tmux session ended without recording an exit code" if seen.exit_code is None else None
         ended_at = time.time() - seen.exit_age_s if seen.exit_age_s is not None else None  # not when we noticed

@@ -152,6 +152,7 @@ def test_probe_reports_exit_code_session_and_last_line(tmp_path: Path, no_tmux_s
     assert jobs[missing].pop("exit_age_s") is None
     assert jobs[str(finished)] == {
         "exists": True,
+        "session": "x",  # spec.json's: the controller restarts an old protocol's monitor by it
         "session_alive": False,
         "processes_alive": False,
         "exit_code": 3,
@@ -160,7 +161,7 @@ def test_probe_reports_exit_code_session_and_last_line(tmp_path: Path, no_tmux_s
     }
     assert jobs[str(garbled)]["exit_code"] is None
     assert jobs[missing] == {
-        "exists": False, "session_alive": False, "processes_alive": False, "exit_code": None, "last_line": None,
+        "exists": False, "session": None, "session_alive": False, "processes_alive": False, "exit_code": None, "last_line": None,
         "snapshot": None,
     }  # fmt: skip
 

@@ -289,8 +289,10 @@ def test_the_hosts_copy_reads_the_same(tmp_path: Path) -> None:
     # On a host the module is hostside.progress, from a copied folder, under Python run with -E -S.
     log = tmp_path / "train.log"
     log.write_text(tail("yolov7/train_pipe.log"), encoding="utf-8")
-    code = ("import json, sys\nfrom hostside import progress\n"
-            "print(json.dumps(progress.parse_log_tail(open(sys.argv[1], encoding='utf-8').read())))")
+    code = (
+        "import json, sys\nfrom hostside import progress\n"
+        "print(json.dumps(progress.parse_log_tail(open(sys.argv[1], encoding='utf-8').read())))"
+    )
     done = run_in_copy(copy_hostside(tmp_path / "hostside-copy"), code, str(log))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == json.loads(json.dumps(progress.parse_log_tail(log.read_text(encoding="utf-8"))))
