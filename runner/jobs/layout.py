@@ -42,7 +42,7 @@ class JobLayout:
     job_dir: str
 
     @classmethod
-    def on(cls, host: Host, job_id: str) -> "JobLayout":
+    def on(cls, host: Host, job_id: str) -> JobLayout:
         return cls(posixpath.join(host.root(), "jobs", job_id))
 
     def file(self, name: str) -> str:

@@ -161,8 +161,8 @@ def test_probe_reports_exit_code_session_and_last_line(tmp_path: Path, no_tmux_s
     }
     assert jobs[str(garbled)]["exit_code"] is None
     assert jobs[missing] == {
-        "exists": False, "session": None, "session_alive": False, "processes_alive": False, "exit_code": None, "last_line": None,
-        "snapshot": None,
+        "exists": False, "session": None, "session_alive": False, "processes_alive": False, "exit_code": None,
+        "last_line": None, "snapshot": None,
     }  # fmt: skip
 
 
