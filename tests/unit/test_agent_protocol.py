@@ -15,6 +15,7 @@ from runner.hostside import agentdirs
 from runner.hostside.hostfiles import PROTOCOL
 from runner.jobs.agentanswers import probe_answer, protocol_of
 from runner.jobs.layout import hostside_dir, install_hostside
+from tests.conftest import wait_for
 from tests.unit.localagent import host, isolated  # noqa: F401  (fixtures)
 
 
@@ -73,7 +74,10 @@ def test_prune_keeps_the_folders_a_running_job_or_a_live_process_names(tmp_path:
     _job(root, "lost", "hostside-dddd", ended=False)  # no exit code, but no process of it lives either
     # A monitor window of a job started by an older runner: its command line names its folder.
     monitor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"{root}/hostside-aaaa/agent.py"])
+    cmdline = Path(f"/proc/{monitor.pid}/cmdline")
+    # Popen returns while the kernel is still setting up the new program: its cmdline reads empty a moment.
     try:
+        wait_for(lambda: b"hostside-aaaa" in cmdline.read_bytes(), 10, interval=0.01, what="the monitor's cmdline")
         pruned = agentdirs.prune(str(root), "hostside-eeee", running_ids={"running"})
     finally:
         monitor.kill()
