@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import ast
+import glob
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from runner import hostside
+from runner.hostside.hostfiles import PROTOCOL
 from tests.unit.hostcopy import copy_hostside, run_in_copy
 
 MODULES = [name[: -len(".py")] for name in hostside.FILES if name.endswith(".py")]
@@ -57,3 +62,29 @@ def test_on_the_controller_the_modules_are_runner_hostside_only() -> None:
     for name in MODULES:
         importlib.import_module("runner.hostside." + name)
     assert [name for name in MODULES if name in sys.modules] == []  # no sibling leaked in under its bare name
+
+
+def _python_3_7() -> str | None:
+    """Python 3.7 where this machine has one (on PATH, or pyenv's), else None."""
+    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.7*/bin/python3.7")))
+    candidates = [shutil.which("python3.7"), *pyenv]
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True, check=False).returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(_python_3_7() is None, reason="no Python 3.7 on this machine")
+def test_the_agent_runs_under_python_3_7(tmp_path: Path) -> None:
+    # The grammar check above cannot see a stdlib call newer than 3.7: run the commands a job needs.
+    folder = copy_hostside(tmp_path / "hostside-0123456789ab")
+    job_dir = tmp_path / "jobs" / "j"
+    (job_dir / "work").mkdir(parents=True)
+    (job_dir / "work" / "best.pt").write_bytes(b"weights")
+    agent = [str(_python_3_7()), "-E", "-S", str(folder / "agent.py")]
+    for args in (["snapshot", str(job_dir)], ["probe", str(job_dir)], ["manifest", str(job_dir / "work"), "*.pt"],
+                 ["tree", str(job_dir / "work")], ["plotdata", str(job_dir)], ["prune"]):  # fmt: skip
+        done = subprocess.run([*agent, *args], capture_output=True, text=True, check=False, timeout=60)
+        assert done.returncode == 0, (args, done.stderr)
+        if args[0] != "snapshot":
+            assert json.loads(done.stdout)["protocol"] == PROTOCOL
