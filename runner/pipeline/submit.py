@@ -15,6 +15,7 @@ from typing import Any
 
 from runner.base.errors import HostUnreachable, RunnerError
 from runner.hosts import Host, SyncStats
+from runner.hostside.hostfiles import PROTOCOL
 from runner.images.container import CONTAINER_SH, ContainerJob, build_image, write_container_sh
 from runner.jobs import session
 from runner.jobs.jobscript import render_job_sh, render_run_sh
@@ -176,7 +177,13 @@ def place_job(
     host.run(["mkdir", "-p", "-m", "700", "--", layout.job_dir]).check()
     submitted.workdir_sync = push_workdir(host, loaded, layout, datasets)
     submitted.dataset_syncs = push_datasets(host, layout, datasets)
-    resolved = {"id": job.id, "session": session_name, "job_file": job.job_file, "spec": job.spec.model_dump(mode="json")}
+    resolved = {
+        "protocol": PROTOCOL,
+        "id": job.id,
+        "session": session_name,
+        "job_file": job.job_file,
+        "spec": job.spec.model_dump(mode="json"),
+    }
     host.write_file(layout.file("spec.json"), json.dumps(resolved, indent=2).encode(), mode=0o600)
     job_sh = render_job_sh(job.id, loaded.spec, job.job_file, layout.work)
     host.write_file(layout.file("job.sh"), job_sh.encode(), mode=0o700)
