@@ -44,7 +44,7 @@ def add(name: str, target: str, identity: str | None, trust_new_host: bool) -> N
     from pydantic import ValidationError
 
     from runner.cli import render
-    from runner.hosts.hostcheck import check_host
+    from runner.pipeline.hostcheck import check_host
     from runner.hosts.hostsfile import hosts_path
     from runner.hosts.hostsmodel import SshHostEntry, add_host
 
@@ -64,7 +64,7 @@ def add(name: str, target: str, identity: str | None, trust_new_host: bool) -> N
 def check(name: str, trust_new_host: bool, as_json: bool) -> None:
     """Connect to NAME and report OS, Python, tmux, docker, free disk and GPUs."""
     from runner.cli import render
-    from runner.hosts.hostcheck import check_host
+    from runner.pipeline.hostcheck import check_host
 
     facts = check_host(name, trust_new_host)
     if as_json:

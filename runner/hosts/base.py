@@ -7,6 +7,7 @@ never shell strings, so user data cannot be reinterpreted by a shell on the way.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, Union
 
@@ -48,7 +49,20 @@ class Host(Protocol):
     name: str
     kind: str
     python: str  # the interpreter that runs the agent on the host
-    transport: str  # how commands and files reach it: local, openssh or paramiko
+    # A path on this machine is readable on the host as it is (the host is this machine): a dataset
+    # here is used in place, not copied.
+    shares_this_filesystem: bool
+
+    @property
+    def provides_image(self) -> bool:
+        """The host is itself a container of the job's image (a rented instance): a job with an image
+        runs on it directly, with no container of its own to start or to stop."""
+        ...
+
+    @property
+    def transport(self) -> str:
+        """How commands and files reach it: local, openssh or paramiko (data, for display)."""
+        ...
 
     def root(self) -> str:
         """The runner directory on the host (~/.runner on a remote host)."""
@@ -79,4 +93,41 @@ class Host(Protocol):
     def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
         """Append the file's bytes from offset to its end to the open file out.
         Raises HostUnreachable when the link drops (the caller resumes), NotFound when it is gone."""
+        ...
+
+    def forward(self, local_port: int, remote_port: int) -> AbstractContextManager[int]:
+        """Reach the host's 127.0.0.1:remote_port from this machine's loopback, for the context.
+        Yields the local port to connect to: local_port, or the next free one above it when something
+        listens there; remote_port itself where the host is this machine (nothing to forward)."""
+        ...
+
+    def forward_socket(self, remote_path: str) -> AbstractContextManager[str]:
+        """Reach the host's Unix socket at remote_path from this machine, for the context; yields the
+        path of the socket here (remote_path itself where the host is this machine)."""
+        ...
+
+    def docker_engine(self) -> AbstractContextManager[str | None]:
+        """The address (a Docker SDK base_url) of the host's Docker engine, valid for the context; None
+        for this machine's own engine, as the environment names it (DOCKER_HOST, else its socket)."""
+        ...
+
+    def why_no_docker_engine(self) -> str | None:
+        """Why this machine cannot reach the host's Docker engine, or None: asked before a job exists."""
+        ...
+
+    def interactive_argv(self, remote_argv: Sequence[str]) -> list[str]:
+        """The command that runs remote_argv on the host with this terminal attached."""
+        ...
+
+    def handshake(self) -> None:
+        """Connect afresh now, so that a host key or a login is checked, not trusted from a shared link."""
+        ...
+
+    def prewarm(self) -> None:
+        """Start connecting in the background, to overlap whatever this process does before its first
+        command. Best effort: a failure is found, and explained, by the first real command."""
+        ...
+
+    def close(self) -> None:
+        """Close what this process holds open to the host (a link shared with other processes stays)."""
         ...

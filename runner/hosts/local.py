@@ -6,7 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,6 +37,8 @@ class LocalHost:
 
     patience = 60.0
     transport = "local"
+    shares_this_filesystem = True
+    provides_image = False
 
     def run(self, argv: Sequence[str], stdin: Stdin = None, timeout: float | None = 60) -> CommandResult:
         feed = StdinFeed(stdin)
@@ -67,6 +70,35 @@ class LocalHost:
                 shutil.copyfileobj(source, out, CHUNK_BYTES)
         except FileNotFoundError:
             raise NotFound(f"{path} is gone") from None
+
+    # What a remote host needs a link for is here already: each of these gives it as it is.
+
+    @contextmanager
+    def forward(self, local_port: int, remote_port: int) -> Iterator[int]:
+        yield remote_port  # it already serves on this machine's loopback
+
+    @contextmanager
+    def forward_socket(self, remote_path: str) -> Iterator[str]:
+        yield remote_path
+
+    @contextmanager
+    def docker_engine(self) -> Iterator[None]:
+        yield None  # the Docker SDK finds this machine's engine itself (DOCKER_HOST, else the socket)
+
+    def why_no_docker_engine(self) -> None:
+        return None
+
+    def interactive_argv(self, remote_argv: Sequence[str]) -> list[str]:
+        return list(remote_argv)
+
+    def handshake(self) -> None:
+        """Nothing to connect to."""
+
+    def prewarm(self) -> None:
+        """Nothing to connect to."""
+
+    def close(self) -> None:
+        """Nothing held open."""
 
 
 def _host_environment() -> dict[str, str]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shlex
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,7 +22,8 @@ from runner.base.atomicfile import write_atomically
 from runner.base.errors import RunnerError
 from runner.hosts.base import Stdin
 from runner.hosts.feed import StdinFeed
-from runner.hosts.hostsfile import SSH_TARGET, HostEntry
+from runner.hosts.hostsfile import HostEntry
+from runner.hosts.target import SSH_TARGET, without_port
 from runner.base.paths import runner_known_hosts, user_known_hosts
 
 SSH_FAILED = 255  # ssh's own exit code: the link or the login failed, not the remote command
@@ -40,22 +43,10 @@ def openssh_argv(entry: HostEntry) -> list[str]:
     return argv
 
 
-def forward_argv(entry: HostEntry, target: str, forward: str) -> list[str]:
-    """`ssh -N -L forward` on a connection of its own, not the shared master: the forward must end
-    with this process, and a refused one must end it too (ExitOnForwardFailure), to be seen."""
-    return [
-        *openssh_argv(entry), "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ExitOnForwardFailure=yes",
-        "-o", "StreamLocalBindUnlink=yes", "-N", "-L", forward, target,
-    ]  # fmt: skip
-
-
-def end_forward(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=3)  # a forward has nothing to flush: a slow exit is not worth waiting out
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def interactive_argv(entry: HostEntry, remote_argv: Sequence[str]) -> list[str]:
+    """`ssh -t` running remote_argv with this terminal attached. It uses a running master, but never
+    becomes one: a master left behind would hold this terminal."""
+    return [*openssh_argv(entry), "-o", "ControlMaster=no", "-t", without_port(entry.ssh), shlex.join(remote_argv)]
 
 
 def write_ssh_config() -> Path:

@@ -1,28 +1,65 @@
-"""Commands and downloads over paramiko, for machines without an `ssh` program (or hosts.yaml
-`transport: paramiko`): slower than OpenSSH for bulk data, but needs nothing outside Python."""
+"""The paramiko transport of an SSH host, for machines without an `ssh` program (or hosts.yaml
+`transport: paramiko`): slower than OpenSSH for bulk data, but needs nothing outside Python.
+It forwards TCP ports (paramikoforward) but no Unix socket, so it reaches no Docker engine."""
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import socket
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, BinaryIO
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import BinaryIO
 
 import paramiko
 
-from runner.base.errors import HostUnreachable, NotFound, RunnerError
-from runner.hosts.base import CommandResult, Stdin, command_name
+from runner.base.errors import HostUnreachable, NotFound, RunnerError, command_name
+from runner.hosts.base import CommandResult, Stdin
+from runner.hosts.paramikoforward import LocalForward
 from runner.hosts.sshconnect import describe
-
-if TYPE_CHECKING:
-    from runner.hosts.ssh import SshHost
+from runner.hosts.sshsession import ParamikoSession
 
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
+class ParamikoTransport:
+    name = "paramiko"
+    cannot_forward_sockets: str | None
+
+    def __init__(self, session: ParamikoSession) -> None:
+        self._session = session
+        # Unix sockets travel only over OpenSSH: paramiko has no client side of OpenSSH's streamlocal forwards.
+        if shutil.which("ssh") is None:
+            self.cannot_forward_sockets = "OpenSSH's ssh on this machine, and there is none on PATH"
+        else:
+            self.cannot_forward_sockets = "OpenSSH's ssh, and hosts.yaml sets this host's transport: paramiko"
+
+    def run(self, argv: Sequence[str], stdin: Stdin, timeout: float | None) -> CommandResult:
+        return run_over_paramiko(self._session, argv, stdin, timeout)
+
+    def run_into(self, argv: Sequence[str], out: BinaryIO) -> CommandResult:
+        return run_over_paramiko(self._session, argv, None, None, stdout=out)
+
+    def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
+        read_over_sftp(self._session, path, offset, out)
+
+    @contextmanager
+    def forward(self, local_port: int, remote_port: int) -> Iterator[None]:
+        transport = self._session.connection().transport
+        assert transport is not None  # connection() returns an open connection
+        with LocalForward(transport, local_port, remote_port):
+            yield
+
+    def forward_socket(self, remote_path: str, what: str) -> AbstractContextManager[tuple[str, Callable[[], str]]]:
+        raise RunnerError(f"host '{self._session.name}': reaching {what} needs {self.cannot_forward_sockets}")
+
+    def prewarm(self) -> None:
+        """A paramiko handshake in this process would hold up the imports it should overlap: none."""
+
+
 def run_over_paramiko(
-    host: SshHost, argv: Sequence[str], stdin: Stdin, timeout: float | None, stdout: BinaryIO | None = None
+    host: ParamikoSession, argv: Sequence[str], stdin: Stdin, timeout: float | None, stdout: BinaryIO | None = None
 ) -> CommandResult:
     """Run argv on the host; its output is returned, or appended to the open file stdout when given."""
     transport = host.connection().transport
@@ -54,7 +91,7 @@ def _drain(channel: paramiko.Channel, out: BinaryIO | None) -> bytes:
     return b""
 
 
-def read_over_sftp(host: SshHost, path: str, offset: int, out: BinaryIO) -> None:
+def read_over_sftp(host: ParamikoSession, path: str, offset: int, out: BinaryIO) -> None:
     try:
         with host.connection().client.open_sftp() as sftp, sftp.open(path, "rb") as source:
             source.seek(offset)

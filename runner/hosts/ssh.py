@@ -1,80 +1,90 @@
 """A host reached over SSH: a home workstation, any box with sshd, or a rented instance.
 
-Commands and bulk data go through OpenSSH where this machine has `ssh`: one multiplexed connection
-per host serves every command, and OpenSSH moves data several times faster than paramiko. paramiko
-(through fabric, for ssh_config and ProxyJump) is the fallback without a local ssh, and the one that
-explains a refused connection (unknown or changed host key, authentication, unreachable) precisely;
-it is imported only when needed, since importing it costs more than a multiplexed command.
+Commands and bulk data go through one of two transports, chosen once per host: OpenSSH where this
+machine has `ssh` (opensshlink: one multiplexed connection per host serves every command, and it
+moves data several times faster than paramiko), else paramiko (paramikorun, through fabric for
+ssh_config and ProxyJump). paramiko is also the one that explains a refused connection precisely, so
+both hold the host's ParamikoSession; it is imported only when needed, since importing it costs more
+than a multiplexed command.
 """
 
 from __future__ import annotations
 
-import shlex
 import shutil
-import subprocess
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, BinaryIO
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import BinaryIO, Protocol
 
-from runner.base.errors import HostUnreachable, NotFound, RunnerError
-from runner.hosts.base import CommandResult, Stdin, command_name
-from runner.hosts.feed import rewinder
-from runner.hosts.openssh import SSH_FAILED, last_line, openssh_argv, run_openssh, stop_master
+from runner.base.errors import RunnerError, UsageError
+from runner.hosts.base import CommandResult, Stdin
 from runner.hosts.hostsfile import HostEntry
-
-if TYPE_CHECKING:
-    import fabric
+from runner.hosts.openssh import interactive_argv
+from runner.hosts.sshsession import ParamikoSession
+from runner.hosts.target import without_port
 
 # Writes a file atomically from stdin in one round trip; the path comes as "$1", never inside the script.
 WRITE_FILE_SCRIPT = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1.tmp.$$" && chmod "$2" "$1.tmp.$$" && mv -f -- "$1.tmp.$$" "$1"'
+REMOTE_DOCKER_SOCKET = "/var/run/docker.sock"  # where Debian's, Ubuntu's and Docker's own packages put it
+PORTS_TO_TRY = 100
 
-# What ssh prints when it never got to run the command: safe to run it again once the cause is known.
-NOT_STARTED = (
-    "connect to host", "kex_exchange_identification", "banner exchange", "Could not resolve hostname",
-    "Host key verification failed", "Permission denied", "Connection refused", "Connection timed out",
-    "No route to host", "HOST IDENTIFICATION HAS CHANGED", "host key for", "Too many authentication failures",
-)  # fmt: skip
+
+class SshTransport(Protocol):
+    """How an SshHost's commands, files and forwards travel: OpenSshTransport or ParamikoTransport."""
+
+    name: str  # openssh or paramiko
+    cannot_forward_sockets: str | None  # what a Unix socket's forward would need ("OpenSSH's ssh ..."), or None
+
+    def run(self, argv: Sequence[str], stdin: Stdin, timeout: float | None) -> CommandResult: ...
+    def run_into(self, argv: Sequence[str], out: BinaryIO) -> CommandResult: ...
+    def read_into(self, path: str, offset: int, out: BinaryIO) -> None: ...
+    def forward(self, local_port: int, remote_port: int) -> AbstractContextManager[None]: ...
+    def forward_socket(self, remote_path: str, what: str) -> AbstractContextManager[tuple[str, Callable[[], str]]]: ...
+    def prewarm(self) -> None: ...
 
 
 class SshHost:
     kind = "ssh"
+    shares_this_filesystem = False
 
     def __init__(self, name: str, entry: HostEntry, trust_new: bool = False) -> None:
         self.name = name
         self.entry = entry
         self.python = entry.python
-        self.trust_new = trust_new
-        self.uses_openssh = entry.transport != "paramiko" and shutil.which("ssh") is not None
-        self._connection: fabric.Connection | None = None
-        self._verified = False  # paramiko connected once in this process: keys and login are fine
+        self._session = ParamikoSession(name, entry, trust_new)
+        self._via = _transport(entry, self._session)
         self._root: str | None = None
-        self._warming: subprocess.Popen[bytes] | None = None
+
+    @property
+    def trust_new(self) -> bool:
+        """Record the host's key on first contact (--trust-new-host), instead of refusing an unknown one."""
+        return self._session.trust_new
+
+    @trust_new.setter
+    def trust_new(self, value: bool) -> None:
+        self._session.trust_new = value
 
     @property
     def transport(self) -> str:
-        return "openssh" if self.uses_openssh else "paramiko"
+        return self._via.name
+
+    @property
+    def provides_image(self) -> bool:
+        return self.entry.provides_image
 
     @property
     def patience(self) -> float:
         """How long a short command may take before the host counts as unreachable."""
         return self.entry.connect_timeout + self.entry.retry_seconds
 
-    # paramiko
-
-    def connection(self) -> fabric.Connection:
-        if self._connection is None or not self._connection.is_connected:
-            from runner.hosts.sshconnect import connect
-
-            self.close()
-            self._connection = connect(self.name, self.entry, self.trust_new)
-            self._verified = True
-        return self._connection
+    def handshake(self) -> None:
+        self._session.connection()  # paramiko's: it tells an unknown or changed key from a refused login
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-        self._connection = None
+        self._session.close()
 
-    # the Host interface
+    def prewarm(self) -> None:
+        self._via.prewarm()
 
     def root(self) -> str:
         if self._root is None:
@@ -82,99 +92,79 @@ class SshHost:
             self._root = f"{home}/.runner"
         return self._root
 
-    def prewarm(self) -> None:
-        """Start the shared connection's handshake now, in the background, so it overlaps whatever
-        this process does before its first command (status: its imports). Best effort: a failure
-        here is found, and explained, by the first real command."""
-        if self.uses_openssh and self._warming is None and not self.trust_new:
-            argv = [*openssh_argv(self.entry), self.openssh_target(), "true"]
-            devnull = subprocess.DEVNULL
-            self._warming = subprocess.Popen(argv, stdin=devnull, stdout=devnull, stderr=devnull)
-
     def learn_root(self, root: str) -> None:
         """The runner directory, as a job's directory (ROOT/jobs/ID) shows it: no round trip to ask."""
         self._root = self._root or root
 
     def run(self, argv: Sequence[str], stdin: Stdin = None, timeout: float | None = 60) -> CommandResult:
-        if not self.uses_openssh:
-            from runner.hosts.paramikorun import run_over_paramiko
-
-            return run_over_paramiko(self, argv, stdin, timeout)
-        if self.trust_new and not self._verified:
-            self.connection()  # records a new host's key, as the user asked, before OpenSSH needs it
-        rewind = rewinder(stdin)
-        code, stdout, stderr = self._run_openssh(argv, stdin, timeout)
-        if code == SSH_FAILED and not self._verified:
-            self.connection()  # raises the precise reason: unknown or changed key, login, unreachable
-            if rewind and any(sign in stderr for sign in NOT_STARTED):  # transient, and nothing ran: again
-                rewind()
-                code, stdout, stderr = self._run_openssh(argv, stdin, timeout)
-        if code == SSH_FAILED:
-            raise HostUnreachable(f"host '{self.name}' unreachable: connection lost running {command_name(argv)}: {last_line(stderr)}")
-        return CommandResult(list(argv), code, stdout, stderr.encode())
+        return self._via.run(argv, stdin, timeout)
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         self.run(["sh", "-c", WRITE_FILE_SCRIPT, "sh", path, format(mode, "o")], stdin=data).check()
 
     def run_into(self, argv: Sequence[str], out: BinaryIO) -> CommandResult:
-        if not self.uses_openssh:
-            from runner.hosts.paramikorun import run_over_paramiko
-
-            return run_over_paramiko(self, argv, None, None, stdout=out)
-        out.flush()
-        code, _, stderr = self._run_openssh(argv, None, None, stdout=out)
-        if code == SSH_FAILED:
-            raise HostUnreachable(f"host '{self.name}' unreachable: connection lost running {command_name(argv)}: {last_line(stderr)}")
-        return CommandResult(list(argv), code, b"", stderr.encode())
+        return self._via.run_into(argv, out)
 
     def read_into(self, path: str, offset: int, out: BinaryIO) -> None:
-        if not self.uses_openssh:
-            from runner.hosts.paramikorun import read_over_sftp
+        self._via.read_into(path, offset, out)
 
-            read_over_sftp(self, path, offset, out)
-            return
-        # `cat` outruns `tail -c +N`: tail is for resuming. Bytes go straight into the file.
-        remote = ["cat", "--", path] if offset == 0 else ["tail", "-c", f"+{offset + 1}", "--", path]
-        out.flush()
-        code, _, stderr = self._run_openssh(remote, None, None, stdout=out)
-        if code == SSH_FAILED:
-            raise HostUnreachable(f"host '{self.name}': connection lost copying {path}: {last_line(stderr)}")
-        if code != 0 and "No such file" in stderr:
-            raise NotFound(f"host '{self.name}': {path} is gone")
-        if code != 0:
-            raise RunnerError(f"host '{self.name}': copying {path} failed: {last_line(stderr)}")
+    @contextmanager
+    def forward(self, local_port: int, remote_port: int) -> Iterator[int]:
+        port = free_local_port(local_port)
+        with self._via.forward(port, remote_port):
+            yield port
 
-    # OpenSSH
+    @contextmanager
+    def forward_socket(self, remote_path: str) -> Iterator[str]:
+        with self._via.forward_socket(remote_path, remote_path) as (local, _):
+            yield local
 
-    def _run_openssh(
-        self, argv: Sequence[str], stdin: Stdin, timeout: float | None, stdout: BinaryIO | None = None
-    ) -> tuple[int, bytes, str]:
-        command = [*openssh_argv(self.entry), self.openssh_target(), shlex.join(argv)]
-        self._wait_for_warming()
-        try:
-            return run_openssh(command, stdin, timeout, stdout)
-        except subprocess.TimeoutExpired:
-            # A master whose link hung would keep every later command waiting: the next one starts afresh.
-            stop_master(openssh_argv(self.entry), self.openssh_target())
-            raise HostUnreachable(f"host '{self.name}' unreachable: no answer within {timeout:g}s running {command_name(argv)}") from None
+    @contextmanager
+    def docker_engine(self) -> Iterator[str]:
+        """The engine's socket there, forwarded to a private socket here over OpenSSH, with runner's
+        ssh_config (see dockerlink). An engine's error inside the context says what the link said."""
+        from runner.hosts.dockerlink import is_docker_error
 
-    def _wait_for_warming(self) -> None:
-        # A command started before the handshake ended would make a connection of its own.
-        if self._warming is not None:
+        reason = self.why_no_docker_engine()
+        if reason is not None:
+            raise RunnerError(f"host '{self.name}': {reason}")
+        with self._via.forward_socket(REMOTE_DOCKER_SOCKET, "its Docker engine") as (local, said):
             try:
-                self._warming.wait(timeout=self.entry.connect_timeout)
-            except subprocess.TimeoutExpired:
-                self._warming.kill()
-                self._warming.wait()
-            self._warming = None
+                yield f"unix://{local}"
+            except Exception as exc:
+                if not is_docker_error(exc):
+                    raise
+                raise RunnerError(f"host '{self.name}': its Docker engine did not answer: {said() or exc}") from None
 
-    def openssh_target(self) -> str:
-        return self.entry.ssh.rsplit(":", 1)[0] if _has_port(self.entry.ssh) else self.entry.ssh
+    def why_no_docker_engine(self) -> str | None:
+        needs = self._via.cannot_forward_sockets
+        return None if needs is None else f"image builds need {needs}"
 
     def interactive_argv(self, remote_argv: Sequence[str]) -> list[str]:
-        # Uses a running master, but never becomes one: a master left behind would hold this terminal.
-        return [*openssh_argv(self.entry), "-o", "ControlMaster=no", "-t", self.openssh_target(), shlex.join(remote_argv)]
+        return interactive_argv(self.entry, remote_argv)  # OpenSSH's, whichever transport runs commands
+
+    def openssh_target(self) -> str:
+        """The target as `ssh` takes it (for the benchmarks, which stop the shared connection)."""
+        return without_port(self.entry.ssh)
 
 
-def _has_port(target: str) -> bool:
-    return target.rsplit(":", 1)[-1].isdigit() and not target.endswith("]")
+def _transport(entry: HostEntry, session: ParamikoSession) -> SshTransport:
+    if entry.transport != "paramiko" and shutil.which("ssh") is not None:
+        from runner.hosts.opensshlink import OpenSshTransport
+
+        return OpenSshTransport(session)
+    from runner.hosts.paramikorun import ParamikoTransport  # imports paramiko: only for the hosts that use it
+
+    return ParamikoTransport(session)
+
+
+def free_local_port(preferred: int) -> int:
+    """preferred if nothing listens there, else the next free port above it."""
+    for port in range(preferred, min(preferred + PORTS_TO_TRY, 65536)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise UsageError(f"no free local port in {preferred}..{preferred + PORTS_TO_TRY - 1}")

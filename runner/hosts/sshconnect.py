@@ -19,7 +19,8 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_afte
 
 from runner.base.errors import HostKeyRejected, HostUnreachable, RunnerError
 from runner.hosts.keys import PinNewHost, changed_key_error, load_known_hosts
-from runner.hosts.hostsfile import SSH_TARGET, HostEntry
+from runner.hosts.hostsfile import HostEntry
+from runner.hosts.target import SSH_TARGET
 
 # paramiko logs every failed attempt with a traceback; runner reports failures itself, in one line.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from runner.base.errors import CommandFailed
-from runner.hosts import Host, SshHost, get_host
+from runner.hosts import Host, get_host
 from runner.jobs.state import Job
 
 WINDOWS = ("train", "monitor", "gpu", "cpu", "tensorboard", "shell")
@@ -70,7 +70,7 @@ def attach_argv(job: Job, window: str) -> list[str]:
     """The command that attaches a terminal to the job's session, over SSH for remote hosts."""
     remote = ["tmux", "attach-session", "-t", target(job.session or "", window)]
     host = get_host(job.host)
-    return host.interactive_argv(remote) if isinstance(host, SshHost) else remote
+    return host.interactive_argv(remote)
 
 
 def start_argv(session: str, windows: list[Window], cwd: str) -> list[str]:

@@ -60,8 +60,8 @@ def push_workdir(host: Host, loaded: LoadedJob, layout: JobLayout, datasets: lis
 def push_datasets(host: Host, layout: JobLayout, datasets: list[DatasetPlacement]) -> dict[str, SyncStats]:
     stats, links = {}, []
     for plan in datasets:
-        if host.kind == "local":
-            target = str(plan.source)  # this machine already has it: the job uses it in place
+        if host.shares_this_filesystem:
+            target = str(plan.source)  # the host reads it where it is: the job uses it in place
         else:
             target = posixpath.join(host.root(), "data", plan.host_folder)
             stats[plan.name] = push_tree(host, plan.source, target, list(ALWAYS_EXCLUDED))

@@ -7,15 +7,14 @@ import time
 from typing import Any
 
 from runner.base.errors import CommandFailed, RunnerError
-from runner.hosts import SshHost, get_host
+from runner.hosts import get_host
 from runner.jobs.layout import agent_argv, install_hostside
 
 
 def check_host(name: str, trust_new: bool) -> dict[str, Any]:
     started = time.monotonic()
     host = get_host(name, trust_new)
-    if isinstance(host, SshHost):
-        host.connection()  # a fresh handshake: the host key is checked now, not trusted from a shared link
+    host.handshake()  # a fresh one: the host key is checked now, not trusted from a shared link
     root = host.root()
     connect_seconds = time.monotonic() - started
     install_hostside(host)
