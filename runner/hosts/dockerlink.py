@@ -38,11 +38,6 @@ def docker_client(host: Host) -> Iterator[docker.DockerClient]:
             client.close()
 
 
-def why_no_engine(host: Host) -> str | None:
-    """Why this machine cannot reach host's Docker engine, or None: asked before a job exists."""
-    return host.why_no_docker_engine()
-
-
 def is_docker_error(exc: Exception) -> bool:
     """An error of the engine or of the way to it, as the Docker SDK raises them."""
     import docker.errors

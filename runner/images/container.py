@@ -14,7 +14,6 @@ from typing import Any
 
 from runner.base.errors import SpecError
 from runner.hosts.base import Host
-from runner.hosts.dockerlink import why_no_engine
 from runner.images.build import Log, context_root, context_tar, ensure_image, image_tag
 from runner.images.plan import ImagePlan, plan_image, requested
 from runner.jobs.jobscript import render_container_sh
@@ -42,7 +41,7 @@ def plan_container(host: Host, loaded: LoadedJob) -> ContainerJob | None:
     spec = loaded.spec.model_dump(mode="json")
     if spec.get("image") is None:
         return None
-    reason = why_no_engine(host) if requested(spec["image"])[1] else None
+    reason = host.why_no_docker_engine() if requested(spec["image"])[1] else None
     if reason is not None:  # refused here, while no job exists, not once its files are on the host
         raise loaded.error(("image",), f"host '{host.name}': {reason}")
     try:
