@@ -22,8 +22,6 @@ from runner.base import paths
 from runner.base.atomicfile import write_atomically
 from runner.base.errors import NotFound
 
-from runner.hosts.target import SSH_TARGET  # noqa: F401  (re-exported)
-
 
 @dataclass(frozen=True)
 class HostEntry:
