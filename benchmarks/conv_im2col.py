@@ -18,6 +18,7 @@ Usage: python benchmarks/conv_im2col.py [--batch 1 8] [--imgsz 640] [--reps 5] [
        [--threads N] [--layers stem,down1,...]    (the GPU runs by default where torch sees one)
 On a busy machine, --threads 1 keeps OpenMP's spinning threads from turning others' load into noise.
 """
+
 import argparse
 import collections
 import contextlib
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "images" / "runner_torch"))
-import runner_conv  # noqa: E402
+import runner_conv
 
 Layer = collections.namedtuple("Layer", "name cin cout k stride size groups where")
 
@@ -87,7 +88,7 @@ def column_mib(layer, imgsz, batch):
     """The im2col column tensor that autograd keeps: N * C*k*k * Hout*Wout floats (none for 1x1)."""
     if layer.k == 1:
         return 0.0
-    return batch * layer.cin * layer.k ** 2 * out_size(layer, imgsz)[1] ** 2 * 4 / 2 ** 20
+    return batch * layer.cin * layer.k**2 * out_size(layer, imgsz)[1] ** 2 * 4 / 2**20
 
 
 def measure(layer, variant, batch, imgsz, reps, device, threads=0):
@@ -102,7 +103,7 @@ def measure(layer, variant, batch, imgsz, reps, device, threads=0):
     def tensors(n, h, o):
         x = torch.randn(n, layer.cin, h, h, generator=gen).to(device)
         x.requires_grad_(layer.name != "stem")  # the stem's input is the image: no gradient wanted
-        w = (torch.randn(layer.cout, layer.cin // layer.groups, layer.k, layer.k, generator=gen) * 0.1)
+        w = torch.randn(layer.cout, layer.cin // layer.groups, layer.k, layer.k, generator=gen) * 0.1
         w = w.to(device).requires_grad_(True)
         b = torch.zeros(layer.cout, device=device, requires_grad=True)
         return x, w, b, torch.randn(n, layer.cout, o, o, generator=gen).to(device)
@@ -151,32 +152,76 @@ def run_all(layers, batch, imgsz, reps, device, threads=0):
 
 
 def report(layers, results, batch, imgsz, reps, device, threads=0):
-    mib = 2 ** 20
+    mib = 2**20
     where = torch.cuda.get_device_name() if device != "cpu" else "%d threads" % (threads or torch.get_num_threads())
-    print("\nforward + backward, float32, %s (%s), torch %s, imgsz %d, batch %d, best of %d"
-          % (device, where, torch.__version__, imgsz, batch, reps))
-    print("%-9s %-22s %9s %9s %9s %7s %7s  %8s %8s %8s %8s %7s" % (
-        "layer", "shape", "torch ms", "native ms", "im2col ms", "/torch", "/native",
-        "torch MB", "nativeMB", "im2colMB", "cols MB", "/torch"))
+    print(
+        "\nforward + backward, float32, %s (%s), torch %s, imgsz %d, batch %d, best of %d"
+        % (device, where, torch.__version__, imgsz, batch, reps)
+    )
+    print(
+        "%-9s %-22s %9s %9s %9s %7s %7s  %8s %8s %8s %8s %7s"
+        % (
+            "layer",
+            "shape",
+            "torch ms",
+            "native ms",
+            "im2col ms",
+            "/torch",
+            "/native",
+            "torch MB",
+            "nativeMB",
+            "im2colMB",
+            "cols MB",
+            "/torch",
+        )
+    )
     totals = collections.Counter()
     for layer in layers:
         t = {v: results[(layer.name, v)] for v in VARIANTS}
         for v in VARIANTS:
             totals[v + "_s"] += t[v][0]
             totals[v + "_b"] += t[v][1]
-        shape = "%d->%d k%d s%d%s @%d" % (layer.cin, layer.cout, layer.k, layer.stride,
-                                         " g%d" % layer.groups if layer.groups > 1 else "",
-                                         out_size(layer, imgsz)[0])
-        print("%-9s %-22s %9.2f %9.2f %9.2f %7.2f %7.2f  %8.1f %8.1f %8.1f %8.1f %7.2f" % (
-            layer.name, shape, t["torch"][0] * 1e3, t["native"][0] * 1e3, t["im2col"][0] * 1e3,
-            _ratio(t["im2col"][0], t["torch"][0]), _ratio(t["im2col"][0], t["native"][0]),
-            t["torch"][1] / mib, t["native"][1] / mib, t["im2col"][1] / mib,
-            column_mib(layer, imgsz, batch), _ratio(t["im2col"][1], t["torch"][1])))
-    print("%-32s %9.2f %9.2f %9.2f %7.2f %7.2f  %8.1f %8.1f %8.1f %8s %7.2f" % (
-        "total (memory: sum of peaks)", totals["torch_s"] * 1e3, totals["native_s"] * 1e3,
-        totals["im2col_s"] * 1e3, _ratio(totals["im2col_s"], totals["torch_s"]),
-        _ratio(totals["im2col_s"], totals["native_s"]), totals["torch_b"] / mib,
-        totals["native_b"] / mib, totals["im2col_b"] / mib, "", _ratio(totals["im2col_b"], totals["torch_b"])))
+        shape = "%d->%d k%d s%d%s @%d" % (
+            layer.cin,
+            layer.cout,
+            layer.k,
+            layer.stride,
+            " g%d" % layer.groups if layer.groups > 1 else "",
+            out_size(layer, imgsz)[0],
+        )
+        print(
+            "%-9s %-22s %9.2f %9.2f %9.2f %7.2f %7.2f  %8.1f %8.1f %8.1f %8.1f %7.2f"
+            % (
+                layer.name,
+                shape,
+                t["torch"][0] * 1e3,
+                t["native"][0] * 1e3,
+                t["im2col"][0] * 1e3,
+                _ratio(t["im2col"][0], t["torch"][0]),
+                _ratio(t["im2col"][0], t["native"][0]),
+                t["torch"][1] / mib,
+                t["native"][1] / mib,
+                t["im2col"][1] / mib,
+                column_mib(layer, imgsz, batch),
+                _ratio(t["im2col"][1], t["torch"][1]),
+            )
+        )
+    print(
+        "%-32s %9.2f %9.2f %9.2f %7.2f %7.2f  %8.1f %8.1f %8.1f %8s %7.2f"
+        % (
+            "total (memory: sum of peaks)",
+            totals["torch_s"] * 1e3,
+            totals["native_s"] * 1e3,
+            totals["im2col_s"] * 1e3,
+            _ratio(totals["im2col_s"], totals["torch_s"]),
+            _ratio(totals["im2col_s"], totals["native_s"]),
+            totals["torch_b"] / mib,
+            totals["native_b"] / mib,
+            totals["im2col_b"] / mib,
+            "",
+            _ratio(totals["im2col_b"], totals["torch_b"]),
+        )
+    )
 
 
 def _ratio(a, b):
@@ -188,12 +233,18 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--device", nargs="+", choices=["cpu", "cuda"],
-                        default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads on the CPU (default: torch's own choice, one per core)")
-    parser.add_argument("--layers", default=",".join(layer.name for layer in LAYERS),
-                        help="comma-separated layer names (default: all)")
+    parser.add_argument(
+        "--device",
+        nargs="+",
+        choices=["cpu", "cuda"],
+        default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads on the CPU (default: torch's own choice, one per core)"
+    )
+    parser.add_argument(
+        "--layers", default=",".join(layer.name for layer in LAYERS), help="comma-separated layer names (default: all)"
+    )
     args = parser.parse_args(argv)
     names = args.layers.split(",")
     layers = [layer for layer in LAYERS if layer.name in names]

@@ -57,8 +57,7 @@ def run_benchmark(base: Path, host: TestHost, mib: int, rounds: int) -> None:
     job_file = base / "work" / "bench.yaml"
     job_file.parent.mkdir()
     job_file.write_text(
-        "name: bench\nrun: mkdir -p runs/bench/weights && "
-        f"head -c {mib}M /dev/urandom > runs/bench/weights/last.pt\n"
+        f"name: bench\nrun: mkdir -p runs/bench/weights && head -c {mib}M /dev/urandom > runs/bench/weights/last.pt\n"
     )
     job_id = runner(env, "submit", str(job_file), "--host", "box").strip()
     wait_finished(env, job_id)
@@ -71,7 +70,9 @@ def run_benchmark(base: Path, host: TestHost, mib: int, rounds: int) -> None:
         times["new"].append(timed_fetch(env, job_id, base / f"new{round_number}"))
         times["shared"].append(timed_fetch(env, job_id, base / f"shared{round_number}"))
         times["scp"].append(timed_scp(host, remote, base / f"scp{round_number}", []))
-        times["scp_gcm"].append(timed_scp(host, remote, base / f"scpgcm{round_number}", ["-c", "aes128-gcm@openssh.com"]))
+        times["scp_gcm"].append(
+            timed_scp(host, remote, base / f"scpgcm{round_number}", ["-c", "aes128-gcm@openssh.com"])
+        )
     show(mib, cold, times)
 
 
@@ -87,8 +88,12 @@ def show(mib: int, cold: float, times: dict[str, list[float]]) -> None:
     print(f"file: {mib} MiB, medians of {len(times['new'])} rounds")
     for label, seconds, samples in rows:
         print(f"{label:40s} {seconds:6.2f} s  {mib / seconds:7.1f} MiB/s  {samples}")
-    print(f"ratio vs scp defaults (scp s / runner s): new connection {scp / new:.2f}x, shared {scp / shared:.2f}x, cold {scp / cold:.2f}x")
-    print(f"ratio vs scp aes128-gcm:                  new connection {gcm / new:.2f}x, shared {gcm / shared:.2f}x, cold {gcm / cold:.2f}x")
+    print(
+        f"ratio vs scp defaults (scp s / runner s): new connection {scp / new:.2f}x, shared {scp / shared:.2f}x, cold {scp / cold:.2f}x"
+    )
+    print(
+        f"ratio vs scp aes128-gcm:                  new connection {gcm / new:.2f}x, shared {gcm / shared:.2f}x, cold {gcm / cold:.2f}x"
+    )
 
 
 def close_shared_connection(env: dict[str, str]) -> None:

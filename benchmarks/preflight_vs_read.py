@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -110,7 +110,7 @@ class Measure:
         self.cpu.append(cpu_seconds() - cpu)
         return result
 
-    def line(self, baseline: "Measure | None", note: str = "") -> str:
+    def line(self, baseline: Measure | None, note: str = "") -> str:
         wall, cpu = statistics.median(self.wall), statistics.median(self.cpu)
         runs = ", ".join(f"{seconds:.3f}" for seconds in self.wall)
         ratio = f"  ratio {wall / statistics.median(baseline.wall):.2f}x" if baseline else ""
@@ -131,7 +131,9 @@ def main() -> None:
         read = Measure("read every label file", lambda: read_every_label(base))
         headers = Measure("read every image header", lambda: read_every_image_header(base))
         alone = Measure("check, 1 process", lambda: datacheck.check(description, str(base), workers=1))
-        spread = Measure(f"check, {workers} processes", lambda: datacheck.check(description, str(base), workers=workers))
+        spread = Measure(
+            f"check, {workers} processes", lambda: datacheck.check(description, str(base), workers=workers)
+        )
         for _ in range(args.rounds):
             for measure in (read, headers, alone, spread):
                 result = measure.run()

@@ -83,7 +83,9 @@ def make_dataset(root: Path, mib: int, small: int) -> Path:
 
 
 def rsync(box: TestHost, source: Path, dest: str) -> None:
-    ssh = f"ssh -p {box.port} -i {box.key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+    ssh = (
+        f"ssh -p {box.port} -i {box.key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+    )
     subprocess.run(["rsync", "-a", "-e", ssh, f"{source}/", f"{USER}@127.0.0.1:{dest}/"], check=True)
 
 

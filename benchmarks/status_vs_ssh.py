@@ -84,7 +84,9 @@ class Setup:
                     "HOME": str(folder / "user"), "TMUX_TMPDIR": str(folder)}  # fmt: skip
         (folder / "user").mkdir(parents=True)
         self.names = [f"box{index}" for index in range(len(boxes))]
-        write_hosts_file(folder / "config", {name: box.hosts_entry() for name, box in zip(self.names, boxes, strict=True)})
+        write_hosts_file(
+            folder / "config", {name: box.hosts_entry() for name, box in zip(self.names, boxes, strict=True)}
+        )
         self.job_dirs = []
         for name in self.names:
             runner(self.env, "hosts", "check", name, "--trust-new-host")
@@ -138,7 +140,9 @@ def show(times: dict[str, list[float]], hosts: int) -> None:
             ("runner status, 1 MiB train.log", "small"), ("runner status, 1 GiB train.log", "big")]  # fmt: skip
     for label, key in rows:
         print(f"{label:44s} {median[key]:6.3f} s  {times[key]}")
-    print(f"status / ssh true: new connection {median['new'] / median['ssh']:.2f}x, shared {median['shared'] / median['ssh']:.2f}x (target <= 1.5x)")
+    print(
+        f"status / ssh true: new connection {median['new'] / median['ssh']:.2f}x, shared {median['shared'] / median['ssh']:.2f}x (target <= 1.5x)"
+    )
     print(f"{hosts} hosts / 1 host: {median['many'] / median['shared']:.2f}x (target <= 2x)")
     print(f"1 GiB log / 1 MiB log: {median['big'] / median['small']:.2f}x (target within 1.2x)")
 

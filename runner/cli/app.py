@@ -6,32 +6,28 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from runner import __version__
-
-from runner.base import paths
-
-from runner.transfer import progress as transferprogress
+from runner.base.durations import format_duration, parse_duration
+from runner.base.errors import NotFound, RunnerError, SpecError
 from runner.cli.common import open_store
 from runner.cli.hosts import JSON_OPTION, TRUST_OPTION, hosts
 from runner.cli.vast import down, keep, offers
-from runner.base.durations import format_duration, parse_duration
-from runner.base.errors import NotFound, RunnerError, SpecError
+from runner.transfer import progress as transferprogress
 
 WINDOW_NAMES = ("train", "monitor", "gpu", "cpu", "tensorboard", "shell")  # runner.session.WINDOWS
 
 # Each command imports what it needs when it runs: `runner status` should not pay for pydantic,
 # paramiko or the fetch engine at start-up (see benchmarks/status_vs_ssh.py).
 if TYPE_CHECKING:
-    from runner.transfer.fetch import FetchResult
+    from runner.jobs.state import Job
     from runner.observe.observe import Refreshed
-    from runner.jobs.state import Job, Store
+    from runner.transfer.fetch import FetchResult
 
 
 class Duration(click.ParamType):
@@ -58,8 +54,12 @@ def cli() -> None:
 @cli.command()
 @click.argument("job_file", type=click.Path(path_type=Path))
 @click.option("--host", "host_name", help="Run on this host instead of the job file's.")
-@click.option("--skip-preflight", is_flag=True, help="Start even if the job's dataset (`dataset:`) has errors: no check.")
-@click.option("--keep", is_flag=True, help="host vast: leave the instance running if the submit fails (to look into it).")
+@click.option(
+    "--skip-preflight", is_flag=True, help="Start even if the job's dataset (`dataset:`) has errors: no check."
+)
+@click.option(
+    "--keep", is_flag=True, help="host vast: leave the instance running if the submit fails (to look into it)."
+)
 @TRUST_OPTION
 @JSON_OPTION
 def submit(
@@ -137,7 +137,9 @@ def _status_document(refreshed: Refreshed, one_job: bool) -> dict:
     from runner.cli.statusview import unreachable_since
 
     unreachable = unreachable_since(refreshed)
-    documents = [render.job_document(job, unreachable.get(job.host), refreshed.costs.get(job.id)) for job in refreshed.jobs]
+    documents = [
+        render.job_document(job, unreachable.get(job.host), refreshed.costs.get(job.id)) for job in refreshed.jobs
+    ]
     return documents[0] if one_job else {"jobs": documents}
 
 
@@ -165,7 +167,9 @@ def _watch_status(poll: Callable[[], Refreshed], interval: float, as_json: bool,
     help="Keep printing until the job ends; exit 1 unless it succeeded. A line is printed once it ends, so a"
     " bar shows once, finished (--raw -f shows it live).",
 )
-@click.option("--raw", is_flag=True, help="The bytes exactly as recorded: every \\r update of every bar, all escape codes.")
+@click.option(
+    "--raw", is_flag=True, help="The bytes exactly as recorded: every \\r update of every bar, all escape codes."
+)
 @click.option(
     "--color",
     type=click.Choice(["auto", "always", "never"]),
@@ -177,8 +181,8 @@ def _watch_status(poll: Callable[[], Refreshed], interval: float, as_json: bool,
 def logs(job_ref: str, last_lines: int | None, follow: bool, raw: bool, color: str) -> None:
     """Print JOB's train.log as a terminal shows it: each progress bar once, in its final state."""
     from runner.cli import render
-    from runner.observe.logs import follow_log, show_log, wants_color
     from runner.jobs.state import JobState
+    from runner.observe.logs import follow_log, show_log, wants_color
 
     colored = wants_color(color, sys.stdout)
     out = sys.stdout.buffer
@@ -301,14 +305,18 @@ def attach(job_ref: str, window: str) -> None:
     with open_store() as store:
         job = store.find(job_ref)
     if not job.session or job.finished:
-        raise NotFound(f"job {job.id} is {job.state.value}: its tmux session is gone; `runner logs {job.id}` has its output")
+        raise NotFound(
+            f"job {job.id} is {job.state.value}: its tmux session is gone; `runner logs {job.id}` has its output"
+        )
     argv = attach_argv(job, window)
     os.execvp(argv[0], argv)
 
 
 @cli.command()
 @click.argument("job_ref", metavar="JOB")
-@click.option("--out", type=click.Path(path_type=Path), help="The PNG, or a folder for it [default: JOBNAME-JOBID.png here].")
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="The PNG, or a folder for it [default: JOBNAME-JOBID.png here]."
+)
 @JSON_OPTION
 def plot(job_ref: str, out: Path | None, as_json: bool) -> None:
     """Draw JOB's losses, validation metrics and GPU telemetry into one PNG; prints its path."""
@@ -334,8 +342,8 @@ def check(job_file: Path, as_json: bool) -> None:
     training: labels, classes, images. Exits 2 when it has errors."""
     from runner.cli import render
     from runner.cli.datareport import report_text
-    from runner.pipeline.preflight import check_here, refusal
     from runner.jobs.specfile import load_job
+    from runner.pipeline.preflight import check_here, refusal
 
     report = check_here(load_job(job_file))
     if as_json:

@@ -17,7 +17,9 @@ def report_text(report: dict[str, Any]) -> str:
     per_class = [line for split, found in report["splits"].items()
                  for line in _per_class(split, found["instances_per_class"], report["names"])]  # fmt: skip
     lines += ["", *per_class] if per_class else []
-    groups = [("dataset", report["problems"])] + [(split, found["problems"]) for split, found in report["splits"].items()]
+    groups = [("dataset", report["problems"])] + [
+        (split, found["problems"]) for split, found in report["splits"].items()
+    ]
     for severity in ("error", "warning"):
         lines += _problems(groups, severity)
     lines += ["", _verdict(report)]
@@ -31,7 +33,10 @@ def _split_table(splits: dict[str, Any]) -> list[str]:
         for split, found in splits.items()
     ]  # fmt: skip
     widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS) - 1)]
-    return ["  ".join([cell.ljust(width) for cell, width in zip(row, widths, strict=False)] + [row[-1]]).rstrip() for row in rows]
+    return [
+        "  ".join([cell.ljust(width) for cell, width in zip(row, widths, strict=False)] + [row[-1]]).rstrip()
+        for row in rows
+    ]
 
 
 def _per_class(split: str, counts: list[int], names: list[str]) -> list[str]:

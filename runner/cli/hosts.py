@@ -44,9 +44,9 @@ def add(name: str, target: str, identity: str | None, trust_new_host: bool) -> N
     from pydantic import ValidationError
 
     from runner.cli import render
-    from runner.pipeline.hostcheck import check_host
     from runner.hosts.hostsfile import hosts_path
     from runner.hosts.hostsmodel import SshHostEntry, add_host
+    from runner.pipeline.hostcheck import check_host
 
     try:
         entry = SshHostEntry(ssh=target, identity=identity)

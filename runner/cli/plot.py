@@ -137,8 +137,10 @@ def plot_summary(result: PlotResult) -> str:
     """One line for stderr: what the PNG was drawn from, and which panels had nothing to show."""
     data = result.data
     thinned = f" (of {data.telemetry_lines})" if data.telemetry_lines > len(data.telemetry) else ""
-    text = (f"{len(result.panels)} panels from {len(data.rows)} epochs"
-            f" ({data.results_file or 'no results file yet'}) and {len(data.telemetry)} telemetry samples{thinned}")
+    text = (
+        f"{len(result.panels)} panels from {len(data.rows)} epochs"
+        f" ({data.results_file or 'no results file yet'}) and {len(data.telemetry)} telemetry samples{thinned}"
+    )
     empty = [panel.title for panel in result.panels if not panel.series]
     return text + (f"; no data: {', '.join(empty)}" if empty else "")
 
@@ -172,8 +174,14 @@ def metric_series(rows: list[dict[str, Any]]) -> list[Series]:
     return [line for line in series if _has_values(line)]
 
 
-def gpu_series(telemetry: list[dict[str, Any]], minutes: list[float], gpus: list[str], key: str,
-               suffix: str = "", scale: float = 1.0) -> list[Series]:
+def gpu_series(
+    telemetry: list[dict[str, Any]],
+    minutes: list[float],
+    gpus: list[str],
+    key: str,
+    suffix: str = "",
+    scale: float = 1.0,
+) -> list[Series]:
     series = []
     for gpu in gpus:
         values = [_number(_gpu_in(sample, gpu).get(key)) / scale for sample in telemetry]
@@ -182,8 +190,12 @@ def gpu_series(telemetry: list[dict[str, Any]], minutes: list[float], gpus: list
 
 
 def temperature_series(telemetry: list[dict[str, Any]], minutes: list[float], gpus: list[str]) -> list[Series]:
-    return [line for gpu in gpus for key, sensor in TEMPERATURE_SENSORS
-            for line in gpu_series(telemetry, minutes, [gpu], key, f" {sensor}")]
+    return [
+        line
+        for gpu in gpus
+        for key, sensor in TEMPERATURE_SENSORS
+        for line in gpu_series(telemetry, minutes, [gpu], key, f" {sensor}")
+    ]
 
 
 def vram_series(telemetry: list[dict[str, Any]], minutes: list[float], gpus: list[str]) -> list[Series]:
@@ -204,8 +216,9 @@ def _minutes(telemetry: list[dict[str, Any]]) -> list[float]:
 
 def _gpu_ids(telemetry: list[dict[str, Any]]) -> list[str]:
     """Each GPU once, in the order first seen; by its index, or its place where the tool gave none."""
-    return list(dict.fromkeys(_gpu_id(gpu, place) for sample in telemetry
-                              for place, gpu in enumerate(sample.get("gpus") or [])))
+    return list(
+        dict.fromkeys(_gpu_id(gpu, place) for sample in telemetry for place, gpu in enumerate(sample.get("gpus") or []))
+    )
 
 
 def _gpu_in(sample: dict[str, Any], gpu: str) -> dict[str, Any]:
@@ -266,8 +279,9 @@ def _draw_panel(axes: Axes, panel: Panel) -> None:
     for series in panel.series:
         marker = "." if len(series.x) <= MARKERS_UP_TO else None
         color = previous.get_color() if series.dashed and previous else None  # None: the next in the cycle
-        (previous,) = axes.plot(series.x, series.y, label=series.label, marker=marker, color=color,
-                                linestyle="--" if series.dashed else "-")
+        (previous,) = axes.plot(
+            series.x, series.y, label=series.label, marker=marker, color=color, linestyle="--" if series.dashed else "-"
+        )
     axes.legend(fontsize="small")
 
 

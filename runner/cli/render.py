@@ -14,13 +14,13 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.base.durations import format_duration
-from runner.observe.monitoring import monitor_document, table_cells
 from runner.jobs.state import Job, JobState
+from runner.observe.monitoring import monitor_document, table_cells
 
 if TYPE_CHECKING:
-    from runner.transfer.fetch import FetchResult
     from runner.hosts import SyncStats
     from runner.pipeline.submit import Submitted
+    from runner.transfer.fetch import FetchResult
 
 STATE_STYLES = {
     JobState.RUNNING: "bold cyan",
@@ -51,7 +51,9 @@ def elapsed_seconds(job: Job) -> float | None:
     return (job.ended_at or time.time()) - job.started_at
 
 
-def job_document(job: Job, unreachable_since: float | None = None, cost: dict[str, Any] | None = None) -> dict[str, Any]:
+def job_document(
+    job: Job, unreachable_since: float | None = None, cost: dict[str, Any] | None = None
+) -> dict[str, Any]:
     elapsed = elapsed_seconds(job)
     return {
         "id": job.id,
@@ -120,8 +122,13 @@ def submit_document(submitted: Submitted) -> dict[str, Any]:
         **job_document(submitted.job),
         "sync": {name: _sync_document(stats) for name, stats in syncs.items() if stats},
         "artifact_syncs": [
-            {"artifact": sync.artifact, "every_seconds": sync.every_s, "dest": str(sync.dest), "pid": sync.pid,
-             "log": str(sync.log)}  # fmt: skip
+            {
+                "artifact": sync.artifact,
+                "every_seconds": sync.every_s,
+                "dest": str(sync.dest),
+                "pid": sync.pid,
+                "log": str(sync.log),
+            }  # fmt: skip
             for sync in submitted.artifact_syncs
         ],
         "preflight": submitted.preflight,  # the dataset check's report; null where the job names no dataset
@@ -200,7 +207,9 @@ def fetch_table(result: FetchResult) -> Table:
     for column in ("FILE", "SIZE", "SHA256", ""):
         table.add_column(column, no_wrap=True)
     for item in result.files:
-        _add_plain_row(table, item.path, human_size(item.size), item.sha256[:16], "copied" if item.copied else "unchanged")
+        _add_plain_row(
+            table, item.path, human_size(item.size), item.sha256[:16], "copied" if item.copied else "unchanged"
+        )
     return table
 
 

@@ -11,8 +11,8 @@ from rich.live import Live
 from rich.text import Text
 
 from runner.cli import render
-from runner.observe.observe import Refreshed
 from runner.jobs.state import JobState
+from runner.observe.observe import Refreshed
 
 
 def status_view(refreshed: Refreshed, with_problems: bool = False) -> RenderableType:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.hosts import JSON_OPTION
 from runner.base.errors import UsageError
+from runner.cli.hosts import JSON_OPTION
 
 
 @click.command()
@@ -22,8 +22,8 @@ def offers(
     """List the vast.ai offers that fit, cheapest first. The API key: VAST_API_KEY, or the file
     vast_api_key in runner's config dir (chmod 600)."""
     from runner.cli import render
-    from runner.provision.vast.api import VastClient, offer_query
     from runner.jobs.spec import Resources
+    from runner.provision.vast.api import VastClient, offer_query
 
     given = {"gpu": gpu, "num_gpus": num_gpus, "max_price": max_price, "min_vram_gb": min_vram, "disk_gb": disk}
     query = offer_query(Resources.model_validate({k: v for k, v in given.items() if v is not None}), image_kind=None)
@@ -44,10 +44,10 @@ def down(job_ref: str | None, orphans: bool, as_json: bool) -> None:
     """Destroy JOB's rented instances (or the orphans) and wait until vast.ai confirms they are gone."""
     from runner.cli import render
     from runner.cli.common import open_store
-    from runner.provision.vast.provisioner import destroy_until_gone
-    from runner.provision.vast.api import VastClient
-    from runner.provision.vast.renting import down as down_job
     from runner.pipeline.rented import orphans as find_orphans
+    from runner.provision.vast.api import VastClient
+    from runner.provision.vast.provisioner import destroy_until_gone
+    from runner.provision.vast.renting import down as down_job
 
     if bool(job_ref) == orphans:
         raise UsageError("name a JOB, or give --orphans")

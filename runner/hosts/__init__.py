@@ -10,9 +10,9 @@ import atexit
 
 from runner.hosts import provisioned
 from runner.hosts.base import CommandResult, Host, SyncStats
+from runner.hosts.hostsfile import HostEntry, host_entry, load_hosts
 from runner.hosts.local import LocalHost
 from runner.hosts.ssh import SshHost
-from runner.hosts.hostsfile import HostEntry, host_entry, load_hosts
 
 __all__ = ["CommandResult", "Host", "LocalHost", "SshHost", "SyncStats", "get_host", "known_host_names"]
 

@@ -13,7 +13,6 @@ from typing import BinaryIO, Protocol, Union
 
 from runner.base.errors import CommandFailed, command_name  # noqa: F401  (re-exported for the hosts)
 
-
 # A command's input: bytes, or an open file that is read from its current position to its end.
 Stdin = Union[bytes, BinaryIO, None]
 
@@ -29,7 +28,7 @@ class CommandResult:
     def text(self) -> str:
         return self.stdout.decode("utf-8", "replace")
 
-    def check(self) -> "CommandResult":
+    def check(self) -> CommandResult:
         if self.returncode != 0:
             raise CommandFailed(self.argv, self.returncode, self.stderr.decode("utf-8", "replace"))
         return self

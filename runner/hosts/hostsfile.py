@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runner import __version__
-
 from runner.base import paths
 from runner.base.atomicfile import write_atomically
 from runner.base.errors import NotFound

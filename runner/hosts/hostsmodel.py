@@ -76,7 +76,9 @@ def add_host(name: str, entry: SshHostEntry) -> None:
     """Add or replace one host, then write the file atomically (a crash leaves the old file whole)."""
     current = validated(hosts_path())
     merged = HostsFile.model_validate({"hosts": {**current.model_dump()["hosts"], name: entry.model_dump()}})
-    document: dict[str, object] = {"hosts": {key: value.model_dump(exclude_defaults=True) for key, value in merged.hosts.items()}}
+    document: dict[str, object] = {
+        "hosts": {key: value.model_dump(exclude_defaults=True) for key, value in merged.hosts.items()}
+    }
     if current.registry is not None:  # the rest of the file is kept as it was
         document["registry"] = current.registry.model_dump(exclude_defaults=True)
     write_atomically(hosts_path(), yaml.safe_dump(document, sort_keys=True).encode(), mode=0o600)

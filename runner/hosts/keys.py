@@ -15,8 +15,8 @@ from pathlib import Path
 
 import paramiko
 
-from runner.base.paths import runner_known_hosts, user_known_hosts
 from runner.base.errors import HostKeyRejected
+from runner.base.paths import runner_known_hosts, user_known_hosts
 
 
 def fingerprint(key: paramiko.PKey) -> str:

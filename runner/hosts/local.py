@@ -17,7 +17,6 @@ from runner.base.errors import NotFound
 from runner.hosts.base import CommandResult, Stdin
 from runner.hosts.feed import StdinFeed
 
-
 CHUNK_BYTES = 4 * 1024 * 1024
 
 

@@ -20,11 +20,11 @@ from typing import BinaryIO
 from runner.base import paths
 from runner.base.atomicfile import write_atomically
 from runner.base.errors import RunnerError
+from runner.base.paths import runner_known_hosts, user_known_hosts
 from runner.hosts.base import Stdin
 from runner.hosts.feed import StdinFeed
 from runner.hosts.hostsfile import HostEntry
 from runner.hosts.target import SSH_TARGET, without_port
-from runner.base.paths import runner_known_hosts, user_known_hosts
 
 SSH_FAILED = 255  # ssh's own exit code: the link or the login failed, not the remote command
 CONTROL_PERSIST_SECONDS = 300  # a status or fetch within 5 minutes of the last one pays no handshake
@@ -61,10 +61,10 @@ def _write_ssh_config(config_dir: Path) -> Path:
     lines = [
         "# Written by runner for the ssh commands it runs; rewritten by each runner process.",
         "Host *",
-        "    BatchMode yes",                        # never stop to ask for a password or passphrase
-        "    StrictHostKeyChecking yes",            # keys are trusted through runner or ssh beforehand, never here
+        "    BatchMode yes",  # never stop to ask for a password or passphrase
+        "    StrictHostKeyChecking yes",  # keys are trusted through runner or ssh beforehand, never here
         f"    UserKnownHostsFile {_quoted(runner_known_hosts())} {_quoted(user_known_hosts())}",
-        "    ServerAliveInterval 15",               # notice a dead link instead of hanging on it
+        "    ServerAliveInterval 15",  # notice a dead link instead of hanging on it
         "    ServerAliveCountMax 4",
         "    ConnectTimeout 15",
         # AES-GCM runs on the CPU's AES instructions: on most machines it moves bulk data faster than
@@ -98,7 +98,9 @@ def control_dir() -> Path:
     return folder
 
 
-def run_openssh(argv: list[str], stdin: Stdin, timeout: float | None, stdout: BinaryIO | None = None) -> tuple[int, bytes, str]:
+def run_openssh(
+    argv: list[str], stdin: Stdin, timeout: float | None, stdout: BinaryIO | None = None
+) -> tuple[int, bytes, str]:
     """Run an ssh command line: (exit code, stdout, stderr); stdout goes to the open file when given.
     stderr goes through a file, not a pipe: a master that stays in the background (ControlPersist)
     keeps the first command's stderr open, and reading a pipe to its end would wait for it to exit."""

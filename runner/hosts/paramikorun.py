@@ -77,9 +77,11 @@ def run_over_paramiko(
         output = _drain(channel, stdout)
         code = channel.recv_exit_status()
         stderr.join()
-    except (socket.timeout, paramiko.SSHException, EOFError, OSError) as error:
+    except (TimeoutError, paramiko.SSHException, EOFError, OSError) as error:
         host.close()
-        raise HostUnreachable(f"host '{host.name}' unreachable: connection lost running {command_name(argv)}: {describe(error)}") from None
+        raise HostUnreachable(
+            f"host '{host.name}' unreachable: connection lost running {command_name(argv)}: {describe(error)}"
+        ) from None
     return CommandResult(list(argv), code, output, stderr.data)
 
 

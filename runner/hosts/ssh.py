@@ -24,7 +24,9 @@ from runner.hosts.sshsession import ParamikoSession
 from runner.hosts.target import without_port
 
 # Writes a file atomically from stdin in one round trip; the path comes as "$1", never inside the script.
-WRITE_FILE_SCRIPT = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1.tmp.$$" && chmod "$2" "$1.tmp.$$" && mv -f -- "$1.tmp.$$" "$1"'
+WRITE_FILE_SCRIPT = (
+    'mkdir -p -- "$(dirname -- "$1")" && cat > "$1.tmp.$$" && chmod "$2" "$1.tmp.$$" && mv -f -- "$1.tmp.$$" "$1"'
+)
 REMOTE_DOCKER_SOCKET = "/var/run/docker.sock"  # where Debian's, Ubuntu's and Docker's own packages put it
 PORTS_TO_TRY = 100
 

@@ -18,8 +18,8 @@ import paramiko
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from runner.base.errors import HostKeyRejected, HostUnreachable, RunnerError
-from runner.hosts.keys import PinNewHost, changed_key_error, load_known_hosts
 from runner.hosts.hostsfile import HostEntry
+from runner.hosts.keys import PinNewHost, changed_key_error, load_known_hosts
 from runner.hosts.target import SSH_TARGET
 
 # paramiko logs every failed attempt with a traceback; runner reports failures itself, in one line.
@@ -96,7 +96,9 @@ def _connect_once(name: str, entry: HostEntry, trust_new: bool) -> fabric.Connec
     for hop in _hops(connection):
         # fabric's default is AutoAddPolicy: any key, silently. Ours verifies, or records when told to.
         load_known_hosts(hop.client)
-        hop.client.set_missing_host_key_policy(PinNewHost(name if hop is connection else f"{name} jump host", trust_new))
+        hop.client.set_missing_host_key_policy(
+            PinNewHost(name if hop is connection else f"{name} jump host", trust_new)
+        )
     try:
         connection.open()
     except BaseException:

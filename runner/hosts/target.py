@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 
 # user@host:port, host:port, user@[v6addr]:port, or a bare alias; no spaces, no leading '-' (no ssh options)
-SSH_TARGET = re.compile(r"^(?:(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.][A-Za-z0-9_.-]*)(?::(?P<port>[0-9]{1,5}))?$")
+SSH_TARGET = re.compile(
+    r"^(?:(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.][A-Za-z0-9_.-]*)(?::(?P<port>[0-9]{1,5}))?$"
+)
 
 
 def without_port(target: str) -> str:

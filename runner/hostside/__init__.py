@@ -7,8 +7,23 @@ import functools
 import hashlib
 from importlib import resources
 
-FILES = ("agent.py", "hostfiles.py", "transfer.py", "monitor.py", "progress.py", "gpus.py", "alerts.py", "window.sh",
-         "datacheck.py", "splitscan.py", "labelfile.py", "imageheader.py", "fanout.py", "gpuident.py", "agentdirs.py")
+FILES = (
+    "agent.py",
+    "hostfiles.py",
+    "transfer.py",
+    "monitor.py",
+    "progress.py",
+    "gpus.py",
+    "alerts.py",
+    "window.sh",
+    "datacheck.py",
+    "splitscan.py",
+    "labelfile.py",
+    "imageheader.py",
+    "fanout.py",
+    "gpuident.py",
+    "agentdirs.py",
+)
 
 
 def read(name: str) -> bytes:

@@ -88,13 +88,19 @@ def tmux_sessions():
     try:
         done = subprocess.run(
             ["tmux", "list-sessions", "-F", "#{session_name}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False, timeout=30,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            check=False,
+            timeout=30,
         )
     except (OSError, subprocess.SubprocessError):
         return None
     if done.returncode == 0:
         return set(done.stdout.split())
-    no_server = "no server running" in done.stderr or ("error connecting" in done.stderr and "No such file" in done.stderr)
+    no_server = "no server running" in done.stderr or (
+        "error connecting" in done.stderr and "No such file" in done.stderr
+    )
     return set() if no_server else None
 
 
@@ -223,8 +229,15 @@ def _output(argv):
     """What argv printed, or "" when it is missing or failed (a broken driver is "no GPU" here)."""
     try:
         # Replaced, not refused: a stray byte in a tool's output (a `°C`, a locale of ASCII) must not end the agent.
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, encoding="utf-8",
-                              errors="replace", timeout=20, check=False)
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            encoding="utf-8",
+            errors="replace",
+            timeout=20,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return done.stdout if done.returncode == 0 else ""
@@ -291,8 +304,21 @@ def main(argv):
         sys.stderr.write(__doc__)
         return 2
     command, args = argv[1], argv[2:]
-    needed = {"monitor": 1, "snapshot": 1, "manifest": 1, "send": 3, "kill": 1, "facts": 1, "tree": 1, "part-size": 3, "receive": 6, "receive-batch": 1, "remove-parts": 1,
-              "plotdata": 1, "datacheck": 1}
+    needed = {
+        "monitor": 1,
+        "snapshot": 1,
+        "manifest": 1,
+        "send": 3,
+        "kill": 1,
+        "facts": 1,
+        "tree": 1,
+        "part-size": 3,
+        "receive": 6,
+        "receive-batch": 1,
+        "remove-parts": 1,
+        "plotdata": 1,
+        "datacheck": 1,
+    }
     if len(args) < needed.get(command, 0):
         sys.stderr.write("agent: %s needs %d arguments\n" % (command, needed[command]))
         return 2

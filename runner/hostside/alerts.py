@@ -9,8 +9,10 @@ corrupt_labels, gpu_hot, disk_full.
 import re
 
 ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-OUT_OF_MEMORY = re.compile(r"torch\.(?:cuda\.)?OutOfMemoryError|CUDA out of memory|HIP out of memory"
-                           r"|hipErrorOutOfMemory")
+OUT_OF_MEMORY = re.compile(
+    r"torch\.(?:cuda\.)?OutOfMemoryError|CUDA out of memory|HIP out of memory"
+    r"|hipErrorOutOfMemory"
+)
 HIP = re.compile(r"HIP out of memory|hipError")
 # A training progress row: `  1/100   2.37G   nan   nan ...   16   640: 100%|...` (ultralytics, YOLOv7).
 PROGRESS_ROW = re.compile(r"^\s*\d+/\d+\s+\S+((?:\s+\S+)+?)\s*:\s")
@@ -51,9 +53,17 @@ def gpu_too_hot(gpus, limits=None):
         for sensor, limit in sorted(limits.items()):
             value = gpu.get(sensor)
             if value is not None and value >= limit:
-                found.append({"kind": "gpu_hot", "gpu": gpu.get("index"), "sensor": sensor, "value_c": value,
-                              "limit_c": limit, "message": "GPU %s %s sensor at %.0f °C (limit %.0f °C)" % (
-                                  gpu.get("index"), sensor[5:-2], value, limit)})
+                found.append(
+                    {
+                        "kind": "gpu_hot",
+                        "gpu": gpu.get("index"),
+                        "sensor": sensor,
+                        "value_c": value,
+                        "limit_c": limit,
+                        "message": "GPU %s %s sensor at %.0f °C (limit %.0f °C)"
+                        % (gpu.get("index"), sensor[5:-2], value, limit),
+                    }
+                )
     return found
 
 
@@ -61,10 +71,16 @@ def disk_almost_full(free_bytes, total_bytes, min_free_fraction=0.05):
     """[disk_full alert] when less than min_free_fraction of the disk is free, else []."""
     if not total_bytes or free_bytes is None or free_bytes >= total_bytes * min_free_fraction:
         return []
-    gib = 1024.0 ** 3
-    return [{"kind": "disk_full", "free_bytes": free_bytes, "total_bytes": total_bytes,
-             "message": "disk almost full: %.1f GiB free of %.1f GiB (%.1f%%)" % (
-                 free_bytes / gib, total_bytes / gib, 100.0 * free_bytes / total_bytes)}]
+    gib = 1024.0**3
+    return [
+        {
+            "kind": "disk_full",
+            "free_bytes": free_bytes,
+            "total_bytes": total_bytes,
+            "message": "disk almost full: %.1f GiB free of %.1f GiB (%.1f%%)"
+            % (free_bytes / gib, total_bytes / gib, 100.0 * free_bytes / total_bytes),
+        }
+    ]
 
 
 def _visible_lines(text):
@@ -84,9 +100,13 @@ def _gpu_unsupported(lines):
     for number, line in enumerate(lines):
         match = UNSUPPORTED_GPU.search(line)
         if match:
-            supported = SUPPORTED_ARCHS.search(" ".join(lines[number + 1:number + 2]))
-            return {"kind": "gpu_unsupported", "arch": match.group(1),
-                    "supported": supported.group(1).split() if supported else None, "message": line.strip()}
+            supported = SUPPORTED_ARCHS.search(" ".join(lines[number + 1 : number + 2]))
+            return {
+                "kind": "gpu_unsupported",
+                "arch": match.group(1),
+                "supported": supported.group(1).split() if supported else None,
+                "message": line.strip(),
+            }
     return None
 
 
@@ -94,8 +114,11 @@ def _corrupt_labels(lines):
     reasons = [match.group(1).strip() for match in (CORRUPT_LABEL.search(line) for line in lines) if match]
     if not reasons:
         return None
-    return {"kind": "corrupt_labels", "count": len(reasons),
-            "message": "%d images ignored for corrupt labels, first: %s" % (len(reasons), reasons[0])}
+    return {
+        "kind": "corrupt_labels",
+        "count": len(reasons),
+        "message": "%d images ignored for corrupt labels, first: %s" % (len(reasons), reasons[0]),
+    }
 
 
 def _nan_loss(lines, losses):
@@ -130,8 +153,12 @@ def _final_traceback(lines):
     end = next((n for n in range(start + 1, len(lines)) if not lines[n][:1].isspace()), None)
     if end is None or len(lines) - 1 - end > TRACEBACK_MAX_LINES_AFTER or not EXCEPTION_LINE.match(lines[end]):
         return None
-    if any(PROGRESS_ROW.match(line) for line in lines[end + 1:]):
+    if any(PROGRESS_ROW.match(line) for line in lines[end + 1 :]):
         return None  # training went on past it
     exception = lines[end].strip()
-    return {"kind": "traceback", "exception": exception.split(":", 1)[0],
-            "lines": lines[max(start, end + 1 - TRACEBACK_LINES):end + 1], "message": exception[:500]}
+    return {
+        "kind": "traceback",
+        "exception": exception.split(":", 1)[0],
+        "lines": lines[max(start, end + 1 - TRACEBACK_LINES) : end + 1],
+        "message": exception[:500],
+    }

@@ -45,8 +45,9 @@ def check(description, workdir, relocations=(), workers=None):
     roots = dataset_roots(description, locator)
     label_dirs_seen = set()  # splits may share label folders: each is searched for orphans once
     for split, entries in description["splits"].items():
-        report["splits"][split] = _check_split(split, entries, roots, description, nc, locator,
-                                               label_dirs_seen, workers)
+        report["splits"][split] = _check_split(
+            split, entries, roots, description, nc, locator, label_dirs_seen, workers
+        )
     report["problems"] = dataset_problems.problem_report(_severity)
     _summarise(report)
     report["seconds"] = round(time.monotonic() - started, 3)
@@ -74,11 +75,13 @@ def _check_classes(description, nc, tally):
     names, declared = description.get("names"), description.get("nc")
     yaml, lines = description["yaml"], description.get("lines", {})
     if names and declared is not None and int(declared) != len(names):
-        tally.add_shown("nc_names_mismatch", yaml, lines.get("nc"),
-                        "nc: %s but names lists %d classes" % (declared, len(names)))
+        tally.add_shown(
+            "nc_names_mismatch", yaml, lines.get("nc"), "nc: %s but names lists %d classes" % (declared, len(names))
+        )
     if nc <= 0:
-        tally.add_shown("no_classes", yaml, lines.get("names") or lines.get("nc"),
-                        "neither names nor nc gives any class")
+        tally.add_shown(
+            "no_classes", yaml, lines.get("names") or lines.get("nc"), "neither names nor nc gives any class"
+        )
 
 
 def _check_split(split, entries, roots, description, nc, locator, label_dirs_seen, workers):
@@ -90,18 +93,27 @@ def _check_split(split, entries, roots, description, nc, locator, label_dirs_see
         found = _resolve_entry(entry, roots, locator)
         if found is None:
             tried = ", ".join(locator.shown(os.path.normpath(os.path.join(root, entry))) for root in roots)
-            tally.add_shown("split_missing", description["yaml"], lines.get(split),
-                            "%s: %r is not there (looked for %s)" % (split, entry, tried))
+            tally.add_shown(
+                "split_missing",
+                description["yaml"],
+                lines.get(split),
+                "%s: %r is not there (looked for %s)" % (split, entry, tried),
+            )
             continue
         sources.append(locator.shown(found))
         images.add_entry(found, locator, tally)
     check_images(images, tally, description.get("kpt_shape"), label_dirs_seen, workers)
     if not images.count and sources:
-        tally.add_shown("no_images", description["yaml"], lines.get(split),
-                        "%s: no images in %s" % (split, ", ".join(sources)))
+        tally.add_shown(
+            "no_images", description["yaml"], lines.get(split), "%s: no images in %s" % (split, ", ".join(sources))
+        )
     elif images.count and tally.labels == 0:
-        tally.add_shown("no_labels", description["yaml"], lines.get(split),
-                        "%s: none of its %d images has a label file" % (split, images.count))
+        tally.add_shown(
+            "no_labels",
+            description["yaml"],
+            lines.get(split),
+            "%s: none of its %d images has a label file" % (split, images.count),
+        )
     severity = _severity if split in REQUIRED_SPLITS else _optional_split_severity
     return dict(tally.counts(), sources=sources, problems=tally.problem_report(severity))
 

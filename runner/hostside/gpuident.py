@@ -19,13 +19,22 @@ NVIDIA_QUERY_FIELDS = ("index", "name", "compute_cap", "driver_version", "memory
 
 # APUs share system memory: a small carve-out, slow, and often unsupported by ROCm builds. They are known by
 # their gfx target where rocminfo names it.
-APU_GFX = frozenset(["gfx902", "gfx909", "gfx90c", "gfx1035", "gfx1036", "gfx1037", "gfx1103", "gfx1150", "gfx1151",
-                     "gfx1152"])
+APU_GFX = frozenset(
+    ["gfx902", "gfx909", "gfx90c", "gfx1035", "gfx1036", "gfx1037", "gfx1103", "gfx1150", "gfx1151", "gfx1152"]
+)
 # rocm-smi's concise table names no gfx target, only the PCI device id (DID): without rocminfo, that id is all
 # there is to tell a Ryzen iGPU from a card.
 APU_DEVICE_IDS = {
-    "0x15dd": "Raven", "0x15d8": "Picasso", "0x1636": "Renoir", "0x1638": "Cezanne", "0x164c": "Lucienne",
-    "0x1681": "Rembrandt", "0x164e": "Raphael", "0x1506": "Mendocino", "0x15bf": "Phoenix", "0x15c8": "Phoenix",
+    "0x15dd": "Raven",
+    "0x15d8": "Picasso",
+    "0x1636": "Renoir",
+    "0x1638": "Cezanne",
+    "0x164c": "Lucienne",
+    "0x1681": "Rembrandt",
+    "0x164e": "Raphael",
+    "0x1506": "Mendocino",
+    "0x15bf": "Phoenix",
+    "0x15c8": "Phoenix",
     "0x150e": "Strix",
 }
 GFX_TARGET = re.compile(r"^gfx[0-9a-f]+$")
@@ -40,8 +49,11 @@ SHORT_NAME_PREFIXES = ("NVIDIA GeForce ", "NVIDIA ", "AMD Radeon ")
 def tool_argvs():
     """What the agent runs, keyed as identify() takes the outputs."""
     return {
-        "nvidia-smi-query": ["nvidia-smi", "--query-gpu=" + ",".join(NVIDIA_QUERY_FIELDS),
-                             "--format=csv,noheader,nounits"],
+        "nvidia-smi-query": [
+            "nvidia-smi",
+            "--query-gpu=" + ",".join(NVIDIA_QUERY_FIELDS),
+            "--format=csv,noheader,nounits",
+        ],
         "nvidia-smi": ["nvidia-smi"],
         "rocminfo": ["rocminfo"],
         # --showid adds the device id, the only sign of an iGPU when rocminfo is missing.
@@ -52,7 +64,8 @@ def tool_argvs():
 def identify(outputs):
     """Every GPU the outputs show: NVIDIA ones first, then AMD ones, each in the tools' own order."""
     return _nvidia(outputs.get("nvidia-smi-query"), outputs.get("nvidia-smi")) + _amd(
-        outputs.get("rocminfo"), outputs.get("rocm-smi"))
+        outputs.get("rocminfo"), outputs.get("rocm-smi")
+    )
 
 
 def pick(found):
@@ -90,15 +103,22 @@ def _nvidia_from_query(text):
 
 def _nvidia_identity(cells, position):
     index = gpus._integer(cells.get("index"), position)
-    return _identity("nvidia", index, gpus._text(cells.get("name")) or "NVIDIA GPU %d" % index,
-                     compute_cap=gpus._text(cells.get("compute_cap")), driver=gpus._text(cells.get("driver_version")),
-                     vram_mib=gpus._integer(cells.get("memory.total")))
+    return _identity(
+        "nvidia",
+        index,
+        gpus._text(cells.get("name")) or "NVIDIA GPU %d" % index,
+        compute_cap=gpus._text(cells.get("compute_cap")),
+        driver=gpus._text(cells.get("driver_version")),
+        vram_mib=gpus._integer(cells.get("memory.total")),
+    )
 
 
 def _nvidia_from_table(text):
     driver = gpus.nvidia_smi_versions(text)["driver"]
-    return [_identity("nvidia", gpu["index"], gpu["name"], driver=driver, vram_mib=gpus._integer(gpu["vram_total_mib"]))
-            for gpu in gpus.parse_nvidia_smi_table(text)["gpus"]]
+    return [
+        _identity("nvidia", gpu["index"], gpu["name"], driver=driver, vram_mib=gpus._integer(gpu["vram_total_mib"]))
+        for gpu in gpus.parse_nvidia_smi_table(text)["gpus"]
+    ]
 
 
 def _amd(rocminfo, rocm_smi):
@@ -137,8 +157,10 @@ def _rocm_smi_devices(text):
     if isinstance(document, dict):
         return _rocm_smi_json_devices(text, document)
     device_ids = dict(match.groups() for match in map(CONCISE_DEVICE_ID.match, (text or "").splitlines()) if match)
-    return [{"index": gpu["index"], "device_id": device_ids.get(str(gpu["index"]))}
-            for gpu in sorted(gpus.parse_rocm_smi_concise(text)["gpus"], key=lambda gpu: gpu["index"] or 0)]
+    return [
+        {"index": gpu["index"], "device_id": device_ids.get(str(gpu["index"]))}
+        for gpu in sorted(gpus.parse_rocm_smi_concise(text)["gpus"], key=lambda gpu: gpu["index"] or 0)
+    ]
 
 
 def _rocm_smi_json_devices(text, document):
@@ -148,9 +170,16 @@ def _rocm_smi_json_devices(text, document):
     for gpu in gpus.parse_rocm_smi_json(text)["gpus"]:
         values = _lowered(document.get("card%d" % gpu["index"]))
         gfx = gpus._text(values.get("gfx version"))
-        devices.append({"index": gpu["index"], "name": gpu["name"], "vram_mib": gpus._integer(gpu["vram_total_mib"]),
-                        "device_id": gpus._text(values.get("device id") or values.get("gpu id")),
-                        "gfx": gfx if gfx and GFX_TARGET.match(gfx) else None, "driver": driver})
+        devices.append(
+            {
+                "index": gpu["index"],
+                "name": gpu["name"],
+                "vram_mib": gpus._integer(gpu["vram_total_mib"]),
+                "device_id": gpus._text(values.get("device id") or values.get("gpu id")),
+                "gfx": gfx if gfx and GFX_TARGET.match(gfx) else None,
+                "driver": driver,
+            }
+        )
     return devices
 
 
@@ -160,9 +189,15 @@ def _amd_identity(agent, device, position):
     device_id = (agent.get("chip_id") or device.get("device_id") or "").lower() or None
     index = device.get("index")
     vram_mib = device.get("vram_mib") or agent.get("vram_mib")  # rocm-smi counts bytes; rocminfo rounds to KB
-    return _identity("amd", index if index is not None else position, _amd_name(agent, device, gfx, device_id),
-                     gfx=gfx, driver=device.get("driver"), vram_mib=vram_mib,
-                     integrated=gfx in APU_GFX or device_id in APU_DEVICE_IDS)
+    return _identity(
+        "amd",
+        index if index is not None else position,
+        _amd_name(agent, device, gfx, device_id),
+        gfx=gfx,
+        driver=device.get("driver"),
+        vram_mib=vram_mib,
+        integrated=gfx in APU_GFX or device_id in APU_DEVICE_IDS,
+    )
 
 
 def _amd_name(agent, device, gfx, device_id):
@@ -175,8 +210,16 @@ def _amd_name(agent, device, gfx, device_id):
 
 
 def _identity(vendor, index, name, gfx=None, compute_cap=None, driver=None, vram_mib=None, integrated=False):
-    return {"vendor": vendor, "index": index, "name": name, "gfx": gfx, "compute_cap": compute_cap, "driver": driver,
-            "vram_mib": vram_mib, "integrated": bool(integrated)}
+    return {
+        "vendor": vendor,
+        "index": index,
+        "name": name,
+        "gfx": gfx,
+        "compute_cap": compute_cap,
+        "driver": driver,
+        "vram_mib": vram_mib,
+        "integrated": bool(integrated),
+    }
 
 
 def _lowered(values):
@@ -211,10 +254,10 @@ def _label(gpu):
 
 
 def _short_name(gpu):
-    """"NVIDIA GeForce RTX 5090" reads as "RTX 5090"; "AMD Radeon Graphics" keeps its maker."""
+    """ "NVIDIA GeForce RTX 5090" reads as "RTX 5090"; "AMD Radeon Graphics" keeps its maker."""
     name = gpu["name"] or "GPU %s" % gpu["index"]
     for prefix in SHORT_NAME_PREFIXES:
-        rest = name[len(prefix):]
+        rest = name[len(prefix) :]
         if name.startswith(prefix) and re.search(r"\d", rest):
             return rest
     return name

@@ -10,33 +10,83 @@ Readers never raise on odd text: a sick driver must not take the agent down with
 import json
 import re
 
-GPU_KEYS = ("index", "name", "util_pct", "vram_used_mib", "vram_total_mib", "temp_edge_c", "temp_junction_c",
-            "temp_mem_c", "power_w", "fan_pct", "clock_sm_mhz", "clock_mem_mhz")
+GPU_KEYS = (
+    "index",
+    "name",
+    "util_pct",
+    "vram_used_mib",
+    "vram_total_mib",
+    "temp_edge_c",
+    "temp_junction_c",
+    "temp_mem_c",
+    "power_w",
+    "fan_pct",
+    "clock_sm_mhz",
+    "clock_mem_mhz",
+)
 
 # Fields that every driver since at least 440 accepts: one unknown field fails the whole query, so newer
 # names (clocks_event_reasons.*, power.draw.instant) stay out. The header is kept (no `noheader`): the
 # output then names its own columns and cannot be read in the wrong order.
-NVIDIA_QUERY_FIELDS = ("index", "name", "utilization.gpu", "memory.used", "memory.total", "temperature.gpu",
-                       "temperature.memory", "power.draw", "fan.speed", "clocks.current.sm", "clocks.current.memory")
+NVIDIA_QUERY_FIELDS = (
+    "index",
+    "name",
+    "utilization.gpu",
+    "memory.used",
+    "memory.total",
+    "temperature.gpu",
+    "temperature.memory",
+    "power.draw",
+    "fan.speed",
+    "clocks.current.sm",
+    "clocks.current.memory",
+)
 # temperature.gpu is the die sensor NVIDIA reports; it fills temp_edge_c (nvidia-smi has no junction reading).
 NVIDIA_FIELD_KEYS = {
-    "index": "index", "name": "name", "utilization.gpu": "util_pct", "memory.used": "vram_used_mib",
-    "memory.total": "vram_total_mib", "temperature.gpu": "temp_edge_c", "temperature.memory": "temp_mem_c",
-    "power.draw": "power_w", "fan.speed": "fan_pct", "clocks.current.sm": "clock_sm_mhz", "clocks.sm": "clock_sm_mhz",
-    "clocks.current.memory": "clock_mem_mhz", "clocks.mem": "clock_mem_mhz",
+    "index": "index",
+    "name": "name",
+    "utilization.gpu": "util_pct",
+    "memory.used": "vram_used_mib",
+    "memory.total": "vram_total_mib",
+    "temperature.gpu": "temp_edge_c",
+    "temperature.memory": "temp_mem_c",
+    "power.draw": "power_w",
+    "fan.speed": "fan_pct",
+    "clocks.current.sm": "clock_sm_mhz",
+    "clocks.sm": "clock_sm_mhz",
+    "clocks.current.memory": "clock_mem_mhz",
+    "clocks.mem": "clock_mem_mhz",
 }
 # Read only where the preferred field was not queried (GeForce cards run the SM and graphics clocks together).
-NVIDIA_FALLBACK_KEYS = {"clocks.current.graphics": "clock_sm_mhz", "clocks.gr": "clock_sm_mhz",
-                        "power.draw.average": "power_w", "power.draw.instant": "power_w"}
+NVIDIA_FALLBACK_KEYS = {
+    "clocks.current.graphics": "clock_sm_mhz",
+    "clocks.gr": "clock_sm_mhz",
+    "power.draw.average": "power_w",
+    "power.draw.instant": "power_w",
+}
 
 # ROCm 5.x rocm-smi takes each --show flag with --json; `-a` would also run slow or failing probes (pcie
 # bandwidth, firmware) on old cards, and its output changes more between releases.
-ROCM_SMI_ARGV = ("rocm-smi", "--showuse", "--showmemuse", "--showmeminfo", "vram", "--showtemp", "--showpower",
-                 "--showfan", "--showclocks", "--showproductname", "--json")
+ROCM_SMI_ARGV = (
+    "rocm-smi",
+    "--showuse",
+    "--showmemuse",
+    "--showmeminfo",
+    "vram",
+    "--showtemp",
+    "--showpower",
+    "--showfan",
+    "--showclocks",
+    "--showproductname",
+    "--json",
+)
 AMD_SMI_ARGV = ("amd-smi", "metric", "--json")  # ROCm 6+; `static` would add names but costs another second
 
-FAILURE = re.compile(r"NVIDIA-SMI has failed|Failed to initialize NVML|No devices were found|NVML Shared Library"
-                     r"|Driver not initialized|amdgpu not found|AMDSMI_STATUS|amdsmi_cli_exceptions", re.IGNORECASE)
+FAILURE = re.compile(
+    r"NVIDIA-SMI has failed|Failed to initialize NVML|No devices were found|NVML Shared Library"
+    r"|Driver not initialized|amdgpu not found|AMDSMI_STATUS|amdsmi_cli_exceptions",
+    re.IGNORECASE,
+)
 NUMBER = re.compile(r"^[-+]?\d+(?:\.\d+)?")
 UNIT = re.compile(r"\s*\[[^\]]*\]\s*$")
 HEADER_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")  # data rows always hold a number or a spaced name
@@ -45,11 +95,25 @@ NVIDIA_TABLE_STATE = re.compile(r"^\|\s*(\S+)\s+(\S+)\s+\S+\s+(\S+)\s*/\s*\S+\s*
 NVIDIA_DRIVER = re.compile(r"(?:Driver|KMD) Version:\s*(\S+)")
 NVIDIA_CUDA = re.compile(r"CUDA (?:UMD )?Version:\s*(\S+)")
 ROCM_TEMPERATURE = re.compile(r"temperature \(sensor (edge|junction|hotspot|mem|memory)\)")
-ROCM_TEMPERATURE_KEYS = {"edge": "temp_edge_c", "junction": "temp_junction_c", "hotspot": "temp_junction_c",
-                         "mem": "temp_mem_c", "memory": "temp_mem_c"}
+ROCM_TEMPERATURE_KEYS = {
+    "edge": "temp_edge_c",
+    "junction": "temp_junction_c",
+    "hotspot": "temp_junction_c",
+    "mem": "temp_mem_c",
+    "memory": "temp_mem_c",
+}
 CONCISE_CELL_GAP = re.compile(r"(?<![,\s])\s+")  # `0x73df,   45052` and `N/A, N/A, 0` stay one cell each
-CONCISE_COLUMNS = {"device": "index", "gpu": "index", "temp": "temp_edge_c", "power": "power_w", "avgpwr": "power_w",
-                   "sclk": "clock_sm_mhz", "mclk": "clock_mem_mhz", "fan": "fan_pct", "gpu%": "util_pct"}
+CONCISE_COLUMNS = {
+    "device": "index",
+    "gpu": "index",
+    "temp": "temp_edge_c",
+    "power": "power_w",
+    "avgpwr": "power_w",
+    "sclk": "clock_sm_mhz",
+    "mclk": "clock_mem_mhz",
+    "fan": "fan_pct",
+    "gpu%": "util_pct",
+}
 MIB = 1024.0 * 1024.0
 JSON_LINE = re.compile(r"^[ \t]*([\[{])", re.MULTILINE)
 JSON_ATTEMPTS = 5
@@ -98,8 +162,14 @@ def parse_nvidia_smi_table(text):
         if state:
             gpu = _new_gpu(int(name.group(1)), name.group(2))
             fan, temperature, power, used, total, util = state.groups()
-            gpu.update(fan_pct=_number(fan), temp_edge_c=_number(temperature), power_w=_number(power),
-                       vram_used_mib=_number(used), vram_total_mib=_number(total), util_pct=_number(util))
+            gpu.update(
+                fan_pct=_number(fan),
+                temp_edge_c=_number(temperature),
+                power_w=_number(power),
+                vram_used_mib=_number(used),
+                vram_total_mib=_number(total),
+                util_pct=_number(util),
+            )
             gpus.append(gpu)
     return _reading("nvidia-smi", text, gpus)
 
@@ -114,7 +184,7 @@ def parse_rocm_smi_json(text):
     """`rocm-smi ... --json` from ROCm 5.x and the older compact form; values are strings, sensors may be absent."""
     document = _json_in(text, "{")
     gpus = []
-    for card, values in (document.items() if isinstance(document, dict) else ()):
+    for card, values in document.items() if isinstance(document, dict) else ():
         if _card_number(card) is not None and isinstance(values, dict):  # "system" holds the driver version
             gpus.append(_rocm_gpu(_card_number(card), values))
     return _reading("rocm-smi", text, sorted(gpus, key=lambda gpu: gpu["index"]))
@@ -126,9 +196,9 @@ def parse_rocm_smi_concise(text):
     header = next((number for number, line in enumerate(lines) if re.match(r"^(Device|GPU)\s+.*Temp", line)), None)
     gpus = []
     if header is not None:
-        qualifiers = " ".join(lines[header:header + 2])
+        qualifiers = " ".join(lines[header : header + 2])
         columns = re.sub(r"\([^)]*\)", " ", lines[header]).lower().split()
-        for line in lines[header + 1:]:
+        for line in lines[header + 1 :]:
             cells = CONCISE_CELL_GAP.split(line.strip())
             if re.match(r"^\d+\s", line) and len(cells) == len(columns):
                 gpus.append(_concise_gpu(dict(zip(columns, cells)), "Junction" in qualifiers))
@@ -154,8 +224,14 @@ def parse_rocminfo(text):
         fields = dict(re.findall(r"^  (\S[^:\n]*?):\s*(.*?)\s*$", block, re.MULTILINE))  # the agent's own lines
         if fields.get("Device Type") == "GPU":
             chip = re.search(r"\((0x[0-9a-fA-F]+)\)", fields.get("Chip ID", ""))
-            agents.append({"gfx": fields.get("Name"), "name": fields.get("Marketing Name"),
-                           "compute_units": _integer(fields.get("Compute Unit")), "chip_id": chip and chip.group(1)})
+            agents.append(
+                {
+                    "gfx": fields.get("Name"),
+                    "name": fields.get("Marketing Name"),
+                    "compute_units": _integer(fields.get("Compute Unit")),
+                    "chip_id": chip and chip.group(1),
+                }
+            )
     return agents
 
 
@@ -215,11 +291,18 @@ def _amd_smi_gpu(item, position):
 
     market_name = item.get("asic", {}).get("market_name") if isinstance(item.get("asic"), dict) else None
     gpu = _new_gpu(_integer(item.get("gpu"), position), _text(market_name))
-    gpu.update(util_pct=reading("usage", "gfx_activity"), vram_used_mib=reading("mem_usage", "used_vram"),
-               vram_total_mib=reading("mem_usage", "total_vram"), temp_edge_c=reading("temperature", "edge"),
-               temp_junction_c=reading("temperature", "hotspot"), temp_mem_c=reading("temperature", "mem"),
-               power_w=reading("power", "socket_power"), fan_pct=reading("fan", "usage"),
-               clock_sm_mhz=reading("clock", "gfx_0", "clk"), clock_mem_mhz=reading("clock", "mem_0", "clk"))
+    gpu.update(
+        util_pct=reading("usage", "gfx_activity"),
+        vram_used_mib=reading("mem_usage", "used_vram"),
+        vram_total_mib=reading("mem_usage", "total_vram"),
+        temp_edge_c=reading("temperature", "edge"),
+        temp_junction_c=reading("temperature", "hotspot"),
+        temp_mem_c=reading("temperature", "mem"),
+        power_w=reading("power", "socket_power"),
+        fan_pct=reading("fan", "usage"),
+        clock_sm_mhz=reading("clock", "gfx_0", "clk"),
+        clock_mem_mhz=reading("clock", "mem_0", "clk"),
+    )
     return gpu
 
 

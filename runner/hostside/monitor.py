@@ -19,9 +19,14 @@ from .hostfiles import PROTOCOL, read_int, read_json, read_tail
 
 RESULTS_RESCAN_S = 60  # finding the results file walks runs/: not at every snapshot
 PREHASH_EVERY_S = 60  # new checkpoints are hashed ahead of a fetch this often...
-PREHASH_BUDGET_BYTES = 4 * 1024 ** 3  # ...and at most this much per turn (a few seconds of one core)
+PREHASH_BUDGET_BYTES = 4 * 1024**3  # ...and at most this much per turn (a few seconds of one core)
 GPU_TOOL_TIMEOUT_S = 10
-DEFAULT_SETTINGS = {"interval": 10.0, "stalled_after": 900.0, "gpu_temp_limits": {}, "min_free_disk": 0.05}  # the job file's `monitor`
+DEFAULT_SETTINGS = {
+    "interval": 10.0,
+    "stalled_after": 900.0,
+    "gpu_temp_limits": {},
+    "min_free_disk": 0.05,
+}  # the job file's `monitor`
 GPU_TOOLS = (  # (program, argv, parser): the first one present is used
     ("nvidia-smi", gpus.nvidia_smi_argv, gpus.parse_nvidia_smi_csv),
     ("amd-smi", gpus.amd_smi_argv, gpus.parse_amd_smi_json),
@@ -63,6 +68,7 @@ class Monitor(object):
             return
         self.prehashed_at = now
         from .transfer import prehash  # here: only a job with artifacts needs the transfer code
+
         prehash(os.path.join(self.job_dir, "work"), self.artifact_globs, PREHASH_BUDGET_BYTES)
 
     def _results(self, now):
@@ -77,16 +83,26 @@ class Monitor(object):
             return None
         parse = progress.parse_results_csv if self.results_path.endswith(".csv") else progress.parse_results_txt
         summary = parse(text)
-        return {"file": os.path.relpath(self.results_path, os.path.join(self.job_dir, "work")),
-                "epochs_done": len(summary["rows"]), "latest": summary["latest"], "best": summary["best"]}
+        return {
+            "file": os.path.relpath(self.results_path, os.path.join(self.job_dir, "work")),
+            "epochs_done": len(summary["rows"]),
+            "latest": summary["latest"],
+            "best": summary["best"],
+        }
 
     def _gpus(self):
         if self.gpu_tool is None:
             return {"tool": None, "gpus": [], "error": None}
         program, argv, parse = self.gpu_tool
         try:
-            done = subprocess.run(argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  universal_newlines=True, timeout=GPU_TOOL_TIMEOUT_S, check=False)
+            done = subprocess.run(
+                argv(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                universal_newlines=True,
+                timeout=GPU_TOOL_TIMEOUT_S,
+                check=False,
+            )
         except (OSError, subprocess.SubprocessError) as error:
             return {"tool": program, "gpus": [], "error": "tool present but failed: %s" % error}
         return parse(done.stdout)
@@ -104,15 +120,27 @@ class Monitor(object):
         found = alerts.log_alerts(tail, snapshot["progress"].get("losses"))
         found += alerts.gpu_too_hot(snapshot["gpus"]["gpus"], _limits(self.settings["gpu_temp_limits"]))
         system = snapshot["system"]
-        found += alerts.disk_almost_full(system["disk_free_bytes"], system["disk_total_bytes"],
-                                         self.settings["min_free_disk"])
+        found += alerts.disk_almost_full(
+            system["disk_free_bytes"], system["disk_total_bytes"], self.settings["min_free_disk"]
+        )
         quiet_s = now - snapshot["log_grew_at"]
         if snapshot["exit_code"] is None and quiet_s >= self.settings["stalled_after"]:
-            found.append({"kind": "stalled", "quiet_s": round(quiet_s),
-                          "message": "no output for %s (limit %s)" % (_duration(quiet_s), _duration(self.settings["stalled_after"]))})
+            found.append(
+                {
+                    "kind": "stalled",
+                    "quiet_s": round(quiet_s),
+                    "message": "no output for %s (limit %s)"
+                    % (_duration(quiet_s), _duration(self.settings["stalled_after"])),
+                }
+            )
         if snapshot["exit_code"] not in (None, 0):
-            found.append({"kind": "exited", "exit_code": snapshot["exit_code"],
-                          "message": "the training exited with code %d" % snapshot["exit_code"]})
+            found.append(
+                {
+                    "kind": "exited",
+                    "exit_code": snapshot["exit_code"],
+                    "message": "the training exited with code %d" % snapshot["exit_code"],
+                }
+            )
         return found
 
 
@@ -148,12 +176,30 @@ def telemetry_line(snapshot):
     got = snapshot["progress"]
     return {
         "protocol": PROTOCOL,
-        "t": round(snapshot["updated_at"], 1), "epoch": got.get("epoch"), "epochs": got.get("epochs"),
-        "batch": got.get("batch"), "rate_its": got.get("rate_its"), "losses": got.get("losses"),
-        "load1": snapshot["system"]["load1"], "mem_used_mib": snapshot["system"]["mem_used_mib"],
-        "gpus": [{key: gpu.get(key) for key in ("index", "util_pct", "vram_used_mib", "vram_total_mib", "temp_edge_c",
-                                                 "temp_junction_c", "temp_mem_c", "power_w")}
-                 for gpu in snapshot["gpus"]["gpus"]],
+        "t": round(snapshot["updated_at"], 1),
+        "epoch": got.get("epoch"),
+        "epochs": got.get("epochs"),
+        "batch": got.get("batch"),
+        "rate_its": got.get("rate_its"),
+        "losses": got.get("losses"),
+        "load1": snapshot["system"]["load1"],
+        "mem_used_mib": snapshot["system"]["mem_used_mib"],
+        "gpus": [
+            {
+                key: gpu.get(key)
+                for key in (
+                    "index",
+                    "util_pct",
+                    "vram_used_mib",
+                    "vram_total_mib",
+                    "temp_edge_c",
+                    "temp_junction_c",
+                    "temp_mem_c",
+                    "power_w",
+                )
+            }
+            for gpu in snapshot["gpus"]["gpus"]
+        ],
     }
 
 
@@ -165,7 +211,9 @@ def summary_line(snapshot):
     if got.get("rate_its"):
         parts.append("%.2f it/s" % got["rate_its"])
     for gpu in snapshot["gpus"]["gpus"]:
-        parts.append("gpu%s %s%% %s°C" % (gpu.get("index"), _short(gpu.get("util_pct")), _short(gpu.get("temp_edge_c"))))
+        parts.append(
+            "gpu%s %s%% %s°C" % (gpu.get("index"), _short(gpu.get("util_pct")), _short(gpu.get("temp_edge_c")))
+        )
     parts += ["!" + alert["kind"] for alert in snapshot["alerts"]]
     return "  ".join(parts) or (got.get("last_line") or "(nothing printed yet)")
 
@@ -189,10 +237,12 @@ def system_sample(folder):
     memory = _meminfo()
     total, available = memory.get("MemTotal"), memory.get("MemAvailable")
     return {
-        "load1": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+        "load1": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "mem_total_mib": total // 1024 if total else None,
         "mem_used_mib": (total - available) // 1024 if total and available is not None else None,
-        "disk_free_bytes": disk.free, "disk_total_bytes": disk.total,
+        "disk_free_bytes": disk.free,
+        "disk_total_bytes": disk.total,
     }
 
 
@@ -233,5 +283,3 @@ def _duration(seconds):
 
 def _short(value):
     return "?" if value is None else "%.0f" % value
-
-

@@ -27,22 +27,41 @@ BANNERS = ((re.compile(r"^Ultralytics \d|engine/trainer: "), "ultralytics"), (re
 STARTING = re.compile(r"^Starting training for (\d+) epochs")  # printed by ultralytics and YOLOv7 alike
 BAR_HINT = re.compile(r"\d%(?:\||\s+[\u2501\u2500\u2578])")
 # tqdm: ` 25%|▌ | 1/4 [00:02<00:06,  2.05s/it]`; lines cut at the terminal width may lose the end.
-TQDM_BAR = re.compile(r"\d+%\|[^|]*\|\s*(?P<batch>\d+)/(?P<batches>\d+)\s*\[[\d:]+"
-                      r"(?:<(?P<remaining>[\d:?]+))?(?:,\s*(?P<rate>[^,\]\s]+))?")
+TQDM_BAR = re.compile(
+    r"\d+%\|[^|]*\|\s*(?P<batch>\d+)/(?P<batches>\d+)\s*\[[\d:]+"
+    r"(?:<(?P<remaining>[\d:?]+))?(?:,\s*(?P<rate>[^,\]\s]+))?"
+)
 # ultralytics' own bar: `25% ━━━───────── 1/4 2.9it/s 0.1s<1.0s`; the rate is left out while unknown.
-ULTRA_BAR = re.compile(r"\d+% [\u2501\u2500\u2578]+ (?P<batch>\d+)/(?P<batches>\d+)\s+(?:(?P<rate>\S+/\S+)\s+)?"
-                       r"[\d:.]+s?(?:<(?P<remaining>[\d:.]+s?))?\s*$")
+ULTRA_BAR = re.compile(
+    r"\d+% [\u2501\u2500\u2578]+ (?P<batch>\d+)/(?P<batches>\d+)\s+(?:(?P<rate>\S+/\S+)\s+)?"
+    r"[\d:.]+s?(?:<(?P<remaining>[\d:.]+s?))?\s*$"
+)
 RATE = re.compile(r"^([\d.]+)(?:([kKMG]?)([A-Za-z]+)/s|s/([A-Za-z]+))$")
 UNIT_SCALE = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
 TQDM_POSTFIX_LOSS = re.compile(r"[,\s]([A-Za-z_]*loss[A-Za-z_]*)=(" + NUMBER + r")")  # `..., loss=0.0230]`
 GENERIC_EPOCH = re.compile(r"\bepoch\W*(\d+)\s*/\s*(\d+)", re.IGNORECASE)
 DEFAULT_LOSS_NAMES = {  # used when the column header scrolled out of the tail
-    "ultralytics": {3: ["box", "cls", "dfl"], 4: ["box", "seg", "cls", "dfl"],
-                    5: ["box", "pose", "kobj", "cls", "dfl"]},
+    "ultralytics": {
+        3: ["box", "cls", "dfl"],
+        4: ["box", "seg", "cls", "dfl"],
+        5: ["box", "pose", "kobj", "cls", "dfl"],
+    },
     "yolov7": {4: ["box", "obj", "cls", "total"]},
 }
-FIELDS = ("format", "phase", "epoch", "epochs", "batch", "batches", "rate_its", "epoch_eta_s", "run_eta_s",
-          "losses", "val", "last_line")
+FIELDS = (
+    "format",
+    "phase",
+    "epoch",
+    "epochs",
+    "batch",
+    "batches",
+    "rate_its",
+    "epoch_eta_s",
+    "run_eta_s",
+    "losses",
+    "val",
+    "last_line",
+)
 
 
 def render_carriage_returns(text):
@@ -86,7 +105,7 @@ def _render_line(line, keep_ansi):
         return ERASE_TO_END.sub("", line) if keep_ansi else ESCAPE.sub("", line)
     segments = line.split("\r")
     cells, trailing = [], ""
-    for segment in segments[_first_visible_segment(segments):]:
+    for segment in segments[_first_visible_segment(segments) :]:
         trailing = _overlay(cells, segment, keep_ansi)
     return "".join(cells) + trailing
 
@@ -108,7 +127,7 @@ def _overlay(cells, segment, keep_ansi):
     """Write one \\r-segment over the line from column 0; returns escapes left after the last character."""
     cursor, pending, position = 0, "", 0
     for code in ESCAPE.finditer(segment):
-        cursor, pending = _write(cells, cursor, segment[position:code.start()], pending)
+        cursor, pending = _write(cells, cursor, segment[position : code.start()], pending)
         position = code.end()
         if code.group(2) == "K":
             _erase(cells, cursor, code.group(1))
@@ -123,7 +142,7 @@ def _write(cells, cursor, text, pending):
         return cursor, pending
     chars = list(text)
     chars[0] = pending + chars[0]  # a colour code travels with the character it colours
-    cells[cursor:cursor + len(chars)] = chars
+    cells[cursor : cursor + len(chars)] = chars
     return cursor + len(chars), ""
 
 
@@ -178,8 +197,9 @@ def _read_train_line(result, line, header):
     if not names or len(names) != len(losses):
         names = DEFAULT_LOSS_NAMES[style].get(len(losses)) or ["loss%d" % (n + 1) for n in range(len(losses))]
     zero_based = style == "yolov7"
-    result.update(format=style, epoch=int(epoch) + zero_based, epochs=int(epochs) + zero_based,
-                  losses=dict(zip(names, losses)))
+    result.update(
+        format=style, epoch=int(epoch) + zero_based, epochs=int(epochs) + zero_based, losses=dict(zip(names, losses))
+    )
     _fill_timing(result, _parse_bar(rest))
 
 
@@ -209,8 +229,12 @@ def _parse_bar(text):
     match = TQDM_BAR.search(text) or ULTRA_BAR.search(text)
     if match is None:
         return None
-    return {"batch": int(match.group("batch")), "batches": int(match.group("batches")),
-            "rate_its": _rate(match.group("rate")), "remaining_s": _seconds(match.group("remaining"))}
+    return {
+        "batch": int(match.group("batch")),
+        "batches": int(match.group("batches")),
+        "rate_its": _rate(match.group("rate")),
+        "remaining_s": _seconds(match.group("remaining")),
+    }
 
 
 def _fill_timing(result, bar):
@@ -256,8 +280,14 @@ def _seconds(text):
 
 def _val_metrics(line):
     images, instances, precision, recall, map50, map50_95 = VAL_ALL.match(line).groups()
-    return {"images": int(images), "instances": int(instances), "precision": _float(precision),
-            "recall": _float(recall), "mAP50": _float(map50), "mAP50-95": _float(map50_95)}
+    return {
+        "images": int(images),
+        "instances": int(instances),
+        "precision": _float(precision),
+        "recall": _float(recall),
+        "mAP50": _float(map50),
+        "mAP50-95": _float(map50_95),
+    }
 
 
 def _float(text):
@@ -271,9 +301,30 @@ def _float(text):
 
 LOWEST = float("-inf")
 # accuracy: a classifier's (and runner's demo's) metric; a row has it only when its file does.
-RESULT_METRICS = {"precision": "precision", "recall": "recall", "map50": "mAP50", "map50-95": "mAP50-95", "accuracy": "accuracy"}
-RESULTS_TXT_COLUMNS = ("epoch", "gpu_mem", "box", "obj", "cls", "total", "labels", "img_size",
-                       "precision", "recall", "mAP50", "mAP50-95", "val_box", "val_obj", "val_cls")
+RESULT_METRICS = {
+    "precision": "precision",
+    "recall": "recall",
+    "map50": "mAP50",
+    "map50-95": "mAP50-95",
+    "accuracy": "accuracy",
+}
+RESULTS_TXT_COLUMNS = (
+    "epoch",
+    "gpu_mem",
+    "box",
+    "obj",
+    "cls",
+    "total",
+    "labels",
+    "img_size",
+    "precision",
+    "recall",
+    "mAP50",
+    "mAP50-95",
+    "val_box",
+    "val_obj",
+    "val_cls",
+)
 
 
 def parse_results_csv(text):
@@ -333,14 +384,16 @@ def _summary(rows):
     weights do (YOLOv7 saves best.pt again on an equal score). NaN and missing scores rank lowest."""
     best, best_key = None, None
     for row in rows:
-        key = tuple(value if value is not None and value == value else LOWEST for value in
-                    (row["mAP50-95"], row["mAP50"]))
+        key = tuple(
+            value if value is not None and value == value else LOWEST for value in (row["mAP50-95"], row["mAP50"])
+        )
         if key != (LOWEST, LOWEST) and (best_key is None or key >= best_key):
             best, best_key = row, key
     return {"rows": rows, "latest": rows[-1] if rows else None, "best": best}
 
 
 # ---------------------------------------------------------------- run settings
+
 
 def parse_run_settings(text):
     """Top-level `key: value` pairs of a flat YAML file the trainers write (ultralytics args.yaml,

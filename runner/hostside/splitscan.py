@@ -7,8 +7,9 @@ import os
 from . import fanout, imageheader, labelfile
 
 # What ultralytics (and, a subset, YOLOv7) take for an image, by suffix.
-IMAGE_SUFFIXES = frozenset(["avif", "bmp", "dng", "heic", "jp2", "jpeg", "jpeg2000", "jpg", "mpo", "png", "pfm",
-                            "tif", "tiff", "webp"])
+IMAGE_SUFFIXES = frozenset(
+    ["avif", "bmp", "dng", "heic", "jp2", "jpeg", "jpeg2000", "jpg", "mpo", "png", "pfm", "tif", "tiff", "webp"]
+)
 # Those whose header imageheader reads; the others are counted as unverified, not failed.
 HEADER_SUFFIXES = frozenset(["bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp"])
 FIRST_OFFENDERS = 5  # per kind and split: enough to find the pattern, few enough to read
@@ -31,17 +32,17 @@ class Locator(object):
     def real(self, path):
         for view, real in self.relocations:
             if path == view or path.startswith(view + os.sep):
-                return real + path[len(view):]
+                return real + path[len(view) :]
         return path
 
     def shown(self, path):
         """A path for the report: as the workdir shows it, relative to the workdir when inside it."""
         for view, real in self.relocations:
             if path == real or path.startswith(real + os.sep):
-                path = view + path[len(real):]
+                path = view + path[len(real) :]
                 break
         if path.startswith(self.workdir + os.sep):
-            return path[len(self.workdir) + 1:]
+            return path[len(self.workdir) + 1 :]
         return path
 
 
@@ -77,18 +78,26 @@ class Tally(object):
         for kind, count in other.problem_counts.items():
             self.problem_counts[kind] = self.problem_counts.get(kind, 0) + count
             offenders = self.first.setdefault(kind, [])
-            offenders += other.first[kind][:FIRST_OFFENDERS - len(offenders)]
+            offenders += other.first[kind][: FIRST_OFFENDERS - len(offenders)]
 
     def counts(self):
-        return {"images": self.images, "labels": self.labels, "backgrounds": self.backgrounds,
-                "empty_labels": self.empty_labels, "instances": self.instances,
-                "instances_per_class": list(self.per_class), "images_unverified": self.unverified}
+        return {
+            "images": self.images,
+            "labels": self.labels,
+            "backgrounds": self.backgrounds,
+            "empty_labels": self.empty_labels,
+            "instances": self.instances,
+            "instances_per_class": list(self.per_class),
+            "images_unverified": self.unverified,
+        }
 
     def problem_report(self, severity):
         """Problems by kind, errors first: severity, count, first offenders."""
         kinds = sorted(self.problem_counts, key=lambda kind: (severity(kind) != "error", kind))
-        return {kind: {"severity": severity(kind), "count": self.problem_counts[kind], "first": self.first[kind]}
-                for kind in kinds}
+        return {
+            kind: {"severity": severity(kind), "count": self.problem_counts[kind], "first": self.first[kind]}
+            for kind in kinds
+        }
 
 
 class Images(object):
@@ -171,8 +180,11 @@ def check_images(images, tally, kpt_shape, label_dirs_seen, workers):
     """Check every image of the split and its label, in chunks, spread over `workers` processes."""
     keypoint_numbers = kpt_shape[0] * kpt_shape[1] if kpt_shape else 0
     nc, locator = len(tally.per_class), tally.locator
-    chunks = [(folder, label_dir, names[start:start + CHUNK_IMAGES], nc, keypoint_numbers, locator)
-              for folder, label_dir, names in images.groups for start in range(0, len(names), CHUNK_IMAGES)]
+    chunks = [
+        (folder, label_dir, names[start : start + CHUNK_IMAGES], nc, keypoint_numbers, locator)
+        for folder, label_dir, names in images.groups
+        for start in range(0, len(names), CHUNK_IMAGES)
+    ]
     labels_read = {}
     results = fanout.ordered_map(check_chunk, chunks, workers if images.count >= PARALLEL_FROM else 1)
     for chunk, chunk_tally in zip(chunks, results):
@@ -280,12 +292,18 @@ def _walk_images(root):
             names = os.listdir(folder)
         except OSError:
             continue
-        found = [name for name in names
-                 if name.rpartition(".")[2].lower() in IMAGE_SUFFIXES and "." in name and name[0] != "."]
+        found = [
+            name
+            for name in names
+            if name.rpartition(".")[2].lower() in IMAGE_SUFFIXES and "." in name and name[0] != "."
+        ]
         if len(found) < len(names):
             images = set(found)
-            others = [os.path.join(folder, name) for name in names
-                      if name not in images and name[0] != "." and not name.endswith(".txt")]
+            others = [
+                os.path.join(folder, name)
+                for name in names
+                if name not in images and name[0] != "." and not name.endswith(".txt")
+            ]
             pending += sorted((path for path in others if os.path.isdir(path)), reverse=True)  # popped in order
         if found:
             found.sort()

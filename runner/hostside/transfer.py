@@ -378,5 +378,3 @@ def _sha256(path):
         for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
             digest.update(block)
     return digest.hexdigest()
-
-

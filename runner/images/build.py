@@ -107,7 +107,9 @@ def _build(client, context: bytes, plan: ImagePlan, tag: str, log: Log) -> None:
     for chunk in stream:
         if "error" in chunk:
             tail = "; ".join(recent[-3:])
-            raise RunnerError(f"building {tag} failed: {chunk['error'].strip()}" + (f" (after: {tail})" if tail else ""))
+            raise RunnerError(
+                f"building {tag} failed: {chunk['error'].strip()}" + (f" (after: {tail})" if tail else "")
+            )
         text = chunk.get("stream") or chunk.get("status") or ""
         for line in text.splitlines():
             if line.strip():

@@ -60,8 +60,16 @@ def write_container_sh(host: Host, container: ContainerJob, job_id: str, job_nam
                        layout: JobLayout) -> None:  # fmt: skip
     """container.sh in the job directory; the container is named as the job's tmux session."""
     data_dir = posixpath.join(layout.root, "data")
-    script = render_container_sh(job_id, job_name, session, container.reference, container.plan.env, container.plan.vendor,
-                                 layout.job_dir, data_dir)
+    script = render_container_sh(
+        job_id,
+        job_name,
+        session,
+        container.reference,
+        container.plan.env,
+        container.plan.vendor,
+        layout.job_dir,
+        data_dir,
+    )
     host.write_file(layout.file(CONTAINER_SH), script.encode(), mode=0o700)
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.base.errors import RunnerError
+from runner.base.privatefile import read_private_file
 from runner.hosts.hostsmodel import RegistrySettings
 from runner.images.build import Log, ensure_image
 from runner.images.plan import ImagePlan
-from runner.base.privatefile import read_private_file
 
 PASSWORD_ENV = "RUNNER_REGISTRY_PASSWORD"
 

@@ -94,7 +94,10 @@ class _ServerRace(Exception):
 
 def start(host: Host, session: str, windows: list[Window], cwd: str) -> None:
     retrying = Retrying(
-        retry=retry_if_exception_type(_ServerRace), stop=stop_after_attempt(5), wait=wait_random(0.05, 0.5), reraise=True
+        retry=retry_if_exception_type(_ServerRace),
+        stop=stop_after_attempt(5),
+        wait=wait_random(0.05, 0.5),
+        reraise=True,
     )
     try:
         retrying(_start_once, host, session, windows, cwd)

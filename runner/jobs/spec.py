@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -95,7 +95,8 @@ class MonitorSettings(StrictModel):
     interval: Duration = Field(10.0, ge=1, description="how often the monitor takes a snapshot (10s, 1m)")
     stalled_after: Duration = Field(900.0, description="alert when the training prints nothing for this long")
     gpu_temp_limits: dict[Literal["edge", "junction", "mem"], float] = Field(
-        default_factory=dict, description="alert at these GPU temperatures, in °C (default edge 90, junction 100, mem 95)"
+        default_factory=dict,
+        description="alert at these GPU temperatures, in °C (default edge 90, junction 100, mem 95)",
     )
     min_free_disk: float = Field(0.05, ge=0, lt=1, description="alert when less than this fraction of the disk is free")
 
@@ -117,7 +118,7 @@ class ArtifactSet(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _dest_needs_sync(self) -> "ArtifactSet":
+    def _dest_needs_sync(self) -> ArtifactSet:
         if self.dest is not None and self.sync_every is None:
             raise ValueError("dest is only used with sync_every (`runner fetch --dest` sets it for one fetch)")
         return self
@@ -137,7 +138,7 @@ def _artifact_form(value: Any) -> str:
 # `weights: [globs]` or `weights: {paths: [...], sync_every: 10m}`. The tag picks the form by the YAML
 # shape, so an error speaks of that form only (specfile drops the tag from the error's location).
 ArtifactEntry = Annotated[
-    Union[Annotated[Globs, Tag("globs")], Annotated[ArtifactSet, Tag("set")]], Discriminator(_artifact_form)
+    Annotated[Globs, Tag("globs")] | Annotated[ArtifactSet, Tag("set")], Discriminator(_artifact_form)
 ]
 
 
@@ -178,7 +179,7 @@ def _image_form(value: Any) -> str:
 
 # `image: cu128` or `image: {build: cu128, args: {...}}`: picked by the YAML shape, as ArtifactEntry.
 ImageChoice = Annotated[
-    Union[Annotated[str, AfterValidator(_image_reference), Tag("reference")], Annotated[ImageBuild, Tag("build")]],
+    Annotated[str, AfterValidator(_image_reference), Tag("reference")] | Annotated[ImageBuild, Tag("build")],
     Discriminator(_image_form),
 ]
 
@@ -275,9 +276,12 @@ class JobSpec(StrictModel):
         description="rented hosts: destroy the instance after the final fetch when the job succeeded (on_success),"
         " whenever it ends (on_exit), or never",
     )
-    retry: RetryPolicy | None = Field(None, description="rented hosts: rent again when the instance is interrupted or lost")
+    retry: RetryPolicy | None = Field(
+        None, description="rented hosts: rent again when the instance is interrupted or lost"
+    )
     resume: ShellLines = Field(
-        default_factory=list, description="shell lines that continue from the last checkpoint, run instead of `run` on retry"
+        default_factory=list,
+        description="shell lines that continue from the last checkpoint, run instead of `run` on retry",
     )
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
@@ -318,7 +322,7 @@ class JobSpec(StrictModel):
         return sets
 
     @model_validator(mode="after")
-    def _default_artifact_sets(self) -> "JobSpec":
+    def _default_artifact_sets(self) -> JobSpec:
         # Every set in its long form, its globs filled in: a default set named without paths keeps them.
         merged: dict[str, ArtifactSet] = {}
         for name, entry in {**DEFAULT_ARTIFACTS, **self.artifacts}.items():

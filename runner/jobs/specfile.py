@@ -12,7 +12,17 @@ from runner.base.yamlfile import MAX_SPEC_BYTES, FieldPath, Marks, dotted, load_
 from runner.jobs.spec import JobSpec
 from runner.jobs.state import Job
 
-__all__ = ["MAX_SPEC_BYTES", "FieldPath", "LoadedJob", "Marks", "dotted", "load_job", "load_yaml_mapping", "stored_job", "validate"]
+__all__ = [
+    "MAX_SPEC_BYTES",
+    "FieldPath",
+    "LoadedJob",
+    "Marks",
+    "dotted",
+    "load_job",
+    "load_yaml_mapping",
+    "stored_job",
+    "validate",
+]
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ def ended_state(stop_requested: bool, exit_code: int | None) -> JobState:
         return JobState.LOST
     return JobState.SUCCEEDED if exit_code == 0 else JobState.FAILED
 
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,   -- submission order: "newest job" of a name
@@ -400,7 +401,9 @@ class Store:
 
     def instances(self, job_id: str | None = None, live_only: bool = False) -> list[Instance]:
         """Instances of one job (or all), oldest first; live_only: not yet confirmed gone."""
-        query = "SELECT * FROM instances WHERE (? IS NULL OR job_id = ?)" + (" AND gone_at IS NULL" if live_only else "")
+        query = "SELECT * FROM instances WHERE (? IS NULL OR job_id = ?)" + (
+            " AND gone_at IS NULL" if live_only else ""
+        )
         return [Instance(**dict(row)) for row in self._db.execute(query + " ORDER BY rented_at", (job_id, job_id))]
 
     # events
@@ -415,7 +418,9 @@ class Store:
 
     @staticmethod
     def _event(db: sqlite3.Connection, job_id: str, kind: str, detail: str) -> None:
-        db.execute("INSERT INTO events (job_id, at, kind, detail) VALUES (?, ?, ?, ?)", (job_id, time.time(), kind, detail))
+        db.execute(
+            "INSERT INTO events (job_id, at, kind, detail) VALUES (?, ?, ?, ?)", (job_id, time.time(), kind, detail)
+        )
 
 
 def _job(row: sqlite3.Row) -> Job:

@@ -24,8 +24,8 @@ from runner.hosts import Host, get_host
 from runner.hosts.local import LocalHost
 from runner.hostside.progress import ESCAPE, render_carriage_returns
 from runner.jobs.layout import JobLayout
-from runner.observe.observe import refresh_one
 from runner.jobs.state import Job, Store
+from runner.observe.observe import refresh_one
 
 FOLLOW_POLL_SECONDS = 1.0
 FIRST_WINDOW_BYTES = 256 * 1024  # `-n N` first reads this much of the log's end...
@@ -187,7 +187,7 @@ def _stream(host: Host, path: str, offset: int, consume: Write) -> None:
         try:
             with open(write_end, "wb") as out:
                 host.read_into(path, offset, out)
-        except BaseException as error:  # noqa: BLE001  (handed to the reading thread)
+        except BaseException as error:
             failures.append(error)
 
     reader = threading.Thread(target=copy, name="log-reader", daemon=True)

@@ -96,5 +96,9 @@ def _gpu(gpu: dict[str, Any]) -> str:
     temps = [t for t in (gpu.get("temp_junction_c"), gpu.get("temp_edge_c")) if isinstance(t, (int, float))]
     temp = f"{max(temps):.0f}°C" if temps else ""
     used, total = gpu.get("vram_used_mib"), gpu.get("vram_total_mib")
-    vram = f"{used / 1024:.1f}/{total / 1024:.0f}G" if isinstance(used, (int, float)) and isinstance(total, (int, float)) else ""
+    vram = (
+        f"{used / 1024:.1f}/{total / 1024:.0f}G"
+        if isinstance(used, (int, float)) and isinstance(total, (int, float))
+        else ""
+    )
     return " ".join(part for part in (util, temp, vram) if part) or "?"

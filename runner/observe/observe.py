@@ -51,7 +51,11 @@ def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
     reported = probe_answer(host, job_dirs)["jobs"]
     return {
         job_dir: Observation(
-            seen["session_alive"], seen["exit_code"], seen["last_line"], seen["processes_alive"], seen.get("snapshot"),
+            seen["session_alive"],
+            seen["exit_code"],
+            seen["last_line"],
+            seen["processes_alive"],
+            seen.get("snapshot"),
             seen.get("exit_age_s"),
         )
         for job_dir, seen in reported.items()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from runner.hosts import Host, SyncStats
 from runner.jobs.layout import JobLayout
-from runner.transfer.push import push_tree
 from runner.jobs.specfile import LoadedJob
+from runner.transfer.push import push_tree
 from runner.transfer.syncignore import ALWAYS_EXCLUDED, load_excludes
 
 # Links every (target, link) pair given as arguments; refuses to replace anything already there.

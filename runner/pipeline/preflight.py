@@ -17,8 +17,8 @@ from runner.base.errors import PreflightFailed, SpecError
 from runner.hosts import Host
 from runner.hostside import datacheck
 from runner.jobs.layout import JobLayout, run_agent
-from runner.pipeline.placement import DatasetPlacement, plan_datasets
 from runner.jobs.specfile import FieldPath, LoadedJob, Marks, dotted, load_yaml_mapping
+from runner.pipeline.placement import DatasetPlacement, plan_datasets
 
 SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "val")
@@ -82,14 +82,16 @@ def describe(loaded: LoadedJob, datasets: list[DatasetPlacement]) -> dict[str, A
 def relocations(loaded: LoadedJob, datasets: list[DatasetPlacement]) -> list[tuple[str, str]]:
     """Where each linked dataset really is on this machine: on the host it is linked into the
     workdir, here it is wherever the job file's `datasets:` says."""
-    return [(str(loaded.workdir / plan.link), str(plan.source)) for plan in datasets if plan.link != plan.inside_workdir]
+    return [
+        (str(loaded.workdir / plan.link), str(plan.source)) for plan in datasets if plan.link != plan.inside_workdir
+    ]
 
 
 def _local_yaml(loaded: LoadedJob, datasets: list[DatasetPlacement], relative: str) -> Path:
     path = loaded.workdir / relative
     for plan in datasets:
         if relative == plan.link or relative.startswith(plan.link + "/"):
-            path = plan.source / relative[len(plan.link):].lstrip("/")
+            path = plan.source / relative[len(plan.link) :].lstrip("/")
     if not path.is_file():
         raise loaded.error(
             ("dataset",), f"'{relative}' is not a file in the workdir ({loaded.workdir}) or in a dataset linked into it"

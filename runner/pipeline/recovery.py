@@ -27,7 +27,7 @@ MANIFEST = ".runner-manifest.json"  # fetch's record of what it brought: not par
 
 
 def interruption(client: VastClient, job: Job, unreachable_for: float | None) -> str | None:
-    """"interrupted", "lost" or None for the job's current instance."""
+    """ "interrupted", "lost" or None for the job's current instance."""
     instance_id = instance_id_of(job.host)
     if instance_id is None:
         return None
@@ -72,8 +72,8 @@ def _restart_on(store: Store, job: Job, host: Host, log: Log) -> None:
     from runner.jobs import session
     from runner.jobs.layout import JobLayout
     from runner.pipeline.placement import plan_datasets
-    from runner.transfer.push import push_tree
     from runner.pipeline.submit import Submitted, job_windows, place_job
+    from runner.transfer.push import push_tree
 
     # The job as submit stored it, never the job file: it may be gone, or say something else by now.
     resume = job.spec.resume or job.spec.run

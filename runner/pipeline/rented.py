@@ -34,16 +34,16 @@ def orphans(client: VastClient, store: Store) -> list[dict[str, Any]]:
     found = []
     for record in client.instances():
         label = record.get("label") or ""
-        if label.startswith(LABEL_PREFIX) and label[len(LABEL_PREFIX):] not in running:
+        if label.startswith(LABEL_PREFIX) and label[len(LABEL_PREFIX) :] not in running:
             found.append(record)
     return found
 
 
 def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Job:
     """Watch a running job on a rented instance until it ends, then fetch and tear down."""
-    from runner.provision.vast.api import VastClient
     from runner.observe.observe import refresh_one
     from runner.pipeline.stop import stop
+    from runner.provision.vast.api import VastClient
 
     job = store.get(job_id)
     budget_spent = False

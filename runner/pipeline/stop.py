@@ -6,8 +6,8 @@ import time
 
 from runner.jobs import session
 from runner.jobs.layout import job_host, run_agent
-from runner.observe.observe import probe, refresh_one
 from runner.jobs.state import ACTIVE, Job, JobState, Store
+from runner.observe.observe import probe, refresh_one
 
 POLL_SECONDS = 0.5
 

@@ -40,10 +40,19 @@ from urllib.parse import parse_qs, urlsplit
 from runner.testing.vast_faults import Faults
 from runner.testing.vast_instances import LABEL, ApiError, Delays, Instance, Provisioner, docker, parse_launch
 from runner.testing.vast_queries import (  # default_offers: also imported from here
-    default_offers, list_terms, matches, ordered, page, parse_body, public_key, search_terms,
+    default_offers,
+    list_terms,
+    matches,
+    ordered,
+    page,
+    parse_body,
+    public_key,
+    search_terms,
 )  # fmt: skip
 
 JSON = "application/json"
+
+
 class RecordedRequest(NamedTuple):
     method: str
     path: str  # without the query string, which may carry the API key
@@ -219,7 +228,7 @@ class Emulator:
             raise ApiError(400, "invalid_args", "give state (running or stopped) or label")
         if "state" in body and state not in ("running", "stopped"):
             raise ApiError(400, "invalid_args", f"state must be running or stopped, not {state!r}")
-        if "label" in body and not (label is None or isinstance(label, str) and len(label) <= 1024):
+        if "label" in body and not (label is None or (isinstance(label, str) and len(label) <= 1024)):
             raise ApiError(400, "invalid_args", "label must be a string of at most 1024 characters")
         reply: dict[str, Any] = {"success": True}
         with self._lock:

@@ -15,7 +15,6 @@ RATE_LIMITED = [  # the three 429 bodies seen from vast, served in turn
 ]
 
 
-
 class Faults:
     """Faults to inject; the control API under /_emulator/ sets the same ones."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,10 +26,10 @@ from runner.base.atomicfile import write_atomically
 from runner.base.detached import start_detached
 from runner.base.durations import format_duration
 from runner.base.errors import HostUnreachable, NotFound, RunnerError
-from runner.transfer.fetch import FetchResult, fetch
-from runner.observe.observe import refresh_one
 from runner.jobs.spec import ArtifactSync
 from runner.jobs.state import Job, Store
+from runner.observe.observe import refresh_one
+from runner.transfer.fetch import FetchResult, fetch
 
 # Consecutive failures (other than the host of a running job not answering) before a sync gives up:
 # a fault that outlasts this many intervals needs the user, not another try.

@@ -22,10 +22,10 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from runner.transfer import progress as transferprogress
 from runner.base.errors import HostUnreachable, NotFound, RunnerError
 from runner.hosts import Host
 from runner.jobs.layout import run_agent
+from runner.transfer import progress as transferprogress
 
 LINK_ATTEMPTS = 6
 HASH_CHUNK_BYTES = 4 * 1024 * 1024

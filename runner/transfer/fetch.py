@@ -14,14 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from runner.transfer import progress as transferprogress
 from runner.base.atomicfile import write_atomically
-from runner.transfer.download import Changed, RemoteFile, download
-from runner.transfer.smallfiles import SMALL_FILE_BYTES, fetch_small_files
 from runner.base.errors import NotFound, RunnerError
 from runner.hosts import Host
 from runner.jobs.layout import JobLayout, job_host, run_agent
 from runner.jobs.state import Job
+from runner.transfer import progress as transferprogress
+from runner.transfer.download import Changed, RemoteFile, download
+from runner.transfer.smallfiles import SMALL_FILE_BYTES, fetch_small_files
 
 ROUNDS_PER_FILE = 3  # a file rewritten during each of its copies is reported, not fetched torn
 MANIFEST_SECONDS = 3600  # hashing hundreds of new checkpoints takes time; the SSH keepalive catches a dead link
@@ -68,7 +68,9 @@ def fetch(job: Job, artifact: str, dest: Path) -> FetchResult:
 def list_remote(host: Host, root: str, globs: list[str]) -> tuple[list[RemoteFile], list[str]]:
     defer = f"--defer-hash-over={SMALL_FILE_BYTES}"  # large files are hashed while they are sent
     answer = json.loads(run_agent(host, "manifest", defer, root, *globs, timeout=MANIFEST_SECONDS).check().text)
-    files = [RemoteFile(item["path"], item["size"], item["sha256"], item.get("stable", True)) for item in answer["files"]]
+    files = [
+        RemoteFile(item["path"], item["size"], item["sha256"], item.get("stable", True)) for item in answer["files"]
+    ]
     return files, list(answer["refused"])
 
 
@@ -88,6 +90,7 @@ def fetch_files(
             changing.append(remote.path)
         else:
             wanted.append((remote, final))
+
     def arrived(got: RemoteFile, final: Path) -> None:
         have.record(got, final)
         fetched.append(FetchedFile(got.path, got.size, got.sha256, copied=True))

@@ -34,7 +34,7 @@ class LocalFile:
         """What names this version of the file for a resumable upload (the agent's part name)."""
         return f"{self.size}-{self.mtime_ns}"
 
-    def restat(self) -> "LocalFile":
+    def restat(self) -> LocalFile:
         info = self.path.stat()
         return replace(self, size=info.st_size, mtime_ns=info.st_mtime_ns, mode=stat.S_IMODE(info.st_mode), sha256=None)
 

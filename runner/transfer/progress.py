@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-
 class _Quiet:
     def add_total(self, nbytes: int) -> None:
         pass
@@ -39,7 +38,13 @@ def shown(label: str, enabled: bool, console: Console | None = None) -> Iterator
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         _active = _Bar(progress, progress.add_task(label, total=0))
         try:

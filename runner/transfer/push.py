@@ -24,12 +24,12 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from runner.transfer import progress as transferprogress
 from runner.base.errors import HostUnreachable, RunnerError
 from runner.hosts import Host, SyncStats
 from runner.hosts.feed import write_all
 from runner.hostside.transfer import hash_prefix  # the agent's own: both sides hash alike
 from runner.jobs.layout import run_agent
+from runner.transfer import progress as transferprogress
 from runner.transfer.localfiles import LocalFile, LocalTree
 from runner.transfer.smallfiles import BATCH_BYTES, BATCH_FILES, SMALL_FILE_BYTES
 
@@ -185,7 +185,8 @@ def _upload(host: Host, dest: str, item: LocalFile, offsets: list[int | None]) -
     with _HashingReader(item, offset) as source:
         fields = [str(item.size), str(item.mtime_ns), format(item.mode, "o"), str(offset)]
         reply: dict[str, Any] = json.loads(
-            run_agent(host, "receive", dest, item.rel, *fields, stdin=source, timeout=None).check().text)
+            run_agent(host, "receive", dest, item.rel, *fields, stdin=source, timeout=None).check().text
+        )
     status = reply["status"]
     if status == "refused":
         raise RunnerError(f"host '{host.name}' refused {item.rel}: it would land outside {dest}")
@@ -205,7 +206,7 @@ class _HashingReader:
         self._file = item.path.open("rb")
         self.seek(offset)
 
-    def __enter__(self) -> "_HashingReader":
+    def __enter__(self) -> _HashingReader:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -224,7 +225,9 @@ class _HashingReader:
 
     def write_to(self, fd: int) -> None:
         hashed: list[str] = []
-        hasher = threading.Thread(target=lambda: hashed.append(hash_prefix(str(self.item.path), self.item.size).hexdigest()))
+        hasher = threading.Thread(
+            target=lambda: hashed.append(hash_prefix(str(self.item.path), self.item.size).hexdigest())
+        )
         hasher.start()
         try:
             while self._position < self.item.size:

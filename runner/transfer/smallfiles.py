@@ -10,8 +10,8 @@ import os
 import tarfile
 from pathlib import Path
 
-from runner.transfer.download import RemoteFile
 from runner.hosts import Host
+from runner.transfer.download import RemoteFile
 
 SMALL_FILE_BYTES = 8 * 1024 * 1024
 BATCH_BYTES = 64 * 1024 * 1024

@@ -15,8 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.testhost import free_port
 from tests.conftest import wait_for
+from tests.e2e.testhost import free_port
 
 USER = "runner-dock"
 SSHD = "/usr/sbin/sshd"
@@ -54,7 +54,7 @@ class DockerHost:
     process: subprocess.Popen[bytes]
 
     @classmethod
-    def start(cls, key: Path, folder: Path) -> "DockerHost":
+    def start(cls, key: Path, folder: Path) -> DockerHost:
         home = ensure_user()
         _authorize(home, key)
         host_key = folder / "ssh_host_ed25519_key"

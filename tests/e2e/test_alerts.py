@@ -48,7 +48,9 @@ def test_a_nan_loss_shows_while_the_job_runs(runner: Runner, tmp_path: Path) -> 
 
 
 def test_a_job_that_stops_printing_is_stalled(runner: Runner, tmp_path: Path) -> None:
-    job_id = runner.submit(write_job(tmp_path, "quiet", "name: quiet\n" + FAST_MONITOR + "run: echo started; sleep 600\n"))
+    job_id = runner.submit(
+        write_job(tmp_path, "quiet", "name: quiet\n" + FAST_MONITOR + "run: echo started; sleep 600\n")
+    )
     try:
         stalled = wait_for(lambda: alerts(runner, job_id).get("stalled"), 30, what="a stalled alert")
         assert stalled["quiet_s"] >= 4

@@ -60,7 +60,10 @@ def demo_job(folder: Path, *run: str, host: str = "dock", image: str = IMAGE, ep
     if not work.exists():
         shutil.copytree(REPO / "demo", work)
     lines = "\n".join(f"  - {line!r}" if "'" not in line else f'  - "{line}"' for line in run)
-    return write_job(folder, "demo", f"""\
+    return write_job(
+        folder,
+        "demo",
+        f"""\
 name: demo
 host: {host}
 workdir: demo
@@ -71,7 +74,8 @@ run:
 artifacts:
   weights: runs/demo/weights/*.pt
 tensorboard: null
-""")
+""",
+    )
 
 
 def test_a_job_with_an_image_runs_in_a_container_on_an_ssh_docker_host(
@@ -108,14 +112,18 @@ def test_a_job_with_an_image_runs_in_a_container_on_an_ssh_docker_host(
     assert again["state"] == "succeeded"
 
 
-def test_the_containers_exit_code_is_the_jobs(runner: Runner, dock: DockerHost, tmp_path: Path, built_tags: set[str]) -> None:
+def test_the_containers_exit_code_is_the_jobs(
+    runner: Runner, dock: DockerHost, tmp_path: Path, built_tags: set[str]
+) -> None:
     job_id = runner.run("submit", str(demo_job(tmp_path, "exit 3")), check=True, timeout=900).stdout.strip()
     job = runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=180)
     assert (job["state"], job["exit_code"]) == ("failed", 3)
 
 
 def test_stop_ends_the_container(runner: Runner, dock: DockerHost, tmp_path: Path, built_tags: set[str]) -> None:
-    job_id = runner.run("submit", str(demo_job(tmp_path, "echo started; sleep 600")), check=True, timeout=900).stdout.strip()
+    job_id = runner.run(
+        "submit", str(demo_job(tmp_path, "echo started; sleep 600")), check=True, timeout=900
+    ).stdout.strip()
     session = runner.wait_state(job_id, {"running"})["session"]
     _wait_for_container(session)
     runner.run("stop", job_id, "--grace", "5", check=True)

@@ -17,7 +17,9 @@ SIZE_MIB = 300
 
 def test_a_fetch_survives_its_sshd_being_killed_halfway(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
     job_file = write_job(
-        tmp_path, "big", f"name: big\nrun: mkdir -p runs/w/weights && head -c {SIZE_MIB}M /dev/urandom > runs/w/weights/last.pt\n"
+        tmp_path,
+        "big",
+        f"name: big\nrun: mkdir -p runs/w/weights && head -c {SIZE_MIB}M /dev/urandom > runs/w/weights/last.pt\n",
     )
     job_id = runner.submit(job_file, "--host", "box")
     job = runner.wait_state(job_id, {"succeeded", "failed"}, timeout=60)
@@ -70,7 +72,9 @@ def test_a_paused_host_does_not_end_fetch_every(runner: Runner, trusted_box: Tes
         wait_for(lambda: "next in 1s" in notes.read_text(), 60, what="a fetch while the job runs")
         trusted_box.pause()
         try:
-            wait_for(lambda: "trying again in 1s" in notes.read_text(), 150, what="the fetch loop to meet the paused host")
+            wait_for(
+                lambda: "trying again in 1s" in notes.read_text(), 150, what="the fetch loop to meet the paused host"
+            )
             time.sleep(3)  # a few more intervals against a host that does not answer
             assert fetch.poll() is None, notes.read_text()
         finally:

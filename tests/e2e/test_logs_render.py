@@ -70,7 +70,9 @@ def test_logs_render_each_bar_once_and_raw_keeps_every_update(runner: Runner, tm
     assert logs(runner, "-n", "1", "--raw", job_id).stdout == b"\x1b[32mtraining done\x1b[0m\r\n"
 
 
-def test_logs_over_ssh_render_the_same_with_openssh_and_paramiko(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+def test_logs_over_ssh_render_the_same_with_openssh_and_paramiko(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
     (tmp_path / "bars.py").write_text(BAR_SCRIPT)
     job_id = runner.submit(write_job(tmp_path, "bars", "name: bars\nrun: python3 bars.py\n"), "--host", "box")
     followed = logs(runner, "-f", job_id)  # OpenSSH, the bars read as they are drawn

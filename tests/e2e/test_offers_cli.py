@@ -51,7 +51,19 @@ def test_json_lists_only_matching_offers_cheapest_first(runner: Runner, vast: Em
 def test_the_table_shows_the_offers(runner: Runner, vast: Emulator) -> None:
     result = runner.run("offers", "--gpu", "RTX 5090", "--max-price", "0.5", check=True)
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["ID", "GPU", "N", "VRAM", "$/H", "RELIABILITY", "CUDA", "DISK", "NET", "DOWN", "LOCATION"]
+    assert lines[0].split() == [
+        "ID",
+        "GPU",
+        "N",
+        "VRAM",
+        "$/H",
+        "RELIABILITY",
+        "CUDA",
+        "DISK",
+        "NET",
+        "DOWN",
+        "LOCATION",
+    ]
     assert [line.split()[0] for line in lines[1:]] == ["502", "505", "501"]
     assert "RTX 5090" in lines[1] and "0.310" in lines[1] and "Sweden, SE" in lines[1] and "32 GB" in lines[1]
     assert "RTX 4090" not in result.stdout and "Quebec" not in result.stdout

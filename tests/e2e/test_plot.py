@@ -13,8 +13,12 @@ from tests.conftest import REPO, Runner, runner_executable
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PANELS = [
-    "Losses per epoch", "Validation metrics per epoch", "GPU utilization (%)", "GPU temperature (°C)",
-    "GPU power (W)", "GPU VRAM used (GiB)",
+    "Losses per epoch",
+    "Validation metrics per epoch",
+    "GPU utilization (%)",
+    "GPU temperature (°C)",
+    "GPU power (W)",
+    "GPU VRAM used (GiB)",
 ]
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="pip install '.[plot]'")
@@ -40,8 +44,15 @@ def test_plot_of_the_finished_demo_job(runner: Runner, tmp_path: Path) -> None:
     assert drawn["points"] >= 1
 
     # Without --out: JOBNAME-JOBID.png in the current folder, its path on stdout.
-    plain = subprocess.run([runner_executable(), "plot", job_id[:6]], env=runner.env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120, check=True)
+    plain = subprocess.run(
+        [runner_executable(), "plot", job_id[:6]],
+        env=runner.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert plain.stdout == f"demo-{job_id}.png\n"
     assert (tmp_path / f"demo-{job_id}.png").read_bytes().startswith(PNG_SIGNATURE)
     assert "30 epochs" in plain.stderr

@@ -33,7 +33,9 @@ def job_with_dataset(tmp_path: Path, class_on_bad_line: int = 2) -> Path:
     toy_dataset(tmp_path / "data" / "toy", class_on_bad_line)
     work = tmp_path / "work"
     work.mkdir()
-    return write_job(work, "toy", f"name: toy\ndatasets:\n  toy: ../data/toy\ndataset: datasets/toy/data.yaml\nrun: {RUN}\n")
+    return write_job(
+        work, "toy", f"name: toy\ndatasets:\n  toy: ../data/toy\ndataset: datasets/toy/data.yaml\nrun: {RUN}\n"
+    )
 
 
 def only_job(runner: Runner) -> dict:

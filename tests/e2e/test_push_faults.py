@@ -28,8 +28,12 @@ class BoxFiles:
 
     def __init__(self, box: TestHost) -> None:
         self.box = box
-        merged = docker("inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", box.name, check=False).stdout.decode().strip()
-        self.mount = Path(merged) if merged and os.access(merged, os.R_OK | os.X_OK) and Path(merged, "home").is_dir() else None
+        merged = (
+            docker("inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", box.name, check=False).stdout.decode().strip()
+        )
+        self.mount = (
+            Path(merged) if merged and os.access(merged, os.R_OK | os.X_OK) and Path(merged, "home").is_dir() else None
+        )
 
     def size(self, path: str) -> int | None:
         if self.mount is not None:
@@ -116,9 +120,11 @@ def _part_name(source: Path, rel: str) -> str:
     return (f"{folder}/" if folder else "") + f".{name}.{info.st_size}-{info.st_mtime_ns}.runner-part"
 
 
-def _upload_passes(watcher: "Watcher", size: int, submit: subprocess.Popen[str]) -> bool:
+def _upload_passes(watcher: Watcher, size: int, submit: subprocess.Popen[str]) -> bool:
     if submit.poll() is not None:
-        raise AssertionError(f"submit ended (exit {submit.returncode}) before its upload passed {size} bytes: {submit.communicate()}")
+        raise AssertionError(
+            f"submit ended (exit {submit.returncode}) before its upload passed {size} bytes: {submit.communicate()}"
+        )
     return watcher.part_size_now() > size
 
 
@@ -135,7 +141,9 @@ def _dataset_job(tmp_path: Path, data: Path, run: str) -> Path:
     return write_job(work, "reader", f"name: reader\ndatasets:\n  big: {os.path.relpath(data, work)}\nrun: {run}\n")
 
 
-def test_a_dataset_push_resumes_after_its_sshd_is_killed_halfway(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+def test_a_dataset_push_resumes_after_its_sshd_is_killed_halfway(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
     size = 300 * MIB
     data = tmp_path / "data"
     local_sha = _random_file(data / "big.bin", size)
@@ -147,7 +155,9 @@ def test_a_dataset_push_resumes_after_its_sshd_is_killed_halfway(runner: Runner,
     started = time.monotonic()
     submit = _start_submit(runner, job_file)
     try:
-        wait_for(lambda: _upload_passes(watcher, size // 2, submit), 60, interval=0.005, what="the upload to pass half way")
+        wait_for(
+            lambda: _upload_passes(watcher, size // 2, submit), 60, interval=0.005, what="the upload to pass half way"
+        )
         killed_at = time.monotonic()
         killed = trusted_box.kill_ssh_connections()
         part_at_kill = watcher.part_size_now()
@@ -163,7 +173,10 @@ def test_a_dataset_push_resumes_after_its_sshd_is_killed_halfway(runner: Runner,
     assert submit.returncode == 0, err
     assert watcher.torn == [], f"the final name held a partial file: sizes {watcher.torn[:10]}"
     assert trusted_box.sha256(f"{folder}/big.bin") == local_sha
-    assert files.tree(folder) == {"big.bin": local_sha, "labels.txt": hashlib.sha256(b"cat\ndog\n").hexdigest()}  # no part left
+    assert files.tree(folder) == {
+        "big.bin": local_sha,
+        "labels.txt": hashlib.sha256(b"cat\ndog\n").hexdigest(),
+    }  # no part left
     # It resumed: the part only ever grew (never dropped and started again) ...
     after_kill = [part for moment, part in watcher.part_sizes if moment >= killed_at and part is not None]
     assert after_kill == sorted(after_kill) and min(after_kill) > size // 2
@@ -194,7 +207,9 @@ def _resume_offset(samples: list[tuple[float, int | None]], killed_at: float) ->
     return max(gaps)[1]
 
 
-def test_a_dataset_pushed_again_sends_only_the_file_that_changed(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+def test_a_dataset_pushed_again_sends_only_the_file_that_changed(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     contents = {f"labels/{index:02d}.txt": f"label {index}\n".encode() for index in range(10)}
     contents["images/big.bin"] = os.urandom(12 * MIB)  # above the small-file size: sent on its own
@@ -227,7 +242,9 @@ def test_a_dataset_pushed_again_sends_only_the_file_that_changed(runner: Runner,
     print(f"\nfirst {first}\nsecond {second}\nthird {sync}")
 
 
-def test_a_file_rewritten_while_it_is_uploaded_never_lands_torn(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+def test_a_file_rewritten_while_it_is_uploaded_never_lands_torn(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
     size = 200 * MIB
     data = tmp_path / "data"
     first_sha = _random_file(data / "big.bin", size)
@@ -238,7 +255,9 @@ def test_a_file_rewritten_while_it_is_uploaded_never_lands_torn(runner: Runner, 
     second: dict[str, Any] = {"sha": hashlib.sha256(new_bytes).hexdigest()}
 
     def rewrite_in_place() -> None:  # the same size, other bytes, written over the file being read
-        wait_for(lambda: _upload_passes(watcher, size // 4, submit), 60, interval=0.005, what="the upload to pass a quarter")
+        wait_for(
+            lambda: _upload_passes(watcher, size // 4, submit), 60, interval=0.005, what="the upload to pass a quarter"
+        )
         second["part_at_rewrite"] = watcher.part_size_now()
         with (data / "big.bin").open("r+b") as out:
             out.write(new_bytes)

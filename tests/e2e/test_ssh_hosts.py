@@ -18,13 +18,18 @@ from tests.conftest import REPO, Runner, runner_executable, wait_for, write_job
 from tests.e2e.testhost import TestHost, write_hosts_file
 
 
-def test_demo_succeeds_on_an_ssh_host_and_its_weights_match(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+def test_demo_succeeds_on_an_ssh_host_and_its_weights_match(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
     job_id = runner.submit(REPO / "jobs" / "demo.yaml", "--host", "box")
     done = runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=120)
     assert done["state"] == "succeeded" and done["host"] == "box"
     assert done["job_dir"] == f"/home/trainer/.runner/jobs/{job_id}"
     fetched = runner.json("fetch", "weights", job_id, "--dest", str(tmp_path / "w"))
-    assert sorted(item["path"] for item in fetched["files"]) == ["runs/demo/weights/best.pt", "runs/demo/weights/last.pt"]
+    assert sorted(item["path"] for item in fetched["files"]) == [
+        "runs/demo/weights/best.pt",
+        "runs/demo/weights/last.pt",
+    ]
     for item in fetched["files"]:
         on_host = trusted_box.sha256(f"{done['job_dir']}/work/{item['path']}")
         here = hashlib.sha256((tmp_path / "w" / item["path"]).read_bytes()).hexdigest()
@@ -78,7 +83,9 @@ def test_the_job_survives_dropped_connections_and_a_killed_controller(
     assert runner.json("status", job_id)["state"] == "succeeded"
 
 
-def test_a_paused_host_is_unreachable_and_its_job_stays_running(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+def test_a_paused_host_is_unreachable_and_its_job_stays_running(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
     job_file = write_job(tmp_path, "ticker", "name: ticker\nrun: while true; do date +tick-%s; sleep 1; done\n")
     job_id = runner.submit(job_file, "--host", "box")
     wait_for(lambda: (runner.json("status", job_id)["last_line"] or "").startswith("tick-"), 30, what="a tick")
@@ -110,7 +117,9 @@ def test_an_unchanged_dataset_is_not_sent_again(runner: Runner, trusted_box: Tes
         (data / f"part{index:02d}.bin").write_bytes(os.urandom(10 * 1024 * 1024))
     work = tmp_path / "work"
     work.mkdir()
-    job_file = write_job(work, "reader", "name: reader\ndatasets:\n  big: ../data\nrun: cat datasets/big/*.bin | wc -c\n")
+    job_file = write_job(
+        work, "reader", "name: reader\ndatasets:\n  big: ../data\nrun: cat datasets/big/*.bin | wc -c\n"
+    )
     first = runner.json("submit", str(job_file), "--host", "box")
     second = runner.json("submit", str(job_file), "--host", "box")
     print(f"\ndataset sync: first {first['sync']['dataset:big']}, second {second['sync']['dataset:big']}")
@@ -141,7 +150,9 @@ def test_paramiko_transport_moves_only_what_changed(runner: Runner, trusted_box:
     assert runner.wait_state(second["id"], {"succeeded", "failed"}, timeout=30)["last_line"] == "changed"
 
 
-def test_shell_metacharacters_in_paths_and_values_stay_literal(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+def test_shell_metacharacters_in_paths_and_values_stay_literal(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
     nasty = "w $(touch PWNED) `touch PWNED2`; 'q\" x"  # a folder name cannot hold '/'; relative touches then
     work = tmp_path / nasty
     work.mkdir()
@@ -149,8 +160,8 @@ def test_shell_metacharacters_in_paths_and_values_stay_literal(runner: Runner, t
     job_file = write_job(
         work,
         "literal",
-        "name: literal\nenv:\n  VALUE: \"$(touch /tmp/pwned3); `id`; 'quoted' \\\"dq\\\"\"\n"
-        "run: printf '%s|%s\\n' \"$VALUE\" \"$(cat payload.txt)\"\n",
+        'name: literal\nenv:\n  VALUE: "$(touch /tmp/pwned3); `id`; \'quoted\' \\"dq\\""\n'
+        'run: printf \'%s|%s\\n\' "$VALUE" "$(cat payload.txt)"\n',
     )
     job_id = runner.submit(job_file, "--host", "box")
     done = runner.wait_state(job_id, {"succeeded", "failed"}, timeout=30)
@@ -165,7 +176,9 @@ def test_shell_metacharacters_in_paths_and_values_stay_literal(runner: Runner, t
     assert refused.returncode == 2 and ":1:7: name: String should match pattern" in refused.stderr
 
 
-def test_tensorboard_is_forwarded_from_the_hosts_loopback(runner: Runner, trusted_box: TestHost, tmp_path: Path) -> None:
+def test_tensorboard_is_forwarded_from_the_hosts_loopback(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
     (tmp_path / "index.html").write_text("board-ok\n")
     job_file = write_job(
         tmp_path,
@@ -304,8 +317,8 @@ def test_status_costs_one_round_trip_per_host_however_many_jobs(
             monkeypatch.setenv(key, runner.env[key])
         from runner import hosts
         from runner.base import paths
-        from runner.observe.observe import refresh
         from runner.jobs.state import Store
+        from runner.observe.observe import refresh
 
         monkeypatch.setattr(hosts, "_open_hosts", {})
         host = hosts.get_host("box")

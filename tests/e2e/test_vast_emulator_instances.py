@@ -116,13 +116,15 @@ def destroy_until_no_container(emulator: Emulator, instance_id: int, container: 
 
 
 def test_an_instance_from_the_registry_runs_ssh_onstart_and_dies_for_real(
-    emulator: Emulator, registry: Registry, key: Path  # noqa: F811
+    emulator: Emulator, registry: Registry, key: Path
 ) -> None:
     onstart = 'echo "onstart saw $RUNNER_JOB" > /root/onstart-ran; echo onstart-says-hello'
     instance_id = create(emulator, registry.image, onstart=onstart, env={"-p 6006:6006": "1", "RUNNER_JOB": "e2e"})
     record = wait_running(emulator, instance_id)
     assert record["image_uuid"] == registry.image and set(record["ports"]) == {"22/tcp", "6006/tcp"}
-    docker("image", "inspect", registry.image)  # the fixture keeps no such tag: it is here because an instance pulled it
+    docker(
+        "image", "inspect", registry.image
+    )  # the fixture keeps no such tag: it is here because an instance pulled it
     attach(emulator, instance_id, key)
 
     port = direct_port(record)
@@ -149,7 +151,7 @@ def test_an_instance_from_the_registry_runs_ssh_onstart_and_dies_for_real(
 
 
 def test_an_instance_cut_off_stops_answering_while_the_api_says_running(
-    emulator: Emulator, registry: Registry, key: Path  # noqa: F811
+    emulator: Emulator, registry: Registry, key: Path
 ) -> None:
     instance_id, port = running_with_key(emulator, registry.image, key)
     wait_for(lambda: ssh(port, key, "true").returncode == 0, 20, what="ssh on the direct port")
@@ -160,9 +162,7 @@ def test_an_instance_cut_off_stops_answering_while_the_api_says_running(
     destroy_until_no_container(emulator, instance_id, container)
 
 
-def test_interactive_logins_start_tmux_unless_no_auto_tmux(
-    emulator: Emulator, registry: Registry, key: Path  # noqa: F811
-) -> None:
+def test_interactive_logins_start_tmux_unless_no_auto_tmux(emulator: Emulator, registry: Registry, key: Path) -> None:
     _instance_id, port = running_with_key(emulator, registry.image, key)
     assert ssh(port, key, "echo plain").stdout == "plain\n"  # a command over ssh is never caught in tmux
 
@@ -188,9 +188,7 @@ def test_interactive_logins_start_tmux_unless_no_auto_tmux(
         login.wait()
 
 
-def test_stop_then_start_brings_sshd_back_with_the_key(
-    emulator: Emulator, registry: Registry, key: Path  # noqa: F811
-) -> None:
+def test_stop_then_start_brings_sshd_back_with_the_key(emulator: Emulator, registry: Registry, key: Path) -> None:
     instance_id = create(emulator, registry.image)
     wait_running(emulator, instance_id)
     attach(emulator, instance_id, key)
@@ -203,9 +201,7 @@ def test_stop_then_start_brings_sshd_back_with_the_key(
     assert ssh(port, key, "true").returncode == 0
 
 
-def test_fail_next_start_runs_no_container(
-    emulator: Emulator, registry: Registry  # noqa: F811
-) -> None:
+def test_fail_next_start_runs_no_container(emulator: Emulator, registry: Registry) -> None:
     emulator.faults.fail_next_start()
     instance_id = create(emulator, registry.image)
     record = wait_for(lambda: (r := show(emulator, instance_id)) and r["status_msg"] and r, 20, what="the failure")
@@ -213,9 +209,7 @@ def test_fail_next_start_runs_no_container(
     assert emulator.container_ids(instance_id) == []
 
 
-def test_an_image_the_registry_lacks_stays_loading_with_the_pull_error(
-    emulator: Emulator, registry: Registry  # noqa: F811
-) -> None:
+def test_an_image_the_registry_lacks_stays_loading_with_the_pull_error(emulator: Emulator, registry: Registry) -> None:
     instance_id = create(emulator, f"{registry.address}/no-such-image:1")
 
     def pull_failed() -> dict[str, Any] | None:
@@ -227,7 +221,7 @@ def test_an_image_the_registry_lacks_stays_loading_with_the_pull_error(
     assert emulator.container_ids(instance_id) == []
 
 
-def test_the_cli_removes_its_containers_on_sigint(registry: Registry, tmp_path: Path) -> None:  # noqa: F811
+def test_the_cli_removes_its_containers_on_sigint(registry: Registry, tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(KEY)
     command = [sys.executable, "-m", "runner.testing.vast_emulator", "--port", "0", "--api-key-file", str(key_file)]

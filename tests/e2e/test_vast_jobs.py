@@ -6,10 +6,10 @@ billing unseen; and the API key that must never show."""
 from __future__ import annotations
 
 import json
-import signal
-import urllib.request
 import shutil
+import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,10 @@ import pytest
 
 from runner.testing.vast_emulator import Emulator
 from tests.conftest import REPO, Runner, wait_for, write_job
-from tests.e2e.registry import Registry  # noqa: F401  (the `registry` fixture is found by name)
-from tests.e2e.registry import registry  # noqa: F401
+from tests.e2e.registry import (
+    Registry,  # noqa: F401  (the `registry` fixture is found by name)
+    registry,  # noqa: F401
+)
 from tests.e2e.testhost import write_hosts_file
 
 API_KEY = "vk-test-3b1f9c0d7e5a4b2c8d6e0f1a2b3c4d5e"
@@ -34,7 +36,7 @@ def offer(offer_id: int, price: float, machine: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def vast(runner: Runner, registry: Any) -> Iterator[Emulator]:  # noqa: F811
+def vast(runner: Runner, registry: Any) -> Iterator[Emulator]:
     emulator = Emulator(offers=[offer(101, 0.42, 1), offer(102, 0.47, 2), offer(103, 0.55, 3)], api_key=API_KEY)
     url = emulator.start()
     runner.env.update(VAST_URL=url, VAST_API_KEY=API_KEY)
@@ -46,8 +48,14 @@ def vast_job(folder: Path, image: str, *run: str, extra: str = "") -> Path:
     work = folder / "demo"
     if not work.exists():
         shutil.copytree(REPO / "demo", work)
-    lines = "\n".join(f"  - {line!r}" for line in run) or "  - python3 train.py --epochs 3 --samples 1200 --hidden 8 --out runs/demo"
-    return write_job(folder, "demo", f"""\
+    lines = (
+        "\n".join(f"  - {line!r}" for line in run)
+        or "  - python3 train.py --epochs 3 --samples 1200 --hidden 8 --out runs/demo"
+    )
+    return write_job(
+        folder,
+        "demo",
+        f"""\
 name: demo
 host: vast
 workdir: demo
@@ -58,7 +66,8 @@ run:
 artifacts:
   weights: runs/demo/weights/*.pt
 tensorboard: null
-{extra}""")
+{extra}""",
+    )
 
 
 def live_instances(emulator: Emulator) -> list[dict[str, Any]]:
@@ -72,7 +81,7 @@ def rented_offers(emulator: Emulator) -> list[int]:
 
 
 def test_a_rented_job_runs_succeeds_brings_its_weights_home_and_gives_the_instance_back(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path
 ) -> None:
     submitted = runner.run("submit", str(vast_job(tmp_path, registry.image)), cwd=tmp_path, timeout=600)
     assert submitted.returncode == 0, submitted.stderr
@@ -95,7 +104,7 @@ def test_a_rented_job_runs_succeeds_brings_its_weights_home_and_gives_the_instan
     assert "3 epochs completed in" in shown
 
 
-def test_the_api_key_never_shows(runner: Runner, vast: Emulator, registry: Any, tmp_path: Path) -> None:  # noqa: F811
+def test_the_api_key_never_shows(runner: Runner, vast: Emulator, registry: Any, tmp_path: Path) -> None:
     submitted = runner.run("submit", str(vast_job(tmp_path, registry.image)), cwd=tmp_path, check=True, timeout=600)
     job_id = submitted.stdout.strip()
     listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout  # the keeper runs now
@@ -104,7 +113,9 @@ def test_the_api_key_never_shows(runner: Runner, vast: Emulator, registry: Any, 
                runner.run("down", "--orphans", "--json").stdout, listing]  # fmt: skip
     runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=180)
     wait_for(lambda: not live_instances(vast), 120, what="teardown")
-    logs = [path.read_text(errors="replace") for path in runner.home.rglob("*") if path.is_file() and path.suffix == ".log"]
+    logs = [
+        path.read_text(errors="replace") for path in runner.home.rglob("*") if path.is_file() and path.suffix == ".log"
+    ]
     assert logs  # the keeper's log at least
     for text in outputs + logs:
         assert API_KEY not in text
@@ -135,19 +146,22 @@ def steps_job(folder: Path, image: str, extra: str = "") -> Path:
 
 
 def test_429s_during_the_rent_are_ridden_out_and_one_instance_is_rented(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path
 ) -> None:
     vast.faults.rate_limit(6)
     submitted = runner.run("submit", str(vast_job(tmp_path, registry.image)), cwd=tmp_path, timeout=600)
     assert submitted.returncode == 0, submitted.stderr
     assert sum(1 for request in vast.requests if request.status == 429) == 6
     assert len(rented_offers(vast)) == 1
-    assert runner.wait_state(submitted.stdout.strip(), {"succeeded", "failed", "lost"}, timeout=180)["state"] == "succeeded"
+    assert (
+        runner.wait_state(submitted.stdout.strip(), {"succeeded", "failed", "lost"}, timeout=180)["state"]
+        == "succeeded"
+    )
     wait_for(lambda: not live_instances(vast), 120, what="teardown")
 
 
 def test_an_instance_that_fails_to_start_is_destroyed_and_the_job_fails_clearly(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path
 ) -> None:
     vast.faults.fail_next_start()
     submitted = runner.run("submit", str(vast_job(tmp_path, registry.image)), cwd=tmp_path, timeout=600)
@@ -161,13 +175,16 @@ def test_an_instance_that_fails_to_start_is_destroyed_and_the_job_fails_clearly(
 
 @pytest.mark.parametrize("cause, fault", [("interrupted", "kill_instance"), ("lost", "cut_off_instance")])
 def test_an_interrupted_or_lost_instance_is_replaced_and_the_job_resumes_from_its_checkpoint(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path, cause: str, fault: str  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path, cause: str, fault: str
 ) -> None:
     # lost: the API goes on saying running while SSH is silent; the grace is the job file's lost_after
     retry = f"retry: {{on: [{cause}], max: 1, lost_after: 10s}}\nresume: python3 steps.py 200 --resume\n"
     job_file = steps_job(tmp_path, registry.image, extra=retry)
-    job_file.write_text(job_file.read_text().replace("  weights: runs/demo/weights/*.pt",
-                                                     "  weights: {paths: [runs/demo/weights/*.pt], sync_every: 10s}"))
+    job_file.write_text(
+        job_file.read_text().replace(
+            "  weights: runs/demo/weights/*.pt", "  weights: {paths: [runs/demo/weights/*.pt], sync_every: 10s}"
+        )
+    )
     job_id = runner.run("submit", str(job_file), cwd=tmp_path, check=True, timeout=600).stdout.strip()
     checkpoint = tmp_path / "artifacts" / job_id / "runs" / "demo" / "weights" / "last.pt"
     reached = wait_for(lambda: checkpoint.exists() and int(checkpoint.read_text() or 0) >= 10 and int(checkpoint.read_text()),
@@ -191,7 +208,7 @@ def test_an_interrupted_or_lost_instance_is_replaced_and_the_job_resumes_from_it
 
 
 def test_a_job_whose_file_is_gone_recovers_from_the_store_and_fetches_where_submit_resolved(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path
 ) -> None:
     """Submitted from one folder, its job file deleted at once, every later command run from elsewhere:
     the retry on a second instance runs the job as submit stored it, and the weights land under the
@@ -200,8 +217,11 @@ def test_a_job_whose_file_is_gone_recovers_from_the_store_and_fetches_where_subm
     project = tmp_path / "project"
     project.mkdir()
     job_file = steps_job(project, registry.image, extra=retry)
-    job_file.write_text(job_file.read_text().replace("  weights: runs/demo/weights/*.pt",
-                                                     "  weights: {paths: [runs/demo/weights/*.pt], sync_every: 10s}"))
+    job_file.write_text(
+        job_file.read_text().replace(
+            "  weights: runs/demo/weights/*.pt", "  weights: {paths: [runs/demo/weights/*.pt], sync_every: 10s}"
+        )
+    )
     submitter = tmp_path / "submitted-from"
     submitter.mkdir()
     job_id = runner.run("submit", str(job_file), cwd=submitter, check=True, timeout=600).stdout.strip()
@@ -230,7 +250,7 @@ def test_a_job_whose_file_is_gone_recovers_from_the_store_and_fetches_where_subm
 
 
 def test_a_destroy_answered_500_twice_is_retried_until_the_instance_is_gone(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path
 ) -> None:
     job_file = vast_job(tmp_path, registry.image, "sleep 300", extra="teardown: never\n")
     job_id = runner.run("submit", str(job_file), cwd=tmp_path, check=True, timeout=600).stdout.strip()
@@ -244,7 +264,7 @@ def test_a_destroy_answered_500_twice_is_retried_until_the_instance_is_gone(
 
 
 def test_eight_submits_at_once_rent_each_of_three_offers_at_most_once(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path
 ) -> None:
     job_file = vast_job(tmp_path, registry.image, "sleep 2")
     submits = [subprocess.Popen([*runner_cli(), "submit", str(job_file)], env=runner.env, cwd=tmp_path,
@@ -253,7 +273,9 @@ def test_eight_submits_at_once_rent_each_of_three_offers_at_most_once(
     succeeded = [out for code, (out, _) in results if code == 0]
     refused = [err for code, (_, err) in results if code != 0]
     assert 1 <= len(succeeded) <= 3 and len(succeeded) + len(refused) == 8
-    assert all("no vast.ai offer fits" in err for err in refused), [err for err in refused if "no vast.ai offer fits" not in err]
+    assert all("no vast.ai offer fits" in err for err in refused), [
+        err for err in refused if "no vast.ai offer fits" not in err
+    ]
     offers = rented_offers(vast)
     assert len(offers) == len(set(offers)) == len(succeeded)  # no offer rented twice
     wait_for(lambda: not live_instances(vast), 180, what="teardown")
@@ -279,7 +301,7 @@ def runner_cli() -> list[str]:
 
 
 def test_max_cost_stops_the_job_fetches_its_weights_and_destroys_the_instance(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path
 ) -> None:
     # $0.42/h: $0.001 is spent in under 9 s; teardown: never must not keep an instance over budget.
     job_file = steps_job(tmp_path, registry.image, extra="teardown: never\n")
@@ -293,7 +315,7 @@ def test_max_cost_stops_the_job_fetches_its_weights_and_destroys_the_instance(
 
 
 def test_down_orphans_destroys_instances_no_running_job_owns(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path
 ) -> None:
     from runner.provision.vast.api import VastClient
 
@@ -308,7 +330,7 @@ def test_down_orphans_destroys_instances_no_running_job_owns(
 
 
 def test_an_image_runner_builds_is_pushed_to_the_registry_and_the_instance_runs_it(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path, built_here: set[str]  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path, built_here: set[str]
 ) -> None:
     # The test host image as the base: it has the sshd a vast.ai instance's image gets from vast.
     write_hosts_file(runner.config, {}, registry={"address": f"{registry.address}/team"})
@@ -349,14 +371,16 @@ def test_bad_input_for_a_rented_host_is_refused_before_anything_is_rented(
 
 
 def test_tensorboard_of_a_rented_job_is_forwarded_here(
-    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path  # noqa: F811
+    runner: Runner, vast: Emulator, registry: Any, tmp_path: Path
 ) -> None:
     job_file = vast_job(tmp_path, registry.image, "python3 -m http.server 6124 --bind 127.0.0.1")
     (tmp_path / "demo" / "index.html").write_text("board-ok\n")
     job_file.write_text(job_file.read_text().replace("tensorboard: null", "tensorboard: {port: 6124}"))
     job_id = runner.run("submit", str(job_file), cwd=tmp_path, check=True, timeout=600).stdout.strip()
     wait_for(lambda: "Serving HTTP" in (runner.json("status", job_id)["last_line"] or ""), 60, what="the server")
-    forward = subprocess.Popen([*runner_cli(), "tensorboard", job_id], env=runner.env, stdout=subprocess.PIPE, text=True)
+    forward = subprocess.Popen(
+        [*runner_cli(), "tensorboard", job_id], env=runner.env, stdout=subprocess.PIPE, text=True
+    )
     try:
         url = forward.stdout.readline().strip()  # type: ignore[union-attr]
         assert urllib.request.urlopen(url + "index.html", timeout=10).read() == b"board-ok\n"

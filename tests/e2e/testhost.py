@@ -54,11 +54,15 @@ class TestHost:
     key: Path
 
     @classmethod
-    def start(cls, key: Path) -> "TestHost":
+    def start(cls, key: Path) -> TestHost:
         host = cls(f"runner-test-{secrets.token_hex(4)}", free_port(), key)
         docker("run", "-d", "--name", host.name, "-p", f"127.0.0.1:{host.port}:22", IMAGE)
         public = key.with_suffix(".pub").read_bytes()
-        host.sh(f"cat > /home/{USER}/.ssh/authorized_keys && chown {USER}: /home/{USER}/.ssh/authorized_keys", stdin=public, user="root")
+        host.sh(
+            f"cat > /home/{USER}/.ssh/authorized_keys && chown {USER}: /home/{USER}/.ssh/authorized_keys",
+            stdin=public,
+            user="root",
+        )
         host.wait_for_sshd()
         return host
 
@@ -109,7 +113,9 @@ class TestHost:
         return entry
 
 
-def write_hosts_file(config_dir: Path, hosts: dict[str, dict[str, object]], registry: dict[str, str] | None = None) -> None:
+def write_hosts_file(
+    config_dir: Path, hosts: dict[str, dict[str, object]], registry: dict[str, str] | None = None
+) -> None:
     config_dir.mkdir(parents=True, exist_ok=True)
     document: dict[str, object] = {"hosts": hosts}
     if registry:

@@ -17,7 +17,6 @@ from runner.hostside import transfer
 from runner.hostside.hostfiles import PROTOCOL
 from runner.jobs.layout import run_agent
 
-
 MTIME_NS = 1_600_000_000_123_456_789
 
 
@@ -75,7 +74,9 @@ def _batch(entries: list[dict[str, Any]], members: list[tuple[tarfile.TarInfo, b
     return buffer.getvalue()
 
 
-def _member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, target: str = "") -> tuple[tarfile.TarInfo, bytes]:
+def _member(
+    name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, target: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.type, info.linkname = kind, target
     info.size = len(data) if kind == tarfile.REGTYPE else 0

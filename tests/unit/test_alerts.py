@@ -104,8 +104,15 @@ def test_torch_without_kernels_for_the_gpu() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["ultralytics/train_tty.log", "ultralytics/train_pipe.log", "yolov7/train_tty.log",
-             "yolov7/train_pipe.log", "yolov7/noota_tty.log", "telemetry/err_nvidia-smi_no-driver.txt"]
+    "name",
+    [
+        "ultralytics/train_tty.log",
+        "ultralytics/train_pipe.log",
+        "yolov7/train_tty.log",
+        "yolov7/train_pipe.log",
+        "yolov7/noota_tty.log",
+        "telemetry/err_nvidia-smi_no-driver.txt",
+    ],
 )
 def test_healthy_runs_raise_nothing(name: str) -> None:
     text = sample(name)
@@ -116,8 +123,14 @@ def test_a_hot_junction_on_the_legacy_rocm_reading() -> None:
     # Fan 45 %, 222 W, edge 77 °C, memory 79 °C, junction 103 °C: only the junction is over its limit.
     reading = gpus.parse_rocm_smi_json(sample("telemetry/rocm-smi_json_compact_-f-t-P_legacy-2019.json"))
     (alert,) = alerts.gpu_too_hot(reading["gpus"])
-    assert alert == {"kind": "gpu_hot", "gpu": 0, "sensor": "temp_junction_c", "value_c": 103.0, "limit_c": 100.0,
-                     "message": "GPU 0 junction sensor at 103 °C (limit 100 °C)"}
+    assert alert == {
+        "kind": "gpu_hot",
+        "gpu": 0,
+        "sensor": "temp_junction_c",
+        "value_c": 103.0,
+        "limit_c": 100.0,
+        "message": "GPU 0 junction sensor at 103 °C (limit 100 °C)",
+    }
 
 
 def test_temperature_limits_can_be_lowered_per_sensor() -> None:
@@ -141,6 +154,12 @@ def test_disk_almost_full() -> None:
 
 
 def test_random_text_raises_nothing() -> None:
-    for text in ["", "\r\r\n", "Traceback (most recent call last):", "Traceback (most recent call last):\n  x\n",
-                 "\x1b[31m1/2 0G nan:\x1b[0m", " 1/2  0G  nan  inf  3  64: 5%"]:
+    for text in [
+        "",
+        "\r\r\n",
+        "Traceback (most recent call last):",
+        "Traceback (most recent call last):\n  x\n",
+        "\x1b[31m1/2 0G nan:\x1b[0m",
+        " 1/2  0G  nan  inf  3  64: 5%",
+    ]:
         alerts.log_alerts(text)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from runner.transfer import artifactsync
-from runner.transfer.artifactsync import fetch_every, sync_dest
 from runner.base.durations import format_duration, parse_duration
 from runner.base.errors import CommandFailed, HostUnreachable, NotFound, SpecError
-from runner.transfer.fetch import FetchResult
 from runner.jobs.spec import DEFAULT_ARTIFACTS, ArtifactSync
 from runner.jobs.specfile import load_job
 from runner.jobs.state import Job, JobState, Store
+from runner.transfer import artifactsync
+from runner.transfer.artifactsync import fetch_every, sync_dest
+from runner.transfer.fetch import FetchResult
 from tests.conftest import Runner
 
 
@@ -54,7 +54,10 @@ def test_sync_every_alone_keeps_a_default_sets_globs(tmp_path: Path) -> None:
     spec = load(tmp_path, "  weights: {sync_every: 30s}\n  logs: {sync_every: 1h}\n").spec
     stored = spec.model_dump(mode="json")
     assert stored["artifacts"] == DEFAULT_ARTIFACTS
-    assert spec.artifact_sync == {"weights": ArtifactSync(every_s=30, dest=None), "logs": ArtifactSync(every_s=3600, dest=None)}
+    assert spec.artifact_sync == {
+        "weights": ArtifactSync(every_s=30, dest=None),
+        "logs": ArtifactSync(every_s=3600, dest=None),
+    }
 
 
 def test_plain_seconds_are_a_duration_too(tmp_path: Path) -> None:
@@ -71,16 +74,31 @@ def test_no_sync_unless_asked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("artifacts", "expected"),
     [
-        ("  weights:\n    sync_every: soon\n", ":5:17: artifacts.weights.sync_every: 'soon' is not a duration like 30s, 10m or 1h"),
+        (
+            "  weights:\n    sync_every: soon\n",
+            ":5:17: artifacts.weights.sync_every: 'soon' is not a duration like 30s, 10m or 1h",
+        ),
         ("  weights:\n    sync_every: 0s\n", ":5:17: artifacts.weights.sync_every: '0s' must be more than zero"),
         (
             "  weights:\n    sync_every: 9s\n",
             ":5:17: artifacts.weights.sync_every: '9s' is too often: each sync lists the set on the host; at least 10s",
         ),
-        ("  weights:\n    sync_every: yes\n", ":5:17: artifacts.weights.sync_every: 'True' is not a duration like 30s, 10m or 1h"),
-        ("  weights:\n    every: 10m\n", ":5:5: artifacts.weights.every: unknown field 'every', did you mean 'sync_every'?"),
-        ("  weights:\n    paths: [ok.pt, ../up.pt]\n", ":5:20: artifacts.weights.paths[1]: '../up.pt' must stay inside the workdir (relative, no '..')"),
-        ("  weights: [ok.pt, ../up.pt]\n", ":4:20: artifacts.weights[1]: '../up.pt' must stay inside the workdir (relative, no '..')"),
+        (
+            "  weights:\n    sync_every: yes\n",
+            ":5:17: artifacts.weights.sync_every: 'True' is not a duration like 30s, 10m or 1h",
+        ),
+        (
+            "  weights:\n    every: 10m\n",
+            ":5:5: artifacts.weights.every: unknown field 'every', did you mean 'sync_every'?",
+        ),
+        (
+            "  weights:\n    paths: [ok.pt, ../up.pt]\n",
+            ":5:20: artifacts.weights.paths[1]: '../up.pt' must stay inside the workdir (relative, no '..')",
+        ),
+        (
+            "  weights: [ok.pt, ../up.pt]\n",
+            ":4:20: artifacts.weights[1]: '../up.pt' must stay inside the workdir (relative, no '..')",
+        ),
         (
             "  weights: a.pt\n  ckpt:\n    sync_every: 10m\n",
             ":6:5: artifacts.ckpt: needs paths: only weights/results/logs have default globs",
@@ -89,14 +107,19 @@ def test_no_sync_unless_asked(tmp_path: Path) -> None:
             "  weights:\n    dest: out\n",
             ":5:5: artifacts.weights: dest is only used with sync_every (`runner fetch --dest` sets it for one fetch)",
         ),
-        ("  set:\n    paths: a\n    sync_evry: 1m\n", ":6:5: artifacts.set.sync_evry: unknown field 'sync_evry', did you mean 'sync_every'?"),
+        (
+            "  set:\n    paths: a\n    sync_evry: 1m\n",
+            ":6:5: artifacts.set.sync_evry: unknown field 'sync_evry', did you mean 'sync_every'?",
+        ),
     ],
 )
 def test_a_wrong_sync_setting_is_one_line_at_its_place(tmp_path: Path, artifacts: str, expected: str) -> None:
     assert error_of(tmp_path, artifacts) == expected
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("10m", 600), ("1h", 3600), ("90", 90), (" 1.5M ", 90), (45, 45)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("10m", 600), ("1h", 3600), ("90", 90), (" 1.5M ", 90), (45, 45)]
+)
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -107,7 +130,9 @@ def test_not_durations(text: object) -> None:
         parse_duration(text)
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(600, "10m"), (3600, "1h"), (45, "45s"), (90, "90s"), (7200, "2h"), (0.5, "0.5s")])
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(600, "10m"), (3600, "1h"), (45, "45s"), (90, "90s"), (7200, "2h"), (0.5, "0.5s")]
+)
 def test_formatted_durations_read_back(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
@@ -121,9 +146,14 @@ def test_cli_and_job_file_share_the_duration_parser(runner: Runner) -> None:
 
 def test_sync_destination_is_relative_to_the_job_file_or_fetchs_default(tmp_path: Path) -> None:
     job_file = tmp_path / "jobs" / "x.yaml"
-    assert sync_dest(ArtifactSync(every_s=60, dest="out"), job_file, "abc", cwd=tmp_path / "cwd") == tmp_path / "jobs" / "out"
+    assert (
+        sync_dest(ArtifactSync(every_s=60, dest="out"), job_file, "abc", cwd=tmp_path / "cwd")
+        == tmp_path / "jobs" / "out"
+    )
     assert sync_dest(ArtifactSync(every_s=60, dest="/abs/d"), job_file, "abc") == Path("/abs/d")
-    assert sync_dest(ArtifactSync(every_s=60, dest=None), job_file, "abc", cwd=tmp_path) == tmp_path / "artifacts" / "abc"
+    assert (
+        sync_dest(ArtifactSync(every_s=60, dest=None), job_file, "abc", cwd=tmp_path) == tmp_path / "artifacts" / "abc"
+    )
 
 
 def test_submit_that_fails_starts_no_sync(runner: Runner, tmp_path: Path) -> None:
@@ -188,7 +218,9 @@ def run_loop(store: Store, script: Script, tmp_path: Path) -> FetchResult:
     return fetch_every(store, script.job, "weights", tmp_path / "d", 0.001, script.fetched.append, script.notes.append)
 
 
-def test_the_every_loop_rides_out_an_unreachable_host(store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_every_loop_rides_out_an_unreachable_host(
+    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     down = HostUnreachable("host 'box' did not answer")
     # Far more drops in a row than any other failure may have: a link drop never ends the sync.
     fetches = [None, down, None, None]
@@ -198,7 +230,10 @@ def test_the_every_loop_rides_out_an_unreachable_host(store: Store, monkeypatch:
     assert result.job_id == script.job.id
     assert script.fetches == [] and script.refreshes == []  # it went on to the final fetch after the job ended
     assert len(script.fetched) == 2  # the two fetches while the job ran (the final one is returned)
-    assert sum("did not answer; trying again in 0.001s" in note for note in script.notes) == 1 + artifactsync.MAX_FAILURES * 2
+    assert (
+        sum("did not answer; trying again in 0.001s" in note for note in script.notes)
+        == 1 + artifactsync.MAX_FAILURES * 2
+    )
 
 
 def test_other_failures_in_a_row_end_the_loop(store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

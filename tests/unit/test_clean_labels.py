@@ -13,8 +13,33 @@ from runner.hostside import labelfile
 
 # Values as label files write them, valid and not, for every column.
 CLASSES = ["0", "1", "2", "79", "80", "01", "1.0", "-1", "1e0", "x", "", "00"]
-UNITS = ["0", "0.", "0.5", "0.000000", ".5", "1", "1.0", "1.000", "1.5", "1.0001", "00.5", "01", "-0.1", "-0",
-         "nan", "inf", "1e-3", "5e-1", "0.5.5", ".", "0,5", "0x1", "1_0", "\u0665", "0.99999999"]
+UNITS = [
+    "0",
+    "0.",
+    "0.5",
+    "0.000000",
+    ".5",
+    "1",
+    "1.0",
+    "1.000",
+    "1.5",
+    "1.0001",
+    "00.5",
+    "01",
+    "-0.1",
+    "-0",
+    "nan",
+    "inf",
+    "1e-3",
+    "5e-1",
+    "0.5.5",
+    ".",
+    "0,5",
+    "0x1",
+    "1_0",
+    "\u0665",
+    "0.99999999",
+]
 GAPS = [" ", " ", " ", "  ", "\t", " \t"]
 ENDS = ["\n", "\n", "\n", "\r\n", " \n", "\n\n", ""]
 
@@ -65,8 +90,10 @@ def test_the_fast_path_accepts_only_what_the_line_check_passes(seed: int) -> Non
 def test_every_clean_file_takes_the_fast_path() -> None:
     rng = random.Random(7)
     for _ in range(2000):
-        lines = {f"{rng.randrange(80)} " + " ".join(f"{rng.uniform(0.0001, 1.0):.6f}" for _ in range(4))
-                 for _ in range(rng.randint(1, 30))}
+        lines = {
+            f"{rng.randrange(80)} " + " ".join(f"{rng.uniform(0.0001, 1.0):.6f}" for _ in range(4))
+            for _ in range(rng.randint(1, 30))
+        }
         counts = [0] * 80
         clean = labelfile.CleanFiles(80, counts)
         assert clean.instances("".join(line + "\n" for line in lines).encode()) == len(lines)
@@ -88,8 +115,16 @@ def test_clean_files_take_the_fast_path(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "\n", "3 0.5 0.5 0.1 0.1\n", "0 0.5 0.5 0.0 0.1\n", "0 0.5 0.5 0.1 0.1\n\n0 0.4 0.5 0.1 0.1\n",
-     "0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n", "0 0.5 0.5 0.1 1e-1\n", "0 0.1 0.1 0.9 0.1 0.5 0.9\n"],
+    [
+        "",
+        "\n",
+        "3 0.5 0.5 0.1 0.1\n",
+        "0 0.5 0.5 0.0 0.1\n",
+        "0 0.5 0.5 0.1 0.1\n\n0 0.4 0.5 0.1 0.1\n",
+        "0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n",
+        "0 0.5 0.5 0.1 1e-1\n",
+        "0 0.1 0.1 0.9 0.1 0.5 0.9\n",
+    ],
 )
 def test_files_needing_a_closer_look_go_line_by_line(text: str) -> None:
     assert labelfile.CleanFiles(3, [0, 0, 0]).instances(text.encode()) is None

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.unit.torchcase import (  # noqa: F401  (_restore_torch is an autouse fixture, found by name)
-    DOUBLE, HOOK_DIR, TIGHT, _restore_torch, make_conv, make_input, nn, runner_conv, torch,
+    DOUBLE,
+    HOOK_DIR,
+    TIGHT,
+    _restore_torch,
+    make_conv,
+    make_input,
+    nn,
+    runner_conv,
+    torch,
 )
 
 # The references' own notice (F.conv2d pads a copy for 'same' with an even kernel), not a failure.
@@ -21,6 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even k
 
 
 # -- the class-level patch -------------------------------------------------------------------------
+
 
 class _CallCounter:
     def __init__(self, monkeypatch):
@@ -37,9 +46,20 @@ class _CallCounter:
 def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """What ultralytics' fuse() does (utils/torch_utils.py): a brand-new nn.Conv2d, built after the
     patch, with the batch norm folded into its weight and bias."""
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                      bias=True).requires_grad_(False).to(conv.weight.device, conv.weight.dtype)
+    fused = (
+        nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            kernel_size=conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=True,
+        )
+        .requires_grad_(False)
+        .to(conv.weight.device, conv.weight.dtype)
+    )
     w_conv = conv.weight.clone().view(conv.out_channels, -1)
     w_bn = torch.diag(bn.weight.div(torch.sqrt(bn.eps + bn.running_var)))
     fused.weight.copy_(torch.mm(w_bn, w_conv).view(fused.weight.shape))
@@ -119,6 +139,7 @@ def test_patch_is_idempotent_and_unpatch_restores():
 
 
 # -- backends and the MIOpen cache directories ------------------------------------------------------
+
 
 def test_backends():
     assert runner_conv.apply_backend("miopen") == "miopen"
@@ -244,13 +265,17 @@ def test_hook_in_a_python_without_torch_does_nothing(tmp_path):
     would without the hook."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
     python = tmp_path / "venv" / "bin" / "python"
-    code = ("import sys, json\n"
-            "print(sys.modules['sitecustomize'].__file__)\n"
-            "try:\n    import torch\nexcept ModuleNotFoundError as e:\n    print(repr(e))\n")
+    code = (
+        "import sys, json\n"
+        "print(sys.modules['sitecustomize'].__file__)\n"
+        "try:\n    import torch\nexcept ModuleNotFoundError as e:\n    print(repr(e))\n"
+    )
     proc = run_python(code, "im2col", python=python)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [str(HOOK_DIR / "sitecustomize.py"),
-                                        "ModuleNotFoundError(\"No module named 'torch'\")"]
+    assert proc.stdout.splitlines() == [
+        str(HOOK_DIR / "sitecustomize.py"),
+        "ModuleNotFoundError(\"No module named 'torch'\")",
+    ]
     assert proc.stderr == ""
 
 
@@ -267,9 +292,11 @@ def test_hook_lets_a_failing_torch_import_fail_as_it_would(tmp_path):
 def test_hook_chains_to_the_next_sitecustomize(tmp_path):
     """The base image's own sitecustomize (Debian's, a conda env's) further down sys.path still runs."""
     (tmp_path / "sitecustomize.py").write_text("import builtins\nbuiltins.base_image_hook_ran = True\n")
-    code = ("import builtins, sys\n"
-            "print(getattr(builtins, 'base_image_hook_ran', False))\n"
-            "print([type(f).__name__ for f in sys.meta_path].count('_TorchImportHook'))\n")
+    code = (
+        "import builtins, sys\n"
+        "print(getattr(builtins, 'base_image_hook_ran', False))\n"
+        "print([type(f).__name__ for f in sys.meta_path].count('_TorchImportHook'))\n"
+    )
     proc = run_python(code, "im2col", pythonpath=[HOOK_DIR, HOOK_DIR, tmp_path])  # listed twice: no loop
     assert proc.stdout.split() == ["True", "1"] and proc.stderr == ""
     (tmp_path / "sitecustomize.py").write_text("raise RuntimeError('base hook broken')\n")

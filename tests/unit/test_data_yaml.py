@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from runner.base.errors import SpecError
+from runner.jobs.specfile import load_job
 from runner.pipeline.placement import plan_datasets
 from runner.pipeline.preflight import describe
-from runner.jobs.specfile import load_job
 
 
 def describe_yaml(workdir: Path, text: str) -> dict:
@@ -23,8 +23,10 @@ def describe_yaml(workdir: Path, text: str) -> dict:
 
 
 def test_an_ultralytics_yaml_is_described_with_its_lines(tmp_path: Path) -> None:
-    text = ("path: ../datasets/coco8  # dataset root\ntrain: images/train\nval: [images/val, images/val2]\ntest:\n"
-            "names:\n  0: person\n  1: 'traffic light'\ndownload: |\n  from pathlib import Path\n  print('x: y')\n")
+    text = (
+        "path: ../datasets/coco8  # dataset root\ntrain: images/train\nval: [images/val, images/val2]\ntest:\n"
+        "names:\n  0: person\n  1: 'traffic light'\ndownload: |\n  from pathlib import Path\n  print('x: y')\n"
+    )
     description = describe_yaml(tmp_path, text)
     assert description == {
         "yaml": "data.yaml",
@@ -38,7 +40,9 @@ def test_an_ultralytics_yaml_is_described_with_its_lines(tmp_path: Path) -> None
 
 
 def test_a_yolov7_yaml_and_ultralytics_validation_key(tmp_path: Path) -> None:
-    description = describe_yaml(tmp_path, "train: ./coco/train2017.txt\nvalidation: ./coco/val2017.txt\nnc: 2\nnames: [a, b]\n")
+    description = describe_yaml(
+        tmp_path, "train: ./coco/train2017.txt\nvalidation: ./coco/val2017.txt\nnc: 2\nnames: [a, b]\n"
+    )
     assert description["splits"] == {"train": ["./coco/train2017.txt"], "val": ["./coco/val2017.txt"]}
     assert (description["nc"], description["names"], description["path"]) == (2, ["a", "b"], None)
 
@@ -52,7 +56,10 @@ def test_a_yolov7_yaml_and_ultralytics_validation_key(tmp_path: Path) -> None:
         ("train: t\nval: v\nnames: {zero: a}\n", ":3:1: names: a mapping's keys are class ids: 0, 1, 2, ..."),
         ("train: t\nval: v\nnc: eighty\n", ":3:1: nc: the number of classes, a whole number from 1 on, not 'eighty'"),
         ("train: t\nval: v\n", ":1:1: (top level): needs names (a list, or a mapping of class id to name) or nc"),
-        ("train: t\nval: v\nnames: [a]\nkpt_shape: [17]\n", ":4:1: kpt_shape: [keypoints, values per keypoint], e.g. [17, 3]"),
+        (
+            "train: t\nval: v\nnames: [a]\nkpt_shape: [17]\n",
+            ":4:1: kpt_shape: [keypoints, values per keypoint], e.g. [17, 3]",
+        ),
         ("train: t\nval: v\nnames: [a\n", ": invalid YAML: "),
     ],
     ids=["no-train", "val-mapping", "names-gap", "names-keys", "nc-text", "no-classes", "kpt-shape", "bad-yaml"],
@@ -66,7 +73,10 @@ def test_a_malformed_data_yaml_is_one_line_at_its_place(tmp_path: Path, text: st
 @pytest.mark.parametrize(
     ("value", "error"),
     [
-        ("../elsewhere/data.yaml", ":3:10: dataset: '../elsewhere/data.yaml' must stay inside the workdir (relative, no '..')"),
+        (
+            "../elsewhere/data.yaml",
+            ":3:10: dataset: '../elsewhere/data.yaml' must stay inside the workdir (relative, no '..')",
+        ),
         ("/abs/data.yaml", ":3:10: dataset: '/abs/data.yaml' must stay inside the workdir (relative, no '..')"),
         ("missing.yaml", ":3:10: dataset: 'missing.yaml' is not a file in the workdir"),
     ],

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from runner.hostside import datacheck, imageheader, labelfile, splitscan
-from runner.pipeline.preflight import check_here
 from runner.jobs.specfile import load_job
+from runner.pipeline.preflight import check_here
 from tests.datasets import IMAGE_BYTES, bmp_bytes, jpeg_bytes, png_bytes, ultralytics_yaml, webp_bytes, write_split
 
 BOX = "0.5 0.5 0.1 0.1"
@@ -68,8 +68,9 @@ def test_a_yolov7_yaml_with_image_lists_relative_to_the_workdir(tmp_path: Path) 
     coco = tmp_path / "coco"
     write_split(coco, "train2017", {"a": f"0 {BOX}\n", "b": f"1 {BOX}\n1 0.2 0.2 0.1 0.1\n", "c": None})
     write_split(coco, "val2017", {"d": f"1 {BOX}\n"})
-    (coco / "train2017.txt").write_text("./images/train2017/a.jpg\ncoco/images/train2017/b.jpg\n./images/train2017/c.jpg\n"
-                                        "./images/train2017/gone.jpg\n")
+    (coco / "train2017.txt").write_text(
+        "./images/train2017/a.jpg\ncoco/images/train2017/b.jpg\n./images/train2017/c.jpg\n./images/train2017/gone.jpg\n"
+    )
     (coco / "val2017.txt").write_text("./images/val2017/d.jpg\n")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "coco.yaml").write_text(
@@ -154,7 +155,9 @@ def test_duplicates_labels_without_images_and_backgrounds_are_warnings_or_counts
 
 
 def test_corrupt_and_tiny_images_are_errors_and_their_labels_skipped(tmp_path: Path) -> None:
-    write_split(tmp_path, "train", {"good": f"0 {BOX}\n", "text": f"0 {BOX}\n", "tiny": f"0 {BOX}\n", "cut": f"0 {BOX}\n"})
+    write_split(
+        tmp_path, "train", {"good": f"0 {BOX}\n", "text": f"0 {BOX}\n", "tiny": f"0 {BOX}\n", "cut": f"0 {BOX}\n"}
+    )
     write_split(tmp_path, "val", {"v": f"0 {BOX}\n"})
     folder = tmp_path / "images" / "train"
     (folder / "text.jpg").write_text("<html>not an image</html>")
@@ -164,8 +167,11 @@ def test_corrupt_and_tiny_images_are_errors_and_their_labels_skipped(tmp_path: P
     report = check_job(tmp_path, "data.yaml")
     entry = report["splits"]["train"]["problems"]["image_unreadable"]
     assert entry["count"] == 3 and report["errors"] == 3
-    assert sorted(offender["file"] for offender in entry["first"]) == ["images/train/cut.jpg", "images/train/text.jpg",
-                                                                       "images/train/tiny.jpg"]
+    assert sorted(offender["file"] for offender in entry["first"]) == [
+        "images/train/cut.jpg",
+        "images/train/text.jpg",
+        "images/train/tiny.jpg",
+    ]
     assert report["splits"]["train"]["labels"] == 1  # only the good image's label was read
 
 
@@ -215,7 +221,13 @@ def test_images_are_found_as_the_trainers_glob_finds_them(tmp_path: Path) -> Non
     root, elsewhere = tmp_path / "images" / "train", tmp_path / "elsewhere"
     (root / "b_sub").mkdir(parents=True)
     elsewhere.mkdir()
-    for path in (root / "a.jpg", root / "UPPER.JPG", root / ".hidden.jpg", root / "b_sub" / "c.png", elsewhere / "d.jpg"):
+    for path in (
+        root / "a.jpg",
+        root / "UPPER.JPG",
+        root / ".hidden.jpg",
+        root / "b_sub" / "c.png",
+        elsewhere / "d.jpg",
+    ):
         path.write_bytes(IMAGE_BYTES["png"])
     (root / "notes.md").write_text("not an image")
     (root / "linked").symlink_to(elsewhere)
@@ -223,7 +235,10 @@ def test_images_are_found_as_the_trainers_glob_finds_them(tmp_path: Path) -> Non
     images = splitscan.Images()
     images.add_entry(str(root), splitscan.Locator(str(tmp_path)), splitscan.Tally(1, splitscan.Locator(str(tmp_path))))
     assert [(folder, names) for folder, _, names in images.groups] == [
-        (str(root), ["UPPER.JPG", "a.jpg"]), (str(root / "b_sub"), ["c.png"]), (str(root / "linked"), ["d.jpg"])]
+        (str(root), ["UPPER.JPG", "a.jpg"]),
+        (str(root / "b_sub"), ["c.png"]),
+        (str(root / "linked"), ["d.jpg"]),
+    ]
     assert images.groups[0][1] == str(tmp_path / "labels" / "train")  # the last images/ becomes labels/
 
 

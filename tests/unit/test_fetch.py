@@ -11,9 +11,9 @@ from typing import BinaryIO
 
 import pytest
 
+from runner.hosts import LocalHost
 from runner.transfer.download import RemoteFile
 from runner.transfer.fetch import fetch_files, list_remote
-from runner.hosts import LocalHost
 
 
 class CountingHost(LocalHost):
@@ -188,8 +188,6 @@ def test_a_bar_shows_the_transfer_on_a_terminal_and_nothing_otherwise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
 ) -> None:
     from rich.console import Console
-
-    from runner.cli import render
 
     from runner.transfer import progress as transferprogress
 

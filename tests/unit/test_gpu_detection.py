@@ -34,8 +34,11 @@ def identity(**values) -> dict:
 
 def test_the_argv_the_agent_runs() -> None:
     assert gpuident.tool_argvs() == {
-        "nvidia-smi-query": ["nvidia-smi", "--query-gpu=index,name,compute_cap,driver_version,memory.total",
-                             "--format=csv,noheader,nounits"],
+        "nvidia-smi-query": [
+            "nvidia-smi",
+            "--query-gpu=index,name,compute_cap,driver_version,memory.total",
+            "--format=csv,noheader,nounits",
+        ],
         "nvidia-smi": ["nvidia-smi"],
         "rocminfo": ["rocminfo"],
         "rocm-smi": ["rocm-smi", "--showid", "--showproductname", "--showmeminfo", "vram", "--json"],
@@ -51,16 +54,25 @@ def test_rx5600xt_from_rocminfo() -> None:
 
 def test_rtx5090_from_the_plain_table_when_the_query_failed() -> None:
     found = gpuident.identify(NO_TOOLS | {"nvidia-smi": sample(RTX5090_TABLE)})
-    assert found == [identity(vendor="nvidia", index=0, name="NVIDIA GeForce RTX 5090", driver="580.126.09",
-                              vram_mib=32607)]  # the table shows no compute capability
+    assert found == [
+        identity(vendor="nvidia", index=0, name="NVIDIA GeForce RTX 5090", driver="580.126.09", vram_mib=32607)
+    ]  # the table shows no compute capability
     assert gpuident.pick(found)[1] == "RTX 5090 (32607 MiB): the only GPU"
 
 
 def test_the_query_is_read_before_the_table() -> None:
     query = "0, NVIDIA GeForce RTX 5090, 12.0, 580.126.09, 32607\n"
     found = gpuident.identify(NO_TOOLS | {"nvidia-smi-query": query, "nvidia-smi": sample(RTX5090_TABLE)})
-    assert found == [identity(vendor="nvidia", index=0, name="NVIDIA GeForce RTX 5090", compute_cap="12.0",
-                              driver="580.126.09", vram_mib=32607)]
+    assert found == [
+        identity(
+            vendor="nvidia",
+            index=0,
+            name="NVIDIA GeForce RTX 5090",
+            compute_cap="12.0",
+            driver="580.126.09",
+            vram_mib=32607,
+        )
+    ]
 
 
 def test_rx6800m_and_the_cezanne_igpu_from_the_concise_table() -> None:
@@ -72,8 +84,10 @@ def test_rx6800m_and_the_cezanne_igpu_from_the_concise_table() -> None:
     ]
     picked, reason = gpuident.pick(found)
     assert picked["index"] == 0
-    assert reason == ("AMD GPU 0x73df (VRAM unknown): the only discrete GPU of 2; "
-                      "integrated AMD Radeon Graphics (Cezanne) passed over")
+    assert reason == (
+        "AMD GPU 0x73df (VRAM unknown): the only discrete GPU of 2; "
+        "integrated AMD Radeon Graphics (Cezanne) passed over"
+    )
 
 
 def test_an_rtx_beats_a_ryzen_igpu_on_a_mixed_box() -> None:
@@ -101,13 +115,16 @@ def test_the_same_two_gpus_in_the_agent_s_query_format() -> None:
     query = "0, GeForce GTX 1080 Ti, 6.1, [N/A], 11175\n1, GeForce GTX 1060 6GB, 6.1, [N/A], 6078\n"
     found = gpuident.identify(NO_TOOLS | {"nvidia-smi-query": query})
     assert [(gpu["index"], gpu["compute_cap"], gpu["driver"], gpu["vram_mib"]) for gpu in found] == [
-        (0, "6.1", None, 11175), (1, "6.1", None, 6078)]
+        (0, "6.1", None, 11175),
+        (1, "6.1", None, 6078),
+    ]
 
 
 def test_rocm_smi_json_names_the_card_and_its_vram() -> None:
     found = gpuident.identify(NO_TOOLS | {"rocm-smi": sample(RX6700XT_JSON)})
-    assert found == [identity(vendor="amd", index=0, name="Navi 22 [Radeon RX 6700/6700 XT / 6800M]", driver="6.3.6",
-                              vram_mib=12272)]  # 12868124672 B
+    assert found == [
+        identity(vendor="amd", index=0, name="Navi 22 [Radeon RX 6700/6700 XT / 6800M]", driver="6.3.6", vram_mib=12272)
+    ]  # 12868124672 B
 
 
 def test_rocminfo_and_rocm_smi_are_one_gpu() -> None:
@@ -144,8 +161,19 @@ def test_a_broken_driver_shows_no_gpu(name: str) -> None:
 
 
 @pytest.mark.parametrize("tool", sorted(NO_TOOLS))
-@pytest.mark.parametrize("text", ["", "{", "null", "[1]", '{"card0": 5, "system": 3}', "\x00\xff,,,,\n|  |\n",
-                                  "0, x, y, z, w\n", "\n*******\nAgent 1\n*******\n  Device Type: GPU\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{",
+        "null",
+        "[1]",
+        '{"card0": 5, "system": 3}',
+        "\x00\xff,,,,\n|  |\n",
+        "0, x, y, z, w\n",
+        "\n*******\nAgent 1\n*******\n  Device Type: GPU\n",
+    ],
+)
 def test_odd_text_never_raises(tool: str, text: str) -> None:
     gpuident.pick(gpuident.identify({tool: text}))
 
@@ -164,20 +192,35 @@ def facts_screen(facts: dict) -> str:
     return console.export_text()
 
 
-HOST = {"host": "box", "kind": "ssh", "connect_seconds": 0.1, "os": "Debian", "python": "3.11.2", "tmux": "tmux 3.3a",
-        "docker": None, "disk_free_bytes": 10 << 30, "runner_dir": "/home/u/.runner"}
+HOST = {
+    "host": "box",
+    "kind": "ssh",
+    "connect_seconds": 0.1,
+    "os": "Debian",
+    "python": "3.11.2",
+    "tmux": "tmux 3.3a",
+    "docker": None,
+    "disk_free_bytes": 10 << 30,
+    "runner_dir": "/home/u/.runner",
+}
 
 
 def test_hosts_check_lists_each_gpu_and_the_pick() -> None:
-    found = gpuident.identify(NO_TOOLS | {"nvidia-smi-query": "0, NVIDIA GeForce RTX 5090, 12.0, 580.126.09, 32607\n",
-                                          "rocm-smi": sample(RX6800M_IGPU_CONCISE)})
+    found = gpuident.identify(
+        NO_TOOLS
+        | {
+            "nvidia-smi-query": "0, NVIDIA GeForce RTX 5090, 12.0, 580.126.09, 32607\n",
+            "rocm-smi": sample(RX6800M_IGPU_CONCISE),
+        }
+    )
     chosen, reason = gpuident.pick(found)
-    screen = facts_screen(HOST | {"gpus": found, "gpu_pick": {"index": 0, "vendor": "nvidia", "name": chosen["name"],
-                                                              "reason": reason}})
+    screen = facts_screen(
+        HOST | {"gpus": found, "gpu_pick": {"index": 0, "vendor": "nvidia", "name": chosen["name"], "reason": reason}}
+    )
     lines = [line.rstrip() for line in screen.splitlines()]
     start = next(number for number, line in enumerate(lines) if line.startswith("gpus"))
     column = lines[start].index("0: ")
-    assert [line[column:] for line in lines[start:start + 4]] == [
+    assert [line[column:] for line in lines[start : start + 4]] == [
         "0: NVIDIA GeForce RTX 5090, compute 12.0, 32607 MiB",
         "0: AMD GPU 0x73df, VRAM unknown",
         "1: AMD Radeon Graphics (Cezanne), VRAM unknown, integrated",
@@ -194,8 +237,10 @@ def test_hosts_check_without_a_gpu() -> None:
 def stand_in(folder: Path, tool: str, outputs: dict[str, tuple[int, str]]) -> None:
     """An executable named tool that prints outputs[its arguments] and exits with that code."""
     script = folder / tool
-    script.write_text(f"#!{sys.executable}\nimport sys\nout = {outputs!r}.get(' '.join(sys.argv[1:]), (2, ''))\n"
-                      "sys.stdout.write(out[1])\nsys.exit(out[0])\n")
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nout = {outputs!r}.get(' '.join(sys.argv[1:]), (2, ''))\n"
+        "sys.stdout.write(out[1])\nsys.exit(out[0])\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
 
 
@@ -211,14 +256,23 @@ def test_facts_falls_back_to_the_table_on_an_old_driver(tmp_path: Path, monkeypa
     bin_folder = tmp_path / "bin"
     bin_folder.mkdir()
     query = " ".join(gpuident.tool_argvs()["nvidia-smi-query"][1:])
-    stand_in(bin_folder, "nvidia-smi", {query: (6, 'Field "compute_cap" is not a valid field to query.\n'),
-                                        "": (0, sample(RTX5090_TABLE))})
+    stand_in(
+        bin_folder,
+        "nvidia-smi",
+        {query: (6, 'Field "compute_cap" is not a valid field to query.\n'), "": (0, sample(RTX5090_TABLE))},
+    )
     rocm_smi = " ".join(gpuident.tool_argvs()["rocm-smi"][1:])
     stand_in(bin_folder, "rocm-smi", {rocm_smi: (0, sample(RX6800M_IGPU_CONCISE))})
     monkeypatch.setenv("PATH", str(bin_folder))  # the stand-ins only: their shebang names the interpreter
     facts = agent.facts(str(tmp_path))
     assert [gpu["name"] for gpu in facts["gpus"]] == [
-        "NVIDIA GeForce RTX 5090", "AMD GPU 0x73df", "AMD Radeon Graphics (Cezanne)"]
-    assert facts["gpu_pick"] == {"index": 0, "vendor": "nvidia", "name": "NVIDIA GeForce RTX 5090",
-                                 "reason": "RTX 5090 (32607 MiB): most VRAM of 3 GPUs; "
-                                           "integrated AMD Radeon Graphics (Cezanne) passed over"}
+        "NVIDIA GeForce RTX 5090",
+        "AMD GPU 0x73df",
+        "AMD Radeon Graphics (Cezanne)",
+    ]
+    assert facts["gpu_pick"] == {
+        "index": 0,
+        "vendor": "nvidia",
+        "name": "NVIDIA GeForce RTX 5090",
+        "reason": "RTX 5090 (32607 MiB): most VRAM of 3 GPUs; integrated AMD Radeon Graphics (Cezanne) passed over",
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +11,9 @@ import paramiko
 import pytest
 
 from runner.base.errors import HostKeyRejected, NotFound, SpecError
-from runner.hosts.sshconnect import is_transient
 from runner.hosts.hostsfile import host_entry, load_hosts
 from runner.hosts.hostsmodel import SshHostEntry, add_host
+from runner.hosts.sshconnect import is_transient
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +82,7 @@ def test_add_host_keeps_the_others_and_unknown_names_list_the_known(config_dir: 
     [
         ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
         ConnectionResetError(errno.ECONNRESET, "reset"),
-        socket.timeout("timed out"),
+        TimeoutError("timed out"),
         paramiko.ssh_exception.NoValidConnectionsError({("127.0.0.1", 22): OSError("refused")}),
         paramiko.SSHException("Error reading SSH protocol banner"),
         paramiko.SSHException("No existing session"),
@@ -98,7 +97,13 @@ def test_transient_failures_are_retried(error: BaseException) -> None:
     "error",
     [
         paramiko.AuthenticationException("Authentication failed."),
-        paramiko.BadHostKeyException("h", paramiko.Ed25519Key.generate() if hasattr(paramiko.Ed25519Key, "generate") else paramiko.RSAKey.generate(1024), paramiko.RSAKey.generate(1024)),
+        paramiko.BadHostKeyException(
+            "h",
+            paramiko.Ed25519Key.generate()
+            if hasattr(paramiko.Ed25519Key, "generate")
+            else paramiko.RSAKey.generate(1024),
+            paramiko.RSAKey.generate(1024),
+        ),
         HostKeyRejected("unknown host"),
         paramiko.SSHException("Incompatible ssh peer (no acceptable kex algorithm)"),
         PermissionError(errno.EACCES, "denied"),
@@ -108,7 +113,9 @@ def test_authentication_and_key_failures_are_never_retried(error: BaseException)
     assert not is_transient(error)
 
 
-def test_known_hosts_marker_lines_do_not_break_the_others(config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_known_hosts_marker_lines_do_not_break_the_others(
+    config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from runner.hosts.keys import load_known_hosts
 
     home = tmp_path / "home"

@@ -8,7 +8,13 @@ import itertools
 import pytest
 
 from tests.unit.torchcase import (  # noqa: F401  (_restore_torch is an autouse fixture, found by name)
-    _restore_torch, assert_conv_matches, make_conv, make_input, nn, runner_conv, torch,
+    _restore_torch,
+    assert_conv_matches,
+    make_conv,
+    make_input,
+    nn,
+    runner_conv,
+    torch,
 )
 
 # The references' own notice (F.conv2d pads a copy for 'same' with an even kernel), not a failure.
@@ -17,11 +23,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even k
 
 # Every padding mode x every kind of padding x square, non-square, 1x1 and even kernels ('same' with
 # an even extent pads one more on the right/bottom than on the left/top).
-PADDING_CASES = list(itertools.product(
-    ["zeros", "reflect", "replicate", "circular"],
-    [0, 1, (1, 2), "same", "valid"],
-    [(3, 3), (1, 1), (2, 3), (4, 1), (5, 2)],
-))
+PADDING_CASES = list(
+    itertools.product(
+        ["zeros", "reflect", "replicate", "circular"],
+        [0, 1, (1, 2), "same", "valid"],
+        [(3, 3), (1, 1), (2, 3), (4, 1), (5, 2)],
+    )
+)
 
 
 @pytest.mark.parametrize(("padding_mode", "padding", "kernel"), PADDING_CASES, ids=str)
@@ -44,21 +52,25 @@ def test_groups_stride_dilation_bias_match_conv2d(channels, stride, dilation, bi
 
 # The combinations a model is most likely to hit together: each padding mode with groups, strides,
 # dilations, 'same' with dilation (asymmetric), odd sizes, no bias.
-MIXED_CASES = [
-    dict(in_ch=6, out_ch=6, kernel=3, groups=6, stride=2, padding=1, padding_mode=mode, bias=False)
-    for mode in ("zeros", "reflect", "replicate", "circular")
-] + [
-    dict(in_ch=4, out_ch=8, kernel=(3, 2), groups=2, dilation=(2, 3), padding="same", padding_mode=mode)
-    for mode in ("zeros", "reflect", "replicate", "circular")
-] + [
-    dict(in_ch=4, out_ch=4, kernel=(2, 4), groups=4, dilation=2, padding="same", padding_mode="zeros"),
-    dict(in_ch=3, out_ch=2, kernel=1, stride=2, padding=1, padding_mode="zeros"),  # padded, strided 1x1
-    dict(in_ch=3, out_ch=2, kernel=1, stride=(2, 3), padding=(1, 2), padding_mode="reflect", dilation=3),
-    dict(in_ch=4, out_ch=6, kernel=1, groups=2, stride=2),  # grouped strided 1x1
-    dict(in_ch=3, out_ch=4, kernel=(1, 5), stride=(1, 2), padding=(0, 2), padding_mode="circular"),
-    dict(in_ch=2, out_ch=3, kernel=(7, 7), stride=3, padding=3, bias=False),
-    dict(in_ch=2, out_ch=3, kernel=3, padding=(0, 1), padding_mode="replicate", dilation=(3, 1)),
-]
+MIXED_CASES = (
+    [
+        dict(in_ch=6, out_ch=6, kernel=3, groups=6, stride=2, padding=1, padding_mode=mode, bias=False)
+        for mode in ("zeros", "reflect", "replicate", "circular")
+    ]
+    + [
+        dict(in_ch=4, out_ch=8, kernel=(3, 2), groups=2, dilation=(2, 3), padding="same", padding_mode=mode)
+        for mode in ("zeros", "reflect", "replicate", "circular")
+    ]
+    + [
+        dict(in_ch=4, out_ch=4, kernel=(2, 4), groups=4, dilation=2, padding="same", padding_mode="zeros"),
+        dict(in_ch=3, out_ch=2, kernel=1, stride=2, padding=1, padding_mode="zeros"),  # padded, strided 1x1
+        dict(in_ch=3, out_ch=2, kernel=1, stride=(2, 3), padding=(1, 2), padding_mode="reflect", dilation=3),
+        dict(in_ch=4, out_ch=6, kernel=1, groups=2, stride=2),  # grouped strided 1x1
+        dict(in_ch=3, out_ch=4, kernel=(1, 5), stride=(1, 2), padding=(0, 2), padding_mode="circular"),
+        dict(in_ch=2, out_ch=3, kernel=(7, 7), stride=3, padding=3, bias=False),
+        dict(in_ch=2, out_ch=3, kernel=3, padding=(0, 1), padding_mode="replicate", dilation=(3, 1)),
+    ]
+)
 
 
 @pytest.mark.parametrize("case", MIXED_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
@@ -103,13 +115,15 @@ def test_gradcheck():
     bias = make_input((4,), seed=2).requires_grad_(True)
 
     def conv(x, weight, bias):
-        return runner_conv.conv2d_im2col(x, weight, bias, stride=(1, 2), padding="valid", dilation=(2, 1),
-                                         groups=2, padding_mode="zeros")
+        return runner_conv.conv2d_im2col(
+            x, weight, bias, stride=(1, 2), padding="valid", dilation=(2, 1), groups=2, padding_mode="zeros"
+        )
 
     assert torch.autograd.gradcheck(conv, (x, weight, bias))
     assert torch.autograd.gradcheck(
         lambda x, w, b: runner_conv.conv2d_im2col(x, w, b, padding="same", groups=2, padding_mode="reflect"),
-        (x, weight, bias))
+        (x, weight, bias),
+    )
 
 
 def test_rejects_what_conv2d_rejects():

@@ -12,8 +12,14 @@ from runner.jobs.specfile import MAX_SPEC_BYTES, load_job
 from tests.conftest import REPO, Runner
 
 MALFORMED = {
-    "unknown_key": ("name: x\nrun: python train.py\nresources:\n  gpuu: 1\n", ":4:3: resources.gpuu: unknown field 'gpuu', did you mean 'gpu'?"),
-    "wrong_type": ("name: x\nrun: python train.py\ntensorboard:\n  port: lots\n", ":4:9: tensorboard.port: Input should be a valid integer"),
+    "unknown_key": (
+        "name: x\nrun: python train.py\nresources:\n  gpuu: 1\n",
+        ":4:3: resources.gpuu: unknown field 'gpuu', did you mean 'gpu'?",
+    ),
+    "wrong_type": (
+        "name: x\nrun: python train.py\ntensorboard:\n  port: lots\n",
+        ":4:9: tensorboard.port: Input should be a valid integer",
+    ),
     "missing_run": ("name: x\nsetup: [pip install -r requirements.txt]\n", ":1:1: run: required field missing"),
     "bad_yaml": ("name: x\nrun: [python train.py\n", ": invalid YAML: "),
     "empty_file": ("", ": empty job file"),
@@ -98,7 +104,10 @@ def test_artifact_globs_may_not_leave_the_workdir(tmp_path: Path) -> None:
     path.write_text("name: x\nrun: a\nartifacts:\n  weights: ../../etc/*\n")
     with pytest.raises(SpecError) as caught:
         load_job(path)
-    assert str(caught.value) == f"{path}:4:12: artifacts.weights[0]: '../../etc/*' must stay inside the workdir (relative, no '..')"
+    assert (
+        str(caught.value)
+        == f"{path}:4:12: artifacts.weights[0]: '../../etc/*' must stay inside the workdir (relative, no '..')"
+    )
 
 
 def test_missing_workdir_is_refused_at_its_line(runner: Runner, tmp_path: Path) -> None:

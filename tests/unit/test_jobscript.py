@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import stat
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +76,9 @@ def test_the_job_runs_in_its_work_dir(tmp_path: Path) -> None:
 
 def test_run_sh_quotes_a_job_dir_with_a_space_and_a_quote(tmp_path: Path) -> None:
     job_dir = tmp_path / "it's a job dir"
-    script = render_run_sh("0123abcd", "t", str(job_dir), "rj-0123abcd:train", ["python3", "agent.py", "snapshot", str(job_dir)])
+    script = render_run_sh(
+        "0123abcd", "t", str(job_dir), "rj-0123abcd:train", ["python3", "agent.py", "snapshot", str(job_dir)]
+    )
     syntax = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, check=False)
     assert syntax.returncode == 0, syntax.stderr
     cd_line = next(line for line in script.splitlines() if line.startswith("cd "))
@@ -86,7 +88,7 @@ def test_run_sh_quotes_a_job_dir_with_a_space_and_a_quote(tmp_path: Path) -> Non
 def _fake_tmux(folder: Path, record: Path) -> None:
     folder.mkdir()
     tmux = folder / "tmux"
-    tmux.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$@" > \'{record}\'\n')
+    tmux.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > '{record}'\n")
     tmux.chmod(tmux.stat().st_mode | stat.S_IXUSR)
 
 
@@ -102,8 +104,13 @@ def test_run_sh_records_the_exit_code_and_the_log(tmp_path: Path) -> None:
     env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
     # Run from elsewhere, with no terminal: run.sh must cd to its job dir by itself.
     result = subprocess.run(
-        ["bash", str(job_dir / "run.sh")], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, timeout=60, check=False,
+        ["bash", str(job_dir / "run.sh")],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert (job_dir / "exit_code").read_text() == "7\n"

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from runner.observe import logs
 from runner.hosts.local import LocalHost
 from runner.hostside import progress
+from runner.observe import logs
 from runner.observe.logs import LineRenderer, _last_lines, render_log, wants_color
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples"
@@ -118,7 +118,9 @@ def test_rendered_ultralytics_log_shows_each_epoch_bar_once_in_its_final_state(h
     assert "2.9it/s" not in shown  # an intermediate state of epoch 2's bar
     # The validation bars, too: one final line each (3 epochs and the final validation).
     assert sum("Class     Images  Instances" in line for line in lines) == 4
-    assert "\x1b[34m\x1b[1mtrain: \x1b[0mNew cache created: /home/user/exp/ds/labels/train.cache" in lines  # colours kept
+    assert (
+        "\x1b[34m\x1b[1mtrain: \x1b[0mNew cache created: /home/user/exp/ds/labels/train.cache" in lines
+    )  # colours kept
     # Recorder lines of util-linux `script` are what the log holds: they stay (run.sh's script never writes them).
     assert lines[0].startswith("Script started on 2026-11-22 02:25:18+00:00")
 
@@ -130,9 +132,14 @@ def test_rendered_yolov7_log_shows_each_epoch_bar_once_in_its_final_state(host: 
     assert [line for line in lines if YOLOV7_EPOCH.search(line)] == YOLOV7_BARS
     assert len(lines) == raw.count(b"\n") + 1 == 135
     # tqdm's first state of a bar, with a warning printed on its line, stays as the terminal showed it.
-    assert any(line.startswith("  0%|   ") and line.endswith("/train.py:360: FutureWarning: `torch.cuda.amp."
-               "autocast(args...)` is deprecated. Please use `torch.amp.autocast('cuda', args...)` instead.")
-               for line in lines)
+    assert any(
+        line.startswith("  0%|   ")
+        and line.endswith(
+            "/train.py:360: FutureWarning: `torch.cuda.amp."
+            "autocast(args...)` is deprecated. Please use `torch.amp.autocast('cuda', args...)` instead."
+        )
+        for line in lines
+    )
 
 
 @pytest.mark.parametrize("sample", [ULTRALYTICS, YOLOV7])
@@ -214,7 +221,13 @@ def test_a_line_longer_than_the_cap_is_cut_at_the_cap(
 def awkward_cuts(data: bytes) -> list[int]:
     """Cut points inside \\r\\n, inside the bars' '━' and '█' (3 bytes each) and inside escape codes."""
     cuts = []
-    markers = (b"\r\n", (1,)), ("━".encode(), (1, 2)), ("█".encode(), (1, 2)), (b"\x1b[34m", (1, 2, 3)), (b"\x1b[K", (1, 2))
+    markers = (
+        (b"\r\n", (1,)),
+        ("━".encode(), (1, 2)),
+        ("█".encode(), (1, 2)),
+        (b"\x1b[34m", (1, 2, 3)),
+        (b"\x1b[K", (1, 2)),
+    )
     for marker, inside in markers:
         for found in [m.start() for m in re.finditer(re.escape(marker), data)]:
             cuts += [found + offset for offset in inside]

@@ -6,13 +6,25 @@ import dataclasses
 
 import pytest
 
-from runner.observe.observe import Observation, next_state
 from runner.jobs.state import Job, JobState
+from runner.observe.observe import Observation, next_state
 
 RUNNING = Job(
-    id="0123abcd", name="t", host="local", state=JobState.RUNNING, document={}, job_file="t.yaml",
-    job_dir="/tmp/jobs/0123abcd", session="rj-0123abcd", created_at=1.0, started_at=2.0, ended_at=None,
-    exit_code=None, stop_requested_at=None, last_line=None, message=None,
+    id="0123abcd",
+    name="t",
+    host="local",
+    state=JobState.RUNNING,
+    document={},
+    job_file="t.yaml",
+    job_dir="/tmp/jobs/0123abcd",
+    session="rj-0123abcd",
+    created_at=1.0,
+    started_at=2.0,
+    ended_at=None,
+    exit_code=None,
+    stop_requested_at=None,
+    last_line=None,
+    message=None,
 )
 STOPPING = dataclasses.replace(RUNNING, stop_requested_at=3.0)
 
@@ -47,7 +59,9 @@ def test_next_state(job: Job, alive: bool, exit_code: int | None, expected: JobS
         (False, None, JobState.LOST),
     ],
 )
-def test_no_job_is_called_lost_on_a_missing_witness(alive: bool | None, processes: bool | None, expected: JobState | None) -> None:
+def test_no_job_is_called_lost_on_a_missing_witness(
+    alive: bool | None, processes: bool | None, expected: JobState | None
+) -> None:
     seen = Observation(session_alive=alive, exit_code=None, last_line=None, processes_alive=processes)
     assert next_state(RUNNING, seen) is expected
 

@@ -112,8 +112,12 @@ def test_figure_of_an_ultralytics_run_on_two_nvidia_gpus() -> None:
 
     assert [axes.get_title() for axes in figure.axes] == list(plot.PANEL_TITLES)
     assert [axes.get_title() for axes in figure.axes] == [
-        "Losses per epoch", "Validation metrics per epoch", "GPU utilization (%)", "GPU temperature (°C)",
-        "GPU power (W)", "GPU VRAM used (GiB)",
+        "Losses per epoch",
+        "Validation metrics per epoch",
+        "GPU utilization (%)",
+        "GPU temperature (°C)",
+        "GPU power (W)",
+        "GPU VRAM used (GiB)",
     ]
     assert figure._suptitle.get_text() == "test  ·  0123abcd  ·  on local"
     epochs = csv_column("ultralytics/results.csv", "epoch")
@@ -249,8 +253,23 @@ def test_runner_plot_without_matplotlib_exits_2_with_one_line(
 
 
 def a_job(job_dir: str | None = "/nowhere") -> Job:
-    return Job("0123abcd", "demo", "local", JobState.SUCCEEDED, {}, "demo.yaml", job_dir, None, 0.0, None, None, 0,
-               None, None, None)
+    return Job(
+        "0123abcd",
+        "demo",
+        "local",
+        JobState.SUCCEEDED,
+        {},
+        "demo.yaml",
+        job_dir,
+        None,
+        0.0,
+        None,
+        None,
+        0,
+        None,
+        None,
+        None,
+    )
 
 
 def test_output_path_defaults_to_name_and_id_here_or_in_a_folder(tmp_path: Path) -> None:

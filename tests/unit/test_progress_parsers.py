@@ -65,14 +65,27 @@ def test_finished_ultralytics_runs(sample: str, rate: float, losses: dict[str, f
 @pytest.mark.parametrize(
     ("sample", "rate", "losses", "val", "last_line"),
     [
-        ("yolov7/train_tty.log", 1.24, {"box": 0.04444, "obj": 0.003692, "cls": 0.01787, "total": 0.066},
-         (0.00165, 0.222, 0.000586, 0.000148), "Optimizer stripped from /home/user/exp/runs7/y7/weights/best.pt, 12.2MB"),
-        ("yolov7/train_pipe.log", 7.77, {"box": 0.04444, "obj": 0.003692, "cls": 0.01787, "total": 0.066},
-         (0.00165, 0.222, 0.000586, 0.000148),
-         "Optimizer stripped from /home/user/exp/runs7/y7pipe/weights/best.pt, 12.2MB"),
-        ("yolov7/noota_tty.log", 8.11, {"box": 0.08567, "obj": 0.007605, "cls": 0.02592, "total": 0.1192},
-         (0.00204, 0.264, 0.000755, 0.000159),
-         "Optimizer stripped from /home/user/exp/runs7/y7noota/weights/best.pt, 12.2MB"),
+        (
+            "yolov7/train_tty.log",
+            1.24,
+            {"box": 0.04444, "obj": 0.003692, "cls": 0.01787, "total": 0.066},
+            (0.00165, 0.222, 0.000586, 0.000148),
+            "Optimizer stripped from /home/user/exp/runs7/y7/weights/best.pt, 12.2MB",
+        ),
+        (
+            "yolov7/train_pipe.log",
+            7.77,
+            {"box": 0.04444, "obj": 0.003692, "cls": 0.01787, "total": 0.066},
+            (0.00165, 0.222, 0.000586, 0.000148),
+            "Optimizer stripped from /home/user/exp/runs7/y7pipe/weights/best.pt, 12.2MB",
+        ),
+        (
+            "yolov7/noota_tty.log",
+            8.11,
+            {"box": 0.08567, "obj": 0.007605, "cls": 0.02592, "total": 0.1192},
+            (0.00204, 0.264, 0.000755, 0.000159),
+            "Optimizer stripped from /home/user/exp/runs7/y7noota/weights/best.pt, 12.2MB",
+        ),
     ],
 )
 def test_finished_yolov7_runs(
@@ -119,15 +132,21 @@ def test_yolov7_seconds_per_iteration() -> None:
     ("sample", "marker", "expected"),
     [
         # A tail that begins inside the last epoch's bar: the column header scrolled out.
-        ("ultralytics/train_tty.log", "        3/3         0G    0.08158",
-         ("ultralytics", 3, 3, {"box": 0.1301, "cls": 0.3945, "dfl": 0.07743})),
-        ("yolov7/train_tty.log", "       2/2        0G   0.06122",
-         ("yolov7", 3, 3, {"box": 0.04444, "obj": 0.003692, "cls": 0.01787, "total": 0.066})),
+        (
+            "ultralytics/train_tty.log",
+            "        3/3         0G    0.08158",
+            ("ultralytics", 3, 3, {"box": 0.1301, "cls": 0.3945, "dfl": 0.07743}),
+        ),
+        (
+            "yolov7/train_tty.log",
+            "       2/2        0G   0.06122",
+            ("yolov7", 3, 3, {"box": 0.04444, "obj": 0.003692, "cls": 0.01787, "total": 0.066}),
+        ),
     ],
 )
 def test_format_is_known_without_the_column_header(sample: str, marker: str, expected: tuple) -> None:
     text = whole(sample)
-    state = progress.parse_log_tail(text[text.index(marker):])
+    state = progress.parse_log_tail(text[text.index(marker) :])
     assert (state["format"], state["epoch"], state["epochs"], state["losses"]) == expected
 
 
@@ -148,7 +167,12 @@ def test_yolov7_that_died_on_a_bad_label() -> None:
 def test_nan_losses_of_a_segmentation_run_keep_their_names() -> None:
     state = progress.parse_log_tail(tail("telemetry/log_yolo_nan-loss_gtx1660ti.txt"))
     assert (state["format"], state["epoch"], state["epochs"], state["batch"], state["batches"]) == (
-        "ultralytics", 1, 100, 1, 1)
+        "ultralytics",
+        1,
+        100,
+        1,
+        1,
+    )
     assert list(state["losses"]) == ["box", "seg", "cls", "dfl"]  # read from this run's header
     assert all(math.isnan(value) for value in state["losses"].values())
     assert state["rate_its"] == pytest.approx(1 / 2.42)
@@ -159,15 +183,18 @@ def test_a_generic_tqdm_bar() -> None:
     line = "Epoch 3/10: 45%|████▌     | 450/1000 [01:10<01:25,  6.43it/s, loss=0.231]"
     state = progress.parse_log_tail("starting\n\r" + line.replace("450/", "449/") + "\r" + line)
     assert (state["format"], state["epoch"], state["epochs"], state["batch"], state["batches"]) == (
-        "tqdm", 3, 10, 450, 1000)
+        "tqdm",
+        3,
+        10,
+        450,
+        1000,
+    )
     assert (state["rate_its"], state["epoch_eta_s"]) == (6.43, 85.0)
     assert state["run_eta_s"] == pytest.approx(85 + 7 * 1000 / 6.43)
 
 
 def test_an_ultralytics_bar_with_thousands_of_items_per_second() -> None:
-    scan_line = next(
-        line for line in whole("ultralytics/train_tty.log").split("\n") if "2.3Kit/s" in line
-    )
+    scan_line = next(line for line in whole("ultralytics/train_tty.log").split("\n") if "2.3Kit/s" in line)
     state = progress.parse_log_tail(scan_line)
     assert (state["format"], state["batch"], state["batches"], state["rate_its"]) == ("tqdm", 16, 16, 2300.0)
 
@@ -222,8 +249,14 @@ def test_render_overwrites_like_a_terminal() -> None:
 def test_results_csv() -> None:
     summary = progress.parse_results_csv(whole("ultralytics/results.csv"))
     assert [row["epoch"] for row in summary["rows"]] == [1, 2, 3]
-    assert summary["latest"] == {"epoch": 3, "losses": {"box": 0.13011, "cls": 0.39449, "dfl": 0.07743},
-                                 "precision": 0.0, "recall": 0.0, "mAP50": 0.0, "mAP50-95": 0.0}
+    assert summary["latest"] == {
+        "epoch": 3,
+        "losses": {"box": 0.13011, "cls": 0.39449, "dfl": 0.07743},
+        "precision": 0.0,
+        "recall": 0.0,
+        "mAP50": 0.0,
+        "mAP50-95": 0.0,
+    }
     assert summary["rows"][1]["losses"]["box"] == 0.62188
     assert summary["best"]["epoch"] == 3  # all scores are 0: a tie goes to the later epoch, as best.pt does
 
@@ -248,8 +281,14 @@ def test_results_csv_with_padded_headers_and_a_row_being_written() -> None:
 def test_results_txt() -> None:
     summary = progress.parse_results_txt(whole("yolov7/results.txt"))
     assert [row["epoch"] for row in summary["rows"]] == [1, 2, 3]  # `0/2` .. `2/2`
-    assert summary["latest"] == {"epoch": 3, "losses": {"box": 0.04444, "obj": 0.003692, "cls": 0.01787, "total": 0.066},
-                                 "precision": 0.001649, "recall": 0.2222, "mAP50": 0.0005865, "mAP50-95": 0.0001475}
+    assert summary["latest"] == {
+        "epoch": 3,
+        "losses": {"box": 0.04444, "obj": 0.003692, "cls": 0.01787, "total": 0.066},
+        "precision": 0.001649,
+        "recall": 0.2222,
+        "mAP50": 0.0005865,
+        "mAP50-95": 0.0001475,
+    }
     assert summary["best"]["epoch"] == 3
     assert progress.parse_results_txt(whole("yolov7/results_pipe.txt")) == summary
 
@@ -301,8 +340,10 @@ def test_the_hosts_copy_reads_the_same(tmp_path: Path) -> None:
 def test_a_results_csv_with_accuracy_keeps_it_and_its_single_loss() -> None:
     from runner.hostside.progress import parse_results_csv
 
-    text = ("epoch,time,train/loss,val/loss,metrics/accuracy,lr\n"
-            "1,0.7,0.20204,0.11939,0.95792,0.5\n2,1.1,0.08456,0.08364,0.97458,0.49\n")
+    text = (
+        "epoch,time,train/loss,val/loss,metrics/accuracy,lr\n"
+        "1,0.7,0.20204,0.11939,0.95792,0.5\n2,1.1,0.08456,0.08364,0.97458,0.49\n"
+    )
     rows = parse_results_csv(text)["rows"]
     assert [row["accuracy"] for row in rows] == [0.95792, 0.97458]
     assert [row["losses"] for row in rows] == [{"loss": 0.20204}, {"loss": 0.08456}]

@@ -10,14 +10,18 @@ from typing import Any
 import pytest
 from tenacity import wait_none
 
-from runner.transfer import push
 from runner.base.errors import RunnerError
 from runner.hosts.local import LocalHost
-
+from runner.transfer import push
 from tests.unit.localagent import (  # noqa: F401  (fixtures are found by name)
-    _files_under, _receive, _sha256, _version, host, isolated, outside,
+    _files_under,
+    _receive,
+    _sha256,
+    _version,
+    host,
+    isolated,
+    outside,
 )
-
 
 # push_tree on the local host
 
@@ -68,7 +72,9 @@ def test_push_gets_past_a_corrupt_part_and_sends_the_file_whole(
     source, dest = _source(tmp_path, {"big.bin": big}), tmp_path / "dest"
     dest.mkdir()
     # the right name, wrong bytes: shorter, as long, or longer than the file
-    (dest / f".big.bin.{_local_version(source / 'big.bin')}.runner-part").write_bytes(os.urandom(int(len(big) * part_size)))
+    (dest / f".big.bin.{_local_version(source / 'big.bin')}.runner-part").write_bytes(
+        os.urandom(int(len(big) * part_size))
+    )
     push.push_tree(host, source, str(dest), [])
     assert _files_under(dest) == {"big.bin": big}
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
-import subprocess
-
 import pytest
-
-from collections.abc import Sequence
 
 from runner.hosts.local import LocalHost
 from runner.transfer.push import push_tree
@@ -23,13 +21,7 @@ def test_load_excludes_without_a_runnerignore(tmp_path: Path) -> None:
 
 def test_load_excludes_skips_comments_and_blank_lines(tmp_path: Path) -> None:
     (tmp_path / ".runnerignore").write_text(
-        "# weights are fetched, never pushed\n"
-        "*.pt\n"
-        "\n"
-        "   \n"
-        "  data/raw  \n"
-        "\t# an indented comment\n"
-        "/build/\n"
+        "# weights are fetched, never pushed\n*.pt\n\n   \n  data/raw  \n\t# an indented comment\n/build/\n"
     )
     assert load_excludes(tmp_path) == [*ALWAYS_EXCLUDED, "*.pt", "data/raw", "/build/"]
 

@@ -15,11 +15,21 @@ import pytest
 from runner.hosts.local import LocalHost
 from runner.hostside import transfer
 from runner.jobs.layout import run_agent
-
 from tests.unit.localagent import (  # noqa: F401  (fixtures are found by name)
-    MTIME_NS, _batch, _call, _entry, _files_under, _member, _receive, _sha256, _snapshot, _version, host, isolated, outside,
+    MTIME_NS,
+    _batch,
+    _call,
+    _entry,
+    _files_under,
+    _member,
+    _receive,
+    _sha256,
+    _snapshot,
+    _version,
+    host,
+    isolated,
+    outside,
 )
-
 
 # Hostile names
 
@@ -28,7 +38,9 @@ HOSTILE = ["../escape", "a/../../escape", "a/../b", "./x", "a//b", "", ".", ".."
 
 
 @pytest.mark.parametrize("rel", [*HOSTILE, "/ABSOLUTE"], ids=lambda rel: repr(rel))
-def test_receive_refuses_a_name_that_leaves_the_destination(host: LocalHost, tmp_path: Path, outside: Path, rel: str) -> None:
+def test_receive_refuses_a_name_that_leaves_the_destination(
+    host: LocalHost, tmp_path: Path, outside: Path, rel: str
+) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     rel = str(outside / "absolute") if rel == "/ABSOLUTE" else rel
@@ -45,7 +57,9 @@ def test_receive_refuses_a_name_that_leaves_the_destination(host: LocalHost, tmp
     assert not (tmp_path / "escape").exists() and not (outside / "absolute").exists()
 
 
-def test_receive_refuses_a_path_through_a_symlink_in_the_destination(host: LocalHost, tmp_path: Path, outside: Path) -> None:
+def test_receive_refuses_a_path_through_a_symlink_in_the_destination(
+    host: LocalHost, tmp_path: Path, outside: Path
+) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "link").symlink_to(outside, target_is_directory=True)  # dest/link -> outside
@@ -89,7 +103,16 @@ def test_receive_batch_places_only_asked_for_regular_files_inside_the_destinatio
     answer = _call(host, "receive-batch", str(dest), stdin=_batch(entries, members))
     assert sorted(answer["placed"]) == ["ok.txt", "sub/ok2.txt"]
     failed = {item["path"]: item["reason"] for item in answer["failed"]}
-    for name in ["../evil", "a/../../evil", str(outside / "abs"), "link/x", "sym", "hard", "unasked.txt", "missing.txt"]:
+    for name in [
+        "../evil",
+        "a/../../evil",
+        str(outside / "abs"),
+        "link/x",
+        "sym",
+        "hard",
+        "unasked.txt",
+        "missing.txt",
+    ]:
         assert name in failed, name
     assert failed["missing.txt"] == "missing from the stream"
     assert _snapshot(tmp_path, dest) == before
@@ -106,11 +129,16 @@ def test_receive_batch_drops_a_member_whose_bytes_do_not_match(host: LocalHost, 
     members = [_member("same.txt", b"NEW VERSION\n"), _member("short.txt", b"01234")]
     answer = _call(host, "receive-batch", str(dest), stdin=_batch(entries, members))
     assert answer["placed"] == []
-    assert {item["path"]: item["reason"] for item in answer["failed"]} == {"same.txt": "sha256 mismatch", "short.txt": "sha256 mismatch"}
+    assert {item["path"]: item["reason"] for item in answer["failed"]} == {
+        "same.txt": "sha256 mismatch",
+        "short.txt": "sha256 mismatch",
+    }
     assert _files_under(dest) == {"same.txt": b"old version\n"}  # the old one untouched, no part left
 
 
-def test_receive_never_writes_through_a_symlink_planted_at_the_part_name(host: LocalHost, tmp_path: Path, outside: Path) -> None:
+def test_receive_never_writes_through_a_symlink_planted_at_the_part_name(
+    host: LocalHost, tmp_path: Path, outside: Path
+) -> None:
     # Anything on the host that writes in the destination (a job in its workdir, or in a shared
     # dataset folder) could leave one there. The link is removed, never followed; the file lands.
     dest = tmp_path / "dest"
@@ -139,7 +167,9 @@ def test_receive_batch_never_writes_through_a_symlink_planted_at_the_part_name(
     assert (dest / "y").read_bytes() == data and not (dest / "y").is_symlink()
 
 
-def test_receive_batch_never_touches_a_file_outside_through_its_sha256_field(host: LocalHost, tmp_path: Path, outside: Path) -> None:
+def test_receive_batch_never_touches_a_file_outside_through_its_sha256_field(
+    host: LocalHost, tmp_path: Path, outside: Path
+) -> None:
     dest = tmp_path / "dest"
     (dest / ".ok.txt.").mkdir(parents=True)  # a folder of that name lets '..' climb out of the part's name
     (outside / "v.runner-part").write_bytes(b"precious")
@@ -157,14 +187,22 @@ def payload() -> bytes:
     return os.urandom(3 * 1024 * 1024 + 12345)
 
 
-def test_an_interrupted_receive_keeps_its_part_and_resumes_from_it(host: LocalHost, tmp_path: Path, payload: bytes) -> None:
+def test_an_interrupted_receive_keeps_its_part_and_resumes_from_it(
+    host: LocalHost, tmp_path: Path, payload: bytes
+) -> None:
     dest, sha, size, half = tmp_path / "dest", _sha256(payload), len(payload), len(payload) // 2
     final, part = dest / "d" / "w.bin", dest / "d" / f".w.bin.{_version(len(payload))}.runner-part"
     # stdin ends half way: the link dropped
-    assert _receive(host, dest, "d/w.bin", payload[:half], size) == {"status": "incomplete", "path": "d/w.bin", "size": half}
+    assert _receive(host, dest, "d/w.bin", payload[:half], size) == {
+        "status": "incomplete",
+        "path": "d/w.bin",
+        "size": half,
+    }
     assert not final.exists() and part.read_bytes() == payload[:half]
     assert _call(host, "part-size", str(dest), "d/w.bin", _version(size)) == {"size": half}
-    assert _call(host, "part-size", str(dest), "d/w.bin", _version(size, MTIME_NS + 1)) == {"size": 0}  # another version
+    assert _call(host, "part-size", str(dest), "d/w.bin", _version(size, MTIME_NS + 1)) == {
+        "size": 0
+    }  # another version
     listing = _call(host, "tree", str(dest))
     assert listing["files"] == [] and listing["parts"] == [{"part": f"d/{part.name}", "size": half}]
     # the rest, from where the part ends, then the sender's sha256
@@ -177,7 +215,9 @@ def test_an_interrupted_receive_keeps_its_part_and_resumes_from_it(host: LocalHo
 
 
 @pytest.mark.parametrize("how", ["other bytes", "another sha256", "void", "too long", "no sha256, then more"])
-def test_a_wrong_completion_is_dropped_and_never_placed(host: LocalHost, tmp_path: Path, payload: bytes, how: str) -> None:
+def test_a_wrong_completion_is_dropped_and_never_placed(
+    host: LocalHost, tmp_path: Path, payload: bytes, how: str
+) -> None:
     dest, sha, size, half = tmp_path / "dest", _sha256(payload), len(payload), len(payload) // 2
     final, part = dest / "w.bin", dest / f".w.bin.{_version(len(payload))}.runner-part"
     assert _receive(host, dest, "w.bin", payload[:half], size)["status"] == "incomplete"
@@ -195,7 +235,6 @@ def test_a_wrong_completion_is_dropped_and_never_placed(host: LocalHost, tmp_pat
     assert _files_under(dest) == {}
 
 
-
 def test_a_receive_cut_before_the_sha256_keeps_the_whole_part(host: LocalHost, tmp_path: Path, payload: bytes) -> None:
     dest, sha, size = tmp_path / "dest", _sha256(payload), len(payload)
     part = dest / f".w.bin.{_version(len(payload))}.runner-part"
@@ -204,7 +243,9 @@ def test_a_receive_cut_before_the_sha256_keeps_the_whole_part(host: LocalHost, t
     assert _receive(host, dest, "w.bin", b"", size, sha, offset=size)["status"] == "placed"  # only the trailer left
 
 
-def test_a_receive_from_another_offset_is_refused_and_leaves_the_part_intact(host: LocalHost, tmp_path: Path, payload: bytes) -> None:
+def test_a_receive_from_another_offset_is_refused_and_leaves_the_part_intact(
+    host: LocalHost, tmp_path: Path, payload: bytes
+) -> None:
     dest, sha, size, half = tmp_path / "dest", _sha256(payload), len(payload), len(payload) // 2
     part = dest / f".w.bin.{_version(len(payload))}.runner-part"
     _receive(host, dest, "w.bin", payload[:half], size)

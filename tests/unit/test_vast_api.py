@@ -11,11 +11,18 @@ from typing import Any
 import pytest
 
 from runner.base.errors import RunnerError, SpecError
+from runner.jobs.spec import Resources
 from runner.provision.vast import api as vastapi
 from runner.provision.vast.api import (
-    OfferGone, VastAuthError, VastClient, VastError, VastUnavailable, api_url, load_api_key, offer_query,
+    OfferGone,
+    VastAuthError,
+    VastClient,
+    VastError,
+    VastUnavailable,
+    api_url,
+    load_api_key,
+    offer_query,
 )  # fmt: skip
-from runner.jobs.spec import Resources
 from runner.testing.vast_emulator import Emulator, RecordedRequest, default_offers
 
 API_KEY = "vk-3f9c1e7a55d04b2b9a1e0c8d7f6a5b4c"
@@ -44,7 +51,8 @@ def quick_waits(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
     offers = [offer(100 + n, price=round(0.30 + 0.01 * n, 2)) for n in range(60)] + [
-        offer(900, gpu="RTX 4090", price=0.25), offer(901, price=0.35, verified=False),
+        offer(900, gpu="RTX 4090", price=0.25),
+        offer(901, price=0.35, verified=False),
     ]
     with Emulator(offers, api_key=API_KEY, containers=False) as running:
         yield running
@@ -71,7 +79,9 @@ def requests_to(emulator: Emulator, method: str, path_start: str) -> list[int]:
     return [r.status for r in emulator.requests if r.method == method and r.path.startswith(path_start)]
 
 
-def answer_instead(emulator: Emulator, method: str, status: int, body: Any, times: int = 1, after_acting: bool = False) -> None:
+def answer_instead(
+    emulator: Emulator, method: str, status: int, body: Any, times: int = 1, after_acting: bool = False
+) -> None:
     """The next `times` requests with `method` get `status` and `body` instead of the emulator's answer, as
     from a gateway in front of vast.ai; after_acting: the emulator does the work first (the answer is lost)."""
     real_handle, left = emulator.handle, [times]
@@ -139,7 +149,9 @@ def test_create_on_a_rented_offer_is_offer_gone(client: VastClient) -> None:
     client.create_instance(100, create_body("runner:first"))
     error = raised(OfferGone, lambda: client.create_instance(100, create_body("runner:second")))
     assert error.status == 404 and error.code == "no_such_ask"  # type: ignore[attr-defined]
-    assert str(error).startswith("vast.ai: Instance type by id 100 is not available.") and "(PUT /api/v0/asks/100/)" in str(error)
+    assert str(error).startswith(
+        "vast.ai: Instance type by id 100 is not available."
+    ) and "(PUT /api/v0/asks/100/)" in str(error)
 
 
 def test_invalid_create_body_is_an_error_with_vasts_words(client: VastClient) -> None:
@@ -180,7 +192,9 @@ def test_a_502_before_acting_is_looked_up_then_retried(client: VastClient, emula
     assert requests_to(emulator, "GET", INSTANCE_LIST) == [200]  # looked for it before renting again
 
 
-def test_a_502_after_acting_returns_the_instance_made_without_renting_another(client: VastClient, emulator: Emulator) -> None:
+def test_a_502_after_acting_returns_the_instance_made_without_renting_another(
+    client: VastClient, emulator: Emulator
+) -> None:
     answer_instead(emulator, "PUT", 502, {"detail": "Bad Gateway"}, after_acting=True)
     instance_id = client.create_instance(100, create_body("runner:once"))
     assert list(emulator.instances) == [instance_id]
@@ -203,7 +217,9 @@ def test_a_lost_answer_to_create_finds_the_instance_by_label(emulator: Emulator)
     assert requests_to(emulator, "PUT", "/api/v0/asks/") == [200]  # one create, never a second
 
 
-def test_a_create_without_label_is_not_retried_after_vast_may_have_acted(client: VastClient, emulator: Emulator) -> None:
+def test_a_create_without_label_is_not_retried_after_vast_may_have_acted(
+    client: VastClient, emulator: Emulator
+) -> None:
     answer_instead(emulator, "PUT", 502, {"detail": "Bad Gateway"}, after_acting=True)
     body = {key: value for key, value in create_body().items() if key != "label"}
     error = raised(VastError, lambda: client.create_instance(100, body))

@@ -14,9 +14,15 @@ from runner.testing.vast_emulator import Emulator
 from runner.testing.vast_instances import Delays
 from tests.conftest import wait_for
 from tests.unit.vastemulatorcase import (  # noqa: F401  (api and emulator are fixtures, found by name)
-    CLI_FILTERS, OFFER_FIELDS, RECORD_FIELDS, Api, api, emulator, offers, started,
+    CLI_FILTERS,
+    OFFER_FIELDS,
+    RECORD_FIELDS,
+    Api,
+    api,
+    emulator,
+    offers,
+    started,
 )
-
 
 # Auth and transport
 
@@ -52,7 +58,10 @@ def test_unknown_endpoints_and_bad_bodies_answer_json(api: Api) -> None:
 def test_requests_are_recorded_without_the_query_string(api: Api, emulator: Emulator) -> None:
     api.call("POST", "/api/v0/bundles/", {}, bearer=False)
     api.call("GET", "/api/v1/instances/", key="wrong")
-    assert [tuple(r) for r in emulator.requests] == [("POST", "/api/v0/bundles/", 200), ("GET", "/api/v1/instances/", 401)]
+    assert [tuple(r) for r in emulator.requests] == [
+        ("POST", "/api/v0/bundles/", 200),
+        ("GET", "/api/v1/instances/", 401),
+    ]
     assert api.ok("GET", "/_emulator/requests")["requests"][:2] == [
         {"method": "POST", "path": "/api/v0/bundles/", "status": 200},
         {"method": "GET", "path": "/api/v1/instances/", "status": 401},
@@ -66,8 +75,13 @@ def test_default_offers_are_three_realistic_rtx_5090s(api: Api) -> None:
     found = api.ok("POST", "/api/v0/bundles/", CLI_FILTERS)["offers"]
     assert len(found) == 3
     for offer in found:
-        assert OFFER_FIELDS <= offer.keys()
-        assert (offer["gpu_name"], offer["num_gpus"], offer["gpu_ram"], offer["disk_space"]) == ("RTX 5090", 1, 32607, 100)
+        assert offer.keys() >= OFFER_FIELDS
+        assert (offer["gpu_name"], offer["num_gpus"], offer["gpu_ram"], offer["disk_space"]) == (
+            "RTX 5090",
+            1,
+            32607,
+            100,
+        )
         assert 0.42 <= offer["dph_total"] <= 0.60 and 0.96 <= offer["reliability"] <= 0.99
         assert offer["cuda_max_good"] in (12.8, 12.9) and offer["direct_port_count"] > 0 and offer["verified"]
 
@@ -94,7 +108,9 @@ def test_search_filters_with_every_operator(api: Api, condition: dict[str, Any],
 def test_search_orders_and_limits(api: Api) -> None:
     by_price = api.ok("POST", "/api/v0/bundles/", {"order": [["dph_total", "asc"]], "type": "on-demand"})["offers"]
     assert [o["dph_total"] for o in by_price] == [0.42, 0.51, 0.60]
-    by_score = api.ok("POST", "/api/v0/bundles/", {"order": [["score", "desc"]], "limit": 2, "type": "ondemand"})["offers"]
+    by_score = api.ok("POST", "/api/v0/bundles/", {"order": [["score", "desc"]], "limit": 2, "type": "ondemand"})[
+        "offers"
+    ]
     assert [o["score"] for o in by_score] == sorted((o["score"] for o in by_price), reverse=True)[:2]
 
 
@@ -213,16 +229,23 @@ def test_a_running_record_has_the_reference_fields_and_quirks(api: Api) -> None:
     env = {"-p 6006:6006": "1", "RUNNER_JOB": "abc"}
     instance_id = api.create(20_114_302, label="runner:abc", runtype="ssh_direc ssh_proxy", env=env)
     record = api.wait_status(instance_id, "running")
-    assert RECORD_FIELDS <= record.keys() and "image" not in record
+    assert record.keys() >= RECORD_FIELDS and "image" not in record
     assert record["public_ipaddr"] == "127.0.0.1 "  # the trailing space clients must strip
     assert (record["ssh_host"], record["image_uuid"], record["label"]) == ("127.0.0.1", "img:1", "runner:abc")
     assert record["extra_env"] == [["-p 6006:6006", "1"], ["RUNNER_JOB", "abc"]]
     assert set(record["ports"]) == {"22/tcp", "6006/tcp"}
     ssh = record["ports"]["22/tcp"][0]
-    assert ssh["HostIp"] == "0.0.0.0" and isinstance(ssh["HostPort"], str) and int(ssh["HostPort"]) == record["ssh_port"]
+    assert (
+        ssh["HostIp"] == "0.0.0.0" and isinstance(ssh["HostPort"], str) and int(ssh["HostPort"]) == record["ssh_port"]
+    )
     assert record["direct_port_start"] <= int(ssh["HostPort"]) <= record["direct_port_end"]
     assert (record["intended_status"], record["cur_state"]) == ("running", "running")
-    assert (record["gpu_name"], record["num_gpus"], record["gpu_ram"], record["dph_total"]) == ("RTX 5090", 1, 32607, 0.51)
+    assert (record["gpu_name"], record["num_gpus"], record["gpu_ram"], record["dph_total"]) == (
+        "RTX 5090",
+        1,
+        32607,
+        0.51,
+    )
     assert record["gpu_util"] is None and record["gpu_temp"] is None
     assert isinstance(record["start_date"], float) and record["end_date"] > record["start_date"]
 

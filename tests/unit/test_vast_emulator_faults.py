@@ -16,9 +16,12 @@ from runner.testing.vast_emulator import Emulator
 from runner.testing.vast_instances import OCI_FAILURE
 from tests.conftest import REPO, wait_for
 from tests.unit.vastemulatorcase import (  # noqa: F401  (api and emulator are fixtures, found by name)
-    KEY, Api, api, emulator, offers,
+    KEY,
+    Api,
+    api,
+    emulator,
+    offers,
 )
-
 
 # Faults
 

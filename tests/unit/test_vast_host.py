@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from runner.jobs.spec import Resources
-from runner.provision.vast import provisioner as vast
 from runner.jobs.state import Instance, Job, JobState, Store
+from runner.provision.vast import provisioner as vast
 
 RUNNING = {"actual_status": "running", "public_ipaddr": "203.0.113.7 ", "ssh_host": "ssh5.vast.ai", "ssh_port": 41022,
            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40122"}]}}  # fmt: skip
@@ -33,7 +33,11 @@ def test_a_create_asks_for_the_image_the_label_and_no_auto_tmux() -> None:
 
 def test_instance_names() -> None:
     assert vast.host_name(123) == "vast-123" and vast.instance_id_of("vast-123") == 123
-    assert vast.instance_id_of("vast") is None and vast.instance_id_of("gpubox") is None and vast.instance_id_of("vast-x") is None
+    assert (
+        vast.instance_id_of("vast") is None
+        and vast.instance_id_of("gpubox") is None
+        and vast.instance_id_of("vast-x") is None
+    )
 
 
 def test_cost_is_by_the_second_until_gone() -> None:
@@ -91,9 +95,9 @@ def test_a_private_registry_login_comes_from_a_private_file_and_goes_to_vast_onl
 
 
 def test_a_silent_instance_is_lost_after_its_jobs_grace_and_not_before(tmp_path: Path) -> None:
-    from runner.provision.vast.api import VastClient
-    from runner.pipeline.recovery import interruption
     from runner.jobs.spec import LOST_AFTER_S
+    from runner.pipeline.recovery import interruption
+    from runner.provision.vast.api import VastClient
     from runner.testing.vast_emulator import Emulator, default_offers
     from tests.conftest import wait_for
 
@@ -105,7 +109,9 @@ def test_a_silent_instance_is_lost_after_its_jobs_grace_and_not_before(tmp_path:
         on_it = Job(id="job1", name="t", host=vast.host_name(instance_id), state=JobState.RUNNING,
                     document={"name": "t", "run": ["train"]}, job_file="t.yaml", job_dir=None, session=None, created_at=1.0, started_at=2.0, ended_at=None,
                     exit_code=None, stop_requested_at=None, last_line=None, message=None)  # fmt: skip
-        stored_before_the_grace_existed = dataclasses.replace(on_it, document={**on_it.document, "retry": {"on": ["lost"], "max": 1}})
+        stored_before_the_grace_existed = dataclasses.replace(
+            on_it, document={**on_it.document, "retry": {"on": ["lost"], "max": 1}}
+        )
         with_a_grace = dataclasses.replace(
             on_it, document={**on_it.document, "retry": {"on": ["lost"], "max": 1, "lost_after": 20.0}}
         )

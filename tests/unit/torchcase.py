@@ -19,7 +19,7 @@ else:
     # A developer's .venv from before torch joined the test dependencies: skip, and say why.
     torch = pytest.importorskip("torch", reason="torch is not installed: run scripts/install test")
 
-from torch import nn  # noqa: E402
+from torch import nn
 
 HOOK_DIR = Path(__file__).resolve().parents[2] / "images" / "runner_torch"
 sys.path.insert(0, str(HOOK_DIR))  # the image's way: that folder on PYTHONPATH
@@ -51,8 +51,9 @@ def assert_conv_matches(conv: nn.Conv2d, x: torch.Tensor, seed: int = 0) -> None
     ref = conv(x_ref)
     weight = conv.weight.detach().clone().requires_grad_(True)
     bias = None if conv.bias is None else conv.bias.detach().clone().requires_grad_(True)
-    new = runner_conv.conv2d_im2col(x_new, weight, bias, conv.stride, conv.padding, conv.dilation,
-                                    conv.groups, conv.padding_mode)
+    new = runner_conv.conv2d_im2col(
+        x_new, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode
+    )
     assert new.shape == ref.shape and new.dtype == ref.dtype
     torch.testing.assert_close(new, ref, **TIGHT)
 

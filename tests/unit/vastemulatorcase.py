@@ -76,7 +76,9 @@ def decode(answer: Any) -> Any:
 
 def offers(count: int) -> list[dict[str, Any]]:
     template = default_offers()[0]
-    return [{**template, "id": 1000 + n, "machine_id": 500 + n, "dph_total": round(0.30 + n / 100, 2)} for n in range(count)]
+    return [
+        {**template, "id": 1000 + n, "machine_id": 500 + n, "dph_total": round(0.30 + n / 100, 2)} for n in range(count)
+    ]
 
 
 @pytest.fixture

@@ -86,7 +86,11 @@ class VastClient:
     """One HTTP connection pool to vast.ai; `with VastClient() as vast: vast.search_offers(...)`."""
 
     def __init__(
-        self, api_key: str | None = None, base_url: str | None = None, timeout: float = 30.0, retry_seconds: float = 90.0
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        retry_seconds: float = 90.0,
     ) -> None:
         key = load_api_key() if api_key is None else api_key
         self.base_url = (base_url or api_url()).rstrip("/")

@@ -57,7 +57,7 @@ def host_name(instance_id: int) -> str:
 
 
 def instance_id_of(name: str) -> int | None:
-    rest = name[len(PREFIX):] if name.startswith(PREFIX) else ""
+    rest = name[len(PREFIX) :] if name.startswith(PREFIX) else ""
     return int(rest) if rest.isdigit() else None
 
 
@@ -104,11 +104,15 @@ def rent(client: VastClient, store: Store, job: Job, log: Log, image_login: str 
                 instance_id = client.create_instance(offer["id"], body)
             except OfferGone:
                 continue  # taken since the search: the next one
-            store.record_instance(instance_id, job_id, offer["id"], offer.get("gpu_name") or "", float(offer["dph_total"]))
+            store.record_instance(
+                instance_id, job_id, offer["id"], offer.get("gpu_name") or "", float(offer["dph_total"])
+            )
             log(f"rented instance {instance_id}: {offer.get('num_gpus', 1)}x {offer.get('gpu_name')} at"
                 f" ${float(offer['dph_total']):.3f}/h (offer {offer['id']})")  # fmt: skip
             return instance_id
-    raise RunnerError(f"no vast.ai offer fits the job's resources now ({len(offers)} found, all taken): see `runner offers`")
+    raise RunnerError(
+        f"no vast.ai offer fits the job's resources now ({len(offers)} found, all taken): see `runner offers`"
+    )
 
 
 def _image_kind(job: Job) -> str | None:
@@ -138,7 +142,9 @@ def _lock(name: str) -> Iterator[None]:
         yield
 
 
-def wait_running(client: VastClient, instance_id: int, log: Log, deadline_s: float = RUNNING_DEADLINE_S) -> dict[str, Any]:
+def wait_running(
+    client: VastClient, instance_id: int, log: Log, deadline_s: float = RUNNING_DEADLINE_S
+) -> dict[str, Any]:
     deadline = time.monotonic() + deadline_s
     last = None
     while True:
@@ -239,5 +245,7 @@ def destroy_until_gone(
             log(f"instance {instance_id} destroyed; the API confirms it is gone")
             return
         if time.monotonic() > deadline:
-            raise RunnerError(f"instance {instance_id} still shown by vast.ai {deadline_s:g}s after destroy: run `runner down` again")
+            raise RunnerError(
+                f"instance {instance_id} still shown by vast.ai {deadline_s:g}s after destroy: run `runner down` again"
+            )
         time.sleep(POLL_S)
