@@ -89,10 +89,12 @@ def show(mib: int, cold: float, times: dict[str, list[float]]) -> None:
     for label, seconds, samples in rows:
         print(f"{label:40s} {seconds:6.2f} s  {mib / seconds:7.1f} MiB/s  {samples}")
     print(
-        f"ratio vs scp defaults (scp s / runner s): new connection {scp / new:.2f}x, shared {scp / shared:.2f}x, cold {scp / cold:.2f}x"
+        f"ratio vs scp defaults (scp s / runner s): new connection {scp / new:.2f}x, "
+        f"shared {scp / shared:.2f}x, cold {scp / cold:.2f}x"
     )
     print(
-        f"ratio vs scp aes128-gcm:                  new connection {gcm / new:.2f}x, shared {gcm / shared:.2f}x, cold {gcm / cold:.2f}x"
+        f"ratio vs scp aes128-gcm:                  new connection {gcm / new:.2f}x, "
+        f"shared {gcm / shared:.2f}x, cold {gcm / cold:.2f}x"
     )
 
 
@@ -138,7 +140,8 @@ def timed_fetch(env: dict[str, str], job_id: str, dest: Path) -> float:
 def timed_scp(host: TestHost, remote: str, dest: Path, extra: list[str]) -> float:
     dest.mkdir()
     argv = ["scp", "-q", "-P", str(host.port), "-i", str(host.key), "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", *extra, f"trainer@127.0.0.1:{remote}", str(dest / "last.pt")]  # fmt: skip
+            "-o", "UserKnownHostsFile=/dev/null", *extra,
+            f"trainer@127.0.0.1:{remote}", str(dest / "last.pt")]  # fmt: skip
     started = time.monotonic()
     subprocess.run(argv, check=True)
     took = time.monotonic() - started

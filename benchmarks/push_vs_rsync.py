@@ -93,7 +93,8 @@ def show(mib: int, small: int, times: dict[str, list[float]]) -> None:
     medians = {key: statistics.median(values) for key, values in times.items()}
     print(f"data: {mib} MiB file + {small} x 4 KiB files; medians of {len(times['runner'])} rounds")
     for key, label in [("runner", "runner push, first"), ("rsync", "rsync -a, first"),
-                       ("runner_again", "runner push, nothing changed"), ("rsync_again", "rsync -a, nothing changed")]:  # fmt: skip
+                       ("runner_again", "runner push, nothing changed"),
+                       ("rsync_again", "rsync -a, nothing changed")]:  # fmt: skip
         print(f"{label:32s} {medians[key]:6.2f} s  {times[key]}")
     print(f"ratio (rsync s / runner s): first {medians['rsync'] / medians['runner']:.2f}x, "
           f"nothing changed {medians['rsync_again'] / medians['runner_again']:.2f}x")  # fmt: skip

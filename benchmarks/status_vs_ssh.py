@@ -114,8 +114,11 @@ class Setup:
 def grow_log(box: TestHost, job_dir: str, mib: int) -> None:
     """Make the job's train.log mib MiB of progress-like lines (the job itself only sleeps)."""
     script = (
-        f"python3 -c \"import sys\nline = b'  1/100  2.37G  1.234  0.567  0.891  16  640: 50% 100/200 5.0it/s\\\\r' * 8 + b'\\\\n'\n"
-        f"out = open('{job_dir}/train.log', 'ab')\nfor _ in range({mib} * 1024 * 1024 // len(line)):\n    out.write(line)\n\""
+        'python3 -c "import sys\n'
+        "line = b'  1/100  2.37G  1.234  0.567  0.891  16  640: 50% 100/200 5.0it/s\\\\r' * 8 + b'\\\\n'\n"
+        f"out = open('{job_dir}/train.log', 'ab')\n"
+        f"for _ in range({mib} * 1024 * 1024 // len(line)):\n"
+        '    out.write(line)\n"'
     )
     box.sh(script, user=USER)
 
@@ -136,12 +139,14 @@ def show(times: dict[str, list[float]], hosts: int) -> None:
     median = {key: statistics.median(values) for key, values in times.items()}
     print(f"medians of {len(times['ssh'])} rounds")
     rows = [("ssh HOST true (new connection)", "ssh"), ("runner status, 1 job, new connection", "new"),
-            ("runner status, 1 job, shared connection", "shared"), (f"runner status, {hosts} jobs on {hosts} hosts", "many"),
+            ("runner status, 1 job, shared connection", "shared"),
+            (f"runner status, {hosts} jobs on {hosts} hosts", "many"),
             ("runner status, 1 MiB train.log", "small"), ("runner status, 1 GiB train.log", "big")]  # fmt: skip
     for label, key in rows:
         print(f"{label:44s} {median[key]:6.3f} s  {times[key]}")
     print(
-        f"status / ssh true: new connection {median['new'] / median['ssh']:.2f}x, shared {median['shared'] / median['ssh']:.2f}x (target <= 1.5x)"
+        f"status / ssh true: new connection {median['new'] / median['ssh']:.2f}x, "
+        f"shared {median['shared'] / median['ssh']:.2f}x (target <= 1.5x)"
     )
     print(f"{hosts} hosts / 1 host: {median['many'] / median['shared']:.2f}x (target <= 2x)")
     print(f"1 GiB log / 1 MiB log: {median['big'] / median['small']:.2f}x (target within 1.2x)")

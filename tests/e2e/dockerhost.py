@@ -39,7 +39,8 @@ def ensure_user() -> Path:
         return Path(pwd.getpwnam(USER).pw_dir)
     except KeyError:
         # Password "*": none can log in with, yet not "locked" ("!"), which sshd without PAM refuses outright.
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "docker", "--password", "*", USER],
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "docker",
+                        "--password", "*", USER],
                        check=True)  # fmt: skip
         return Path(pwd.getpwnam(USER).pw_dir)
 

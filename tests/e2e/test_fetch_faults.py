@@ -59,7 +59,8 @@ def test_a_paused_host_does_not_end_fetch_every(runner: Runner, trusted_box: Tes
     job_file = write_job(
         tmp_path,
         "epochs",
-        "name: epochs\nrun: mkdir -p runs/e/weights && for i in $(seq 1 15); do echo $i > runs/e/weights/epoch$i.pt; sleep 1; done\n",
+        "name: epochs\n"
+        "run: mkdir -p runs/e/weights && for i in $(seq 1 15); do echo $i > runs/e/weights/epoch$i.pt; sleep 1; done\n",
     )
     job_id = runner.submit(job_file, "--host", "box")
     notes = tmp_path / "fetch.stderr"

@@ -180,7 +180,8 @@ def test_fetch_every_keeps_pulling_until_the_job_ends(runner: Runner, tmp_path: 
     job_file = write_job(
         tmp_path,
         "epochs",
-        "name: epochs\nrun: mkdir -p runs/e/weights && for i in 1 2 3 4; do echo $i > runs/e/weights/epoch$i.pt; sleep 1; done\n",
+        "name: epochs\n"
+        "run: mkdir -p runs/e/weights && for i in 1 2 3 4; do echo $i > runs/e/weights/epoch$i.pt; sleep 1; done\n",
     )
     job_id = runner.submit(job_file)
     result = runner.run(
@@ -243,7 +244,11 @@ def test_the_sync_of_a_stopped_job_makes_its_last_fetch_and_ends(runner: Runner,
     job_file = write_job(
         tmp_path,
         "stopsync",
-        "name: stopsync\nrun: |\n  mkdir -p runs/s/weights && echo one > runs/s/weights/a.pt\n  echo ready\n  sleep 600\n"
+        "name: stopsync\n"
+        "run: |\n"
+        "  mkdir -p runs/s/weights && echo one > runs/s/weights/a.pt\n"
+        "  echo ready\n"
+        "  sleep 600\n"
         "artifacts:\n  weights: {sync_every: 10s, dest: out}\n",
     )
     job_id = runner.submit(job_file)

@@ -12,17 +12,20 @@ from tests.e2e.testhost import TestHost, write_hosts_file
 
 # 3 epochs of a bar updated 200 times with \r, as tqdm draws it; a green word; then the end. Paced so
 # that `runner logs -f` sees the bars being drawn over several polls.
-BAR_SCRIPT = r"""
+BAR_SCRIPT = (
+    r"""
 import sys, time
 for epoch in range(1, 4):
     for step in range(1, 201):
         filled = step // 10
-        sys.stdout.write(f"\rEpoch {epoch}/3: {step // 2:3d}%|{'#' * filled}{' ' * (20 - filled)}| {step}/200 [loss={1 / (epoch * step):.4f}]")
+        sys.stdout.write(f"\rEpoch {epoch}/3: {step // 2:3d}%|{'#' * filled}{' ' * (20 - filled)}| """
+    r"""{step}/200 [loss={1 / (epoch * step):.4f}]")
         sys.stdout.flush()
         time.sleep(0.005)
     sys.stdout.write("\n")
 print("\x1b[32mtraining done\x1b[0m", flush=True)
 """
+)
 FINAL_BARS = [
     f"Epoch {epoch}/3: 100%|####################| 200/200 [loss={1 / (epoch * 200):.4f}]" for epoch in (1, 2, 3)
 ]

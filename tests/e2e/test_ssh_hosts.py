@@ -310,7 +310,8 @@ def test_attach_joins_the_remote_session_and_closing_the_terminal_leaves_the_job
 def test_status_costs_one_round_trip_per_host_however_many_jobs(
     runner: Runner, trusted_box: TestHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job_ids = [runner.submit(write_job(tmp_path, f"tick{n}", f"name: tick{n}\nrun: echo tick{n}; sleep 600\n"), "--host", "box")
+    job_ids = [runner.submit(write_job(tmp_path, f"tick{n}", f"name: tick{n}\nrun: echo tick{n}; sleep 600\n"),
+                             "--host", "box")
                for n in range(3)]  # fmt: skip
     try:
         for key in ("RUNNER_HOME", "RUNNER_CONFIG_DIR", "HOME", "TMUX_TMPDIR"):
@@ -326,7 +327,8 @@ def test_status_costs_one_round_trip_per_host_however_many_jobs(
         real_run = host.run
         monkeypatch.setattr(host, "run", lambda argv, *a, **k: commands.append(list(argv)) or real_run(argv, *a, **k))
         store = Store(paths.state_db())
-        wait_for(lambda: all((job.last_line or "").startswith("tick") for job in refresh(store, store.list_jobs()).jobs),
+        wait_for(lambda: all((job.last_line or "").startswith("tick")
+                             for job in refresh(store, store.list_jobs()).jobs),
                  30, what="every job's first line")  # fmt: skip
         commands.clear()
         refreshed = refresh(store, store.list_jobs())

@@ -29,7 +29,8 @@ OFFER = 20_114_301  # the first default offer, with direct ports
 def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url + path, data=data, method=method,
-                                     headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})  # fmt: skip
+                                     headers={"Authorization": f"Bearer {KEY}",
+                                              "Content-Type": "application/json"})  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.loads(answer.read())
@@ -61,8 +62,9 @@ def key(tmp_path: Path) -> Path:
 
 
 def create(emulator: Emulator, image: str, **body: Any) -> int:
-    status, answer = call(emulator.url, "PUT", f"/api/v0/asks/{OFFER}/", {"client_id": "me", "image": image, "disk": 16,
-                                                                         "runtype": "ssh_direc ssh_proxy", **body})  # fmt: skip
+    status, answer = call(emulator.url, "PUT", f"/api/v0/asks/{OFFER}/",
+                          {"client_id": "me", "image": image, "disk": 16,
+                           "runtype": "ssh_direc ssh_proxy", **body})  # fmt: skip
     assert status == 200, answer
     return answer["new_contract"]
 

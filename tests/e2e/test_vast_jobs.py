@@ -77,7 +77,8 @@ def live_instances(emulator: Emulator) -> list[dict[str, Any]]:
 def rented_offers(emulator: Emulator) -> list[int]:
     """The offer of every instance created, destroyed ones included: from the emulator's request log."""
     return [int(request.path.split("/")[4]) for request in emulator.requests
-            if request.method == "PUT" and request.path.startswith("/api/v0/asks/") and request.status == 200]  # fmt: skip
+            if request.method == "PUT" and request.path.startswith("/api/v0/asks/")
+            and request.status == 200]  # fmt: skip
 
 
 def test_a_rented_job_runs_succeeds_brings_its_weights_home_and_gives_the_instance_back(
@@ -109,8 +110,9 @@ def test_the_api_key_never_shows(runner: Runner, vast: Emulator, registry: Any, 
     job_id = submitted.stdout.strip()
     listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout  # the keeper runs now
     assert f"keep {job_id}" in listing
-    outputs = [submitted.stdout, submitted.stderr, runner.run("status", job_id).stdout, runner.run("status", "--json").stdout,
-               runner.run("down", "--orphans", "--json").stdout, listing]  # fmt: skip
+    outputs = [submitted.stdout, submitted.stderr, runner.run("status", job_id).stdout,
+               runner.run("status", "--json").stdout, runner.run("down", "--orphans", "--json").stdout,
+               listing]  # fmt: skip
     runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=180)
     wait_for(lambda: not live_instances(vast), 120, what="teardown")
     logs = [
@@ -187,7 +189,8 @@ def test_an_interrupted_or_lost_instance_is_replaced_and_the_job_resumes_from_it
     )
     job_id = runner.run("submit", str(job_file), cwd=tmp_path, check=True, timeout=600).stdout.strip()
     checkpoint = tmp_path / "artifacts" / job_id / "runs" / "demo" / "weights" / "last.pt"
-    reached = wait_for(lambda: checkpoint.exists() and int(checkpoint.read_text() or 0) >= 10 and int(checkpoint.read_text()),
+    reached = wait_for(lambda: checkpoint.exists() and int(checkpoint.read_text() or 0) >= 10
+                       and int(checkpoint.read_text()),
                        90, what="a fetched checkpoint")  # fmt: skip
     first = runner.json("status", job_id)["cost"]["instances"][0]
     try:
@@ -268,7 +271,8 @@ def test_eight_submits_at_once_rent_each_of_three_offers_at_most_once(
 ) -> None:
     job_file = vast_job(tmp_path, registry.image, "sleep 2")
     submits = [subprocess.Popen([*runner_cli(), "submit", str(job_file)], env=runner.env, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]  # fmt: skip
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(8)]  # fmt: skip
     results = [(process.wait(timeout=600), process.communicate()) for process in submits]
     succeeded = [out for code, (out, _) in results if code == 0]
     refused = [err for code, (_, err) in results if code != 0]

@@ -107,7 +107,8 @@ def test_a_silent_instance_is_lost_after_its_jobs_grace_and_not_before(tmp_path:
         instance_id = client.create_instance(default_offers()[0]["id"], body)
         wait_for(lambda: (client.instance(instance_id) or {}).get("actual_status") == "running", 10, what="running")
         on_it = Job(id="job1", name="t", host=vast.host_name(instance_id), state=JobState.RUNNING,
-                    document={"name": "t", "run": ["train"]}, job_file="t.yaml", job_dir=None, session=None, created_at=1.0, started_at=2.0, ended_at=None,
+                    document={"name": "t", "run": ["train"]}, job_file="t.yaml", job_dir=None, session=None,
+                    created_at=1.0, started_at=2.0, ended_at=None,
                     exit_code=None, stop_requested_at=None, last_line=None, message=None)  # fmt: skip
         stored_before_the_grace_existed = dataclasses.replace(
             on_it, document={**on_it.document, "retry": {"on": ["lost"], "max": 1}}
