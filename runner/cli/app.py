@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from runner.transfer.fetch import FetchResult
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2 on, and 8.1 is allowed
     """30s, 10m, 1h or plain seconds (runner.durations, shared with the job file)."""
 
     name = "duration"
@@ -132,7 +132,7 @@ def _prewarm_hosts(jobs: list[Job]) -> None:
         host.prewarm()
 
 
-def _status_document(refreshed: Refreshed, one_job: bool) -> dict:
+def _status_document(refreshed: Refreshed, one_job: bool) -> dict[str, Any]:
     from runner.cli import render
     from runner.cli.statusview import unreachable_since
 

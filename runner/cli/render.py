@@ -89,7 +89,7 @@ def jobs_table(jobs: list[Job], unreachable: dict[str, float], costs: dict[str, 
         widest = max([len(header)] + [len(row[index]) for row in rows])
         table.add_column(header, no_wrap=True, min_width=widest)
     table.add_column("LAST LINE", no_wrap=True, overflow="ellipsis")
-    for job, row in zip(jobs, rows):
+    for job, row in zip(jobs, rows, strict=True):
         state = Text(row[3], style=STATE_STYLES.get(job.state, ""))
         alerts = Text(row[-2], style="bold red")
         _add_plain_row(table, *row[:3], state, *row[4:-2], alerts, row[-1])
@@ -128,7 +128,7 @@ def submit_document(submitted: Submitted) -> dict[str, Any]:
                 "dest": str(sync.dest),
                 "pid": sync.pid,
                 "log": str(sync.log),
-            }  # fmt: skip
+            }
             for sync in submitted.artifact_syncs
         ],
         "preflight": submitted.preflight,  # the dataset check's report; null where the job names no dataset
@@ -169,7 +169,8 @@ def submit_summary(submitted: Submitted) -> str:
 
 def _preflight_text(report: dict[str, Any]) -> str:
     splits = ", ".join(f"{name} {split['images']} images" for name, split in report["splits"].items())
-    return f"{report['dataset']}: {splits}; {report['errors']} errors, {report['warnings']} warnings in {report['seconds']:.1f}s"
+    counts = f"{report['errors']} errors, {report['warnings']} warnings"
+    return f"{report['dataset']}: {splits}; {counts} in {report['seconds']:.1f}s"
 
 
 def _sync_document(stats: SyncStats) -> dict[str, Any]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, Union
+from typing import BinaryIO, Protocol
 
 from runner.base.errors import CommandFailed, command_name  # noqa: F401  (re-exported for the hosts)
 
 # A command's input: bytes, or an open file that is read from its current position to its end.
-Stdin = Union[bytes, BinaryIO, None]
+Stdin = bytes | BinaryIO | None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runner import __version__
 from runner.base import paths
@@ -71,7 +72,7 @@ def host_entry(name: str) -> HostEntry:
     return hosts[name]
 
 
-def _file_key(path: Path) -> list | None:
+def _file_key(path: Path) -> list[Any] | None:
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -83,8 +84,9 @@ def _cache_path() -> Path:
     return paths.runner_home() / "cache" / "hosts.json"
 
 
-def _read_cache() -> dict | None:
+def _read_cache() -> dict[str, Any] | None:
     try:
-        return json.loads(_cache_path().read_text())
+        cached: dict[str, Any] = json.loads(_cache_path().read_text())
+        return cached
     except (OSError, ValueError):
         return None

@@ -69,7 +69,8 @@ def validated(path: Path) -> HostsFile:
         if str(exc).endswith(": empty hosts file"):
             return HostsFile()
         raise
-    return validate(HostsFile, data, marks, path)
+    hosts: HostsFile = validate(HostsFile, data, marks, path)
+    return hosts
 
 
 def add_host(name: str, entry: SshHostEntry) -> None:

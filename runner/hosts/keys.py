@@ -35,7 +35,9 @@ def load_known_hosts(client: paramiko.SSHClient) -> None:
                 entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
             except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError, binascii.Error):
                 continue
-            for name in entry.hostnames if entry else []:
+            if entry is None:
+                continue
+            for name in entry.hostnames:
                 known.add(name, entry.key.get_name(), entry.key)
 
 

@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import paramiko
 
@@ -62,7 +63,8 @@ class LocalForward:
         """Copy both ways until either side ends or the forward closes."""
         with client, channel:
             while not self._closing.is_set():
-                readable, _, _ = select.select([client, channel], [], [], POLL_SECONDS)
+                ends: list[Any] = [client, channel]  # both have fileno(): what select needs
+                readable, _, _ = select.select(ends, [], [], POLL_SECONDS)
                 if client in readable and not _copy(client.recv, channel.sendall):
                     return
                 if channel in readable and not _copy(channel.recv, client.sendall):

@@ -358,7 +358,8 @@ class Store:
         with self._write() as db:
             db.execute(
                 "INSERT INTO hosts (name, kind, unreachable_since, updated_at) VALUES (?, 'unknown', ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET unreachable_since = COALESCE(unreachable_since, excluded.unreachable_since),"
+                " ON CONFLICT(name) DO UPDATE SET"
+                " unreachable_since = COALESCE(unreachable_since, excluded.unreachable_since),"
                 " updated_at = excluded.updated_at",
                 (name, now, now),
             )

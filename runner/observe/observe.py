@@ -99,8 +99,12 @@ def cost_of(store: Store, job: Job) -> dict[str, Any] | None:
     if not instances:
         return None
     live = [instance for instance in instances if instance.gone_at is None]
-    return {"dph": (live or instances)[-1].dph, "so_far": round(sum(instance.cost() for instance in instances), 4),
-            "instances": [instance.id for instance in instances], "live": [instance.id for instance in live]}  # fmt: skip
+    return {
+        "dph": (live or instances)[-1].dph,
+        "so_far": round(sum(instance.cost() for instance in instances), 4),
+        "instances": [instance.id for instance in instances],
+        "live": [instance.id for instance in live],
+    }
 
 
 def refresh_one(store: Store, job: Job) -> Job:

@@ -47,8 +47,8 @@ def forward_until_stopped(job: Job, preferred_port: int | None, announce: Callab
     except _Stopped:
         return
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @contextmanager

@@ -29,7 +29,8 @@ def check_here(loaded: LoadedJob) -> dict[str, Any]:
     """`runner check`: the checker in this process, against the files on this machine."""
     datasets = plan_datasets(loaded)
     description = describe(loaded, datasets)
-    return datacheck.check(description, str(loaded.workdir), relocations(loaded, datasets))
+    report: dict[str, Any] = datacheck.check(description, str(loaded.workdir), relocations(loaded, datasets))
+    return report
 
 
 def check_on_host(host: Host, layout: JobLayout, description: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +38,8 @@ def check_on_host(host: Host, layout: JobLayout, description: dict[str, Any]) ->
     result = run_agent(
         host, "datacheck", layout.work, stdin=json.dumps(description).encode(), timeout=HOST_CHECK_TIMEOUT_S
     ).check()
-    return json.loads(result.text)
+    report: dict[str, Any] = json.loads(result.text)
+    return report
 
 
 def refusal(report: dict[str, Any], job_file: Path) -> PreflightFailed:

@@ -4,7 +4,8 @@ Interrupted: the API says the instance exited, went offline or is gone. Lost: th
 but SSH has not answered for `retry.lost_after` (LOST_AFTER_S by default). Either way, when
 `retry.on` names the cause and tries are left, the keeper destroys the old instance, rents a new
 one, pushes the workdir and the checkpoints it fetched last (artifacts/JOB, as they lay under the
-workdir), and starts the session with `resume` in place of `run`. The job stays `running` throughout: it never ran to an end.
+workdir), and starts the session with `resume` in place of `run`. The job stays `running` throughout:
+it never ran to an end.
 """
 
 from __future__ import annotations

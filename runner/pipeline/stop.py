@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from runner.hosts import Host
 from runner.jobs import session
 from runner.jobs.layout import job_host, run_agent
 from runner.jobs.state import ACTIVE, Job, JobState, Store
@@ -38,7 +39,7 @@ def stop(store: Store, job: Job, grace_seconds: float) -> Job:
     return refresh_one(store, store.get(job.id))
 
 
-def _ends_within(host, job_dir: str, grace_seconds: float) -> bool:
+def _ends_within(host: Host, job_dir: str, grace_seconds: float) -> bool:
     deadline = time.monotonic() + grace_seconds
     while True:
         seen = probe(host, [job_dir])[job_dir]

@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from runner.base.atomicfile import write_atomically
 from runner.base.errors import NotFound, RunnerError
@@ -85,7 +86,7 @@ def fetch_files(
         if final is None:
             refused.append(remote.path)
         elif have.holds(remote, final):
-            fetched.append(FetchedFile(remote.path, remote.size, remote.sha256, copied=False))
+            fetched.append(FetchedFile(remote.path, remote.size, _hash_of(remote), copied=False))
         elif not remote.stable:
             changing.append(remote.path)
         else:
@@ -93,7 +94,7 @@ def fetch_files(
 
     def arrived(got: RemoteFile, final: Path) -> None:
         have.record(got, final)
-        fetched.append(FetchedFile(got.path, got.size, got.sha256, copied=True))
+        fetched.append(FetchedFile(got.path, got.size, _hash_of(got), copied=True))
 
     transferprogress.current().add_total(sum(remote.size for remote, _ in wanted))
     try:
@@ -142,13 +143,19 @@ def _relist(host: Host, root: str, rel_path: str) -> RemoteFile:
     return listed[0]
 
 
+def _hash_of(verified: RemoteFile) -> str:
+    """The sha256 of a file held here already or just fetched: both were checked against it."""
+    assert verified.sha256 is not None
+    return verified.sha256
+
+
 class LocalManifest:
     """What dest already holds: path -> [size, mtime_ns, sha256], trusted while size and mtime match."""
 
     def __init__(self, dest: Path) -> None:
         self.path = dest / LOCAL_MANIFEST
         try:
-            self.entries: dict[str, list] = json.loads(self.path.read_text())
+            self.entries: dict[str, list[Any]] = json.loads(self.path.read_text())
         except (OSError, ValueError):
             self.entries = {}
 

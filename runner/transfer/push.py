@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -184,8 +184,9 @@ def _upload(host: Host, dest: str, item: LocalFile, offsets: list[int | None]) -
         offset = 0  # not a part of this version after all: start over
     with _HashingReader(item, offset) as source:
         fields = [str(item.size), str(item.mtime_ns), format(item.mode, "o"), str(offset)]
+        # The reader reads as a binary file does, which is all the host's stdin feed asks of it.
         reply: dict[str, Any] = json.loads(
-            run_agent(host, "receive", dest, item.rel, *fields, stdin=source, timeout=None).check().text
+            run_agent(host, "receive", dest, item.rel, *fields, stdin=cast(BinaryIO, source), timeout=None).check().text
         )
     status = reply["status"]
     if status == "refused":
