@@ -1,8 +1,10 @@
 """Hosts a provisioner made for a job (a rented instance), by name: how to reach each one.
 
-A provisioner records the entry once its host answers and forgets it when the host is gone, so
-`get_host` finds every host a job can be on without knowing who made it, and the hosts layer never
-reaches up into a provisioner. One private JSON file per host under RUNNER_HOME/hosts/, replaced
+A provisioner records the entry once its host answers, so `get_host` finds every host a job can be
+on without knowing who made it, and the hosts layer never reaches up into a provisioner. The entry
+stays when the host is gone: a job still names its old instance until recovery has started it on
+the next one, and a look at it then must find a host that does not answer (exit 3), not an
+unknown name (exit 4). One private JSON file per host under RUNNER_HOME/hosts/, replaced
 atomically: a command that reads it never sees half an entry.
 """
 
@@ -23,10 +25,6 @@ def _path(name: str) -> Path:
 
 def remember(name: str, entry: HostEntry) -> None:
     write_atomically(_path(name), json.dumps(asdict(entry)).encode(), mode=0o600)
-
-
-def forget(name: str) -> None:
-    _path(name).unlink(missing_ok=True)
 
 
 def entry(name: str) -> HostEntry | None:

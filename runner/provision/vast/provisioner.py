@@ -241,7 +241,6 @@ def destroy_until_gone(
         record = client.instance(instance_id)
         if record is None or record.get("cur_state") == "unloaded":
             store.instance_gone(instance_id)
-            provisioned.forget(host_name(instance_id))
             log(f"instance {instance_id} destroyed; the API confirms it is gone")
             return
         if time.monotonic() > deadline:
