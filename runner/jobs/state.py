@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.base import processes
 from runner.base.errors import NotFound, UsageError
 
 if TYPE_CHECKING:  # pydantic is imported only where a job's spec is read, not by every command
@@ -71,7 +72,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     stop_requested_at REAL,
     last_line    TEXT,
     message      TEXT,
-    snapshot     TEXT                                 -- the host monitor's latest snapshot, as JSON
+    snapshot     TEXT,                                -- the host monitor's latest snapshot, as JSON
+    owner_pid    INTEGER,                             -- the `runner submit` that owns the job until it runs
+    owner_start  TEXT,                                -- its start (boot id:start time), see base/processes.py
+    keep         INTEGER NOT NULL DEFAULT 0           -- submit --keep: its instances outlive a failed submit
 );
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
 CREATE TABLE IF NOT EXISTS hosts (
@@ -101,7 +105,12 @@ CREATE TABLE IF NOT EXISTS instances (                -- rented vast.ai instance
 CREATE INDEX IF NOT EXISTS instances_job ON instances(job_id);
 """
 # Columns added since the first release, for stores made before them: (table, column, declaration).
-ADDED_COLUMNS = [("jobs", "snapshot", "TEXT")]
+ADDED_COLUMNS = [
+    ("jobs", "snapshot", "TEXT"),
+    ("jobs", "owner_pid", "INTEGER"),
+    ("jobs", "owner_start", "TEXT"),
+    ("jobs", "keep", "INTEGER NOT NULL DEFAULT 0"),
+]
 
 
 # The stored document of a job: {"schema": SPEC_SCHEMA, "spec": JobSpec.stored_document(), "resolved": Resolved}.
@@ -146,10 +155,17 @@ class Job:
     last_line: str | None
     message: str | None
     snapshot: dict[str, Any] | None = None  # the host monitor's latest: progress, results, GPUs, alerts
+    owner_pid: int | None = None  # the submit that owns the job's steps (None: a job stored before owners were)
+    owner_start: str | None = None
+    keep: bool = False  # submitted with --keep
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+    def owner_alive(self) -> bool:
+        """Whether the process that submitted the job still runs (the same process, not a reused pid)."""
+        return processes.alive(self.owner_pid, self.owner_start)
 
     @cached_property
     def spec(self) -> JobSpec:
@@ -229,17 +245,30 @@ class Store:
 
     # jobs
 
-    def create_job(self, name: str, host: str, document: dict[str, Any], job_file: str) -> Job:
+    def create_job(
+        self,
+        name: str,
+        host: str,
+        document: dict[str, Any],
+        job_file: str,
+        owner: processes.ProcessIdentity | None = None,
+        keep: bool = False,
+    ) -> Job:
+        """owner: the process that carries the job to running (its submit), recorded so that any
+        later runner can tell a submit still at work from one that died."""
         now = time.time()
+        owner_pid, owner_start = (owner.pid, owner.start) if owner else (None, None)
         with self._write() as db:
             while True:
                 job_id = secrets.token_hex(4)
                 if not db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
                     break
             db.execute(
-                "INSERT INTO jobs (id, name, host, state, spec, job_file, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, name, host, JobState.SUBMITTED.value, json.dumps(document), job_file, now),
-            )
+                "INSERT INTO jobs (id, name, host, state, spec, job_file, created_at, owner_pid, owner_start, keep)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, name, host, JobState.SUBMITTED.value, json.dumps(document), job_file, now,
+                 owner_pid, owner_start, int(keep)),
+            )  # fmt: skip
             self._event(db, job_id, "submitted", f"{job_file} on {host}")
         return self.get(job_id)
 
@@ -430,4 +459,5 @@ def _job(row: sqlite3.Row) -> Job:
     values["state"] = JobState(values["state"])
     values["document"] = json.loads(values.pop("spec"))
     values["snapshot"] = json.loads(values["snapshot"]) if values.get("snapshot") else None
+    values["keep"] = bool(values.get("keep"))
     return Job(**values)
