@@ -27,6 +27,7 @@ from pydantic_core.core_schema import SerializationInfo
 
 from runner.base.durations import parse_duration
 from runner.base.yamlfile import NAME_PATTERN, StrictModel
+from runner.jobs.notifyspec import Notify
 
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -284,6 +285,10 @@ class JobSpec(StrictModel):
         description="shell lines that continue from the last checkpoint, run instead of `run` on retry",
     )
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    # exclude: the URLs are secrets, in no dump (spec.json, --json, the container plan) but the store's.
+    notify: Notify | None = Field(
+        None, exclude=True, description="notifications (apprise URLs and events); default: settings.yaml's notify"
+    )
 
     @field_validator("run")
     @classmethod
@@ -352,7 +357,9 @@ class JobSpec(StrictModel):
 
     def stored_document(self) -> dict[str, Any]:
         """The spec as the store keeps it: JobSpec.model_validate of it gives this spec back."""
-        return self.model_dump(mode="json", context={WHOLE_SETS: True}, exclude={"artifact_sync"})
+        document = self.model_dump(mode="json", context={WHOLE_SETS: True}, exclude={"artifact_sync"})
+        document["notify"] = self.notify.model_dump(mode="json") if self.notify else None
+        return document
 
     @computed_field  # type: ignore[prop-decorator]
     @property
