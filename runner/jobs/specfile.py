@@ -9,6 +9,7 @@ from pathlib import Path
 
 from runner.base.errors import SpecError
 from runner.base.yamlfile import MAX_SPEC_BYTES, FieldPath, Marks, dotted, load_yaml_mapping, validate
+from runner.jobs.settings import load_settings
 from runner.jobs.spec import JobSpec
 from runner.jobs.state import Job
 
@@ -48,7 +49,10 @@ class LoadedJob:
 
 def load_job(path: Path) -> LoadedJob:
     data, marks = load_yaml_mapping(path, what="job file")
-    return LoadedJob(spec=validate(JobSpec, data, marks, path), path=path, marks=marks)
+    spec: JobSpec = validate(JobSpec, data, marks, path)
+    if spec.notify is None:  # settings.yaml's default, copied in: it is the job's from now on
+        spec = spec.model_copy(update={"notify": load_settings().notify})
+    return LoadedJob(spec=spec, path=path, marks=marks)
 
 
 def stored_job(job: Job, spec: JobSpec | None = None) -> LoadedJob:
