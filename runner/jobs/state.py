@@ -381,8 +381,9 @@ class Store:
                 (name, kind, time.time()),
             )
 
-    def mark_unreachable(self, name: str) -> float:
-        """Record that the host did not answer; returns since when it has not (the first failure's time)."""
+    def mark_unreachable(self, name: str, since: float | None = None) -> float:
+        """Record that the host did not answer; returns since when it has not (the first failure's time).
+        since: when the failing attempt began, if earlier than now (a call retried a while before failing)."""
         now = time.time()
         with self._write() as db:
             db.execute(
@@ -390,7 +391,7 @@ class Store:
                 " ON CONFLICT(name) DO UPDATE SET"
                 " unreachable_since = COALESCE(unreachable_since, excluded.unreachable_since),"
                 " updated_at = excluded.updated_at",
-                (name, now, now),
+                (name, since or now, now),
             )
             row = db.execute("SELECT unreachable_since FROM hosts WHERE name = ?", (name,)).fetchone()
         return float(row["unreachable_since"])
@@ -445,6 +446,14 @@ class Store:
     def events(self, job_id: str) -> list[Event]:
         rows = self._db.execute("SELECT * FROM events WHERE job_id = ? ORDER BY seq", (job_id,))
         return [Event(row["job_id"], row["at"], row["kind"], row["detail"]) for row in rows]
+
+    def last_event(self, job_id: str, kinds: tuple[str, ...]) -> Event | None:
+        """The job's latest event of one of these kinds (whether an outage it announced has ended, say)."""
+        marks = ",".join("?" for _ in kinds)
+        row = self._db.execute(
+            f"SELECT * FROM events WHERE job_id = ? AND kind IN ({marks}) ORDER BY seq DESC LIMIT 1", (job_id, *kinds)
+        ).fetchone()
+        return Event(row["job_id"], row["at"], row["kind"], row["detail"]) if row else None
 
     @staticmethod
     def _event(db: sqlite3.Connection, job_id: str, kind: str, detail: str) -> None:
