@@ -98,10 +98,14 @@ def status(job_ref: str | None, watch: bool, interval: float, as_json: bool) -> 
     with open_store() as store:
         _prewarm_hosts([store.find(job_ref)] if job_ref else store.list_jobs())  # handshakes overlap the imports
         from runner.cli import render
-        from runner.observe.observe import refresh
+        from runner.pipeline.reconcile import reconcile
 
         def poll() -> Refreshed:
-            return refresh(store, [store.find(job_ref)] if job_ref else store.list_jobs())
+            # Every job against its host: a job whose submit died is finished or found running here.
+            refreshed = reconcile(store, [store.find(job_ref)] if job_ref else store.list_jobs())
+            for note in refreshed.notes:
+                render.stderr.print(f"runner: {note}", markup=False)
+            return refreshed
 
         if watch:
             _watch_status(poll, interval, as_json, bool(job_ref))
@@ -124,7 +128,10 @@ def _prewarm_hosts(jobs: list[Job]) -> None:
     from runner.hosts import get_host
     from runner.jobs.state import JobState
 
-    for name in sorted({job.host for job in jobs if job.state is JobState.RUNNING and job.job_dir}):
+    # The hosts of running jobs, and of placed ones whose submit is gone (the reconciler asks them too).
+    probed = [job for job in jobs if job.job_dir and not job.finished and
+              (job.state is JobState.RUNNING or not job.owner_alive())]  # fmt: skip
+    for name in sorted({job.host for job in probed}):
         try:
             host = get_host(name)
         except RunnerError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,13 @@ class Refreshed:
     jobs: list[Job]
     problems: dict[str, HostProblem] = field(default_factory=dict)  # by host name
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by job id, for jobs on rented instances
+    notes: list[str] = field(default_factory=list)  # what was done to jobs besides probing them, one line each
+
+
+# Decides a job that is not running from the same probe of its host (runner/pipeline/reconcile.py; the
+# observation is None when the host had no answer for it). True: it moved the job to running, and the
+# observation is then applied as to any running job.
+Settle = Callable[[Store, Job, Observation | None], bool]
 
 
 def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
@@ -68,11 +76,14 @@ def next_state(job: Job, seen: Observation) -> JobState | None:
     return ended_state(job.stop_requested_at is not None, seen.exit_code) if seen.ended else None
 
 
-def refresh(store: Store, jobs: list[Job]) -> Refreshed:
-    """Bring running jobs up to date with their hosts; finished jobs are left as they are."""
+def refresh(store: Store, jobs: list[Job], settle: dict[str, Settle] | None = None) -> Refreshed:
+    """Bring running jobs up to date with their hosts; finished jobs are left as they are.
+    settle: placed jobs (by id) that are not running, asked in the same probe of their host and
+    decided by their Settle; an unanswering host leaves them as they are too."""
+    settle = settle or {}
     by_host: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
-        if job.state is JobState.RUNNING and job.job_dir:
+        if (job.state is JobState.RUNNING or job.id in settle) and job.job_dir:
             by_host[job.host].append(job)
     problems: dict[str, HostProblem] = {}
     with ThreadPoolExecutor(max_workers=MAX_PARALLEL_HOSTS) as pool:
@@ -88,7 +99,9 @@ def refresh(store: Store, jobs: list[Job]) -> Refreshed:
             continue
         store.mark_reachable(name)
         for job in by_host[name]:
-            _apply(store, job, seen.get(job.job_dir or ""))
+            observed = seen.get(job.job_dir or "")
+            if job.id not in settle or settle[job.id](store, job, observed):
+                _apply(store, job, observed)
     fresh = [store.get(job.id) for job in jobs]
     return Refreshed(fresh, problems, {job.id: cost for job in fresh if (cost := cost_of(store, job))})
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.base import processes
 from runner.base.errors import HostUnreachable, RunnerError
 from runner.hosts import Host, SyncStats
 from runner.hostside.hostfiles import PROTOCOL
@@ -62,8 +63,9 @@ def submit(
     try:
         admitted = provisioner.admit(loaded, log)
         resolved = Resolved(str(loaded.workdir), os.getcwd(), admitted.pushed_image)
+        # This process owns the job until it runs: should it die on the way, the reconciler sees it gone.
         job = store.create_job(loaded.spec.name, admitted.host_name, job_document(loaded.spec, resolved),
-                               str(loaded.path.resolve()))  # fmt: skip
+                               str(loaded.path.resolve()), owner=processes.identity(), keep=keep)  # fmt: skip
         submitted = _provision_and_run(store, provisioner, loaded, job, datasets, description,
                                        Submitted(job, container=admitted.container), log, keep)  # fmt: skip
         provisioner.after_submit(store, submitted.job, log)
@@ -112,8 +114,10 @@ def _run(
     try:
         store.transition(job.id, JobState.SYNCING, frozenset({JobState.SUBMITTED, JobState.PROVISIONING}))
         layout = JobLayout.on(host, job.id)
-        place_job(host, loaded, job, layout, name, datasets, submitted)
+        # Where the job will be, before anything goes there: a submit killed from here on leaves the
+        # reconciler a place to look for what it started.
         store.set_placement(job.id, layout.job_dir, name)
+        place_job(host, loaded, job, layout, name, datasets, submitted)
         if description is not None and not store.get(job.id).finished:
             submitted.preflight = _preflight(store, host, job, layout, description, loaded)
         if container and not store.get(job.id).finished:
