@@ -103,12 +103,14 @@ CREATE TABLE IF NOT EXISTS instances (                -- rented vast.ai instance
     gone_at     REAL                                  -- destroyed, and confirmed gone by the API
 );
 CREATE INDEX IF NOT EXISTS instances_job ON instances(job_id);
-CREATE TABLE IF NOT EXISTS notifications (            -- an event's notification: claimed by one sender at a time
-    event_seq    INTEGER PRIMARY KEY,                 -- events.seq
+CREATE TABLE IF NOT EXISTS notifications (            -- an event's notification to one target, one sender at a time
+    event_seq    INTEGER NOT NULL,                    -- events.seq
+    target       INTEGER NOT NULL,                    -- which of the job's notify.urls (its index)
     attempts     INTEGER NOT NULL,                    -- sends tried (a claim counts: its sender may have died)
     next_try_at  REAL NOT NULL,                       -- a claim holds it until then, a failed try waits until then
     sent_at      REAL,                                -- sent (by this controller or by the job's host)
-    error        TEXT                                 -- the last failure, scrubbed of the URLs
+    error        TEXT,                                -- the last failure, scrubbed of the URLs
+    PRIMARY KEY (event_seq, target)
 );
 """
 # Columns added since the first release, for stores made before them: (table, column, declaration).
@@ -474,61 +476,66 @@ class Store:
                 self._event(db, job_id, kind, detail)
             return seen is None
 
-    # notifications: each event is sent once, by whichever process claims it first
+    # notifications: each event is sent once to each target, by whichever process claims it first
 
-    def unsent_events(self, job_id: str, kinds: frozenset[str], max_attempts: int) -> list[Event]:
-        """The job's events of these kinds not sent yet whose notification may be tried now (unclaimed,
-        or a failed try's wait is over, and attempts left), oldest first. A read: claim before sending."""
+    def unsent_events(self, job_id: str, kinds: frozenset[str], target: int, max_attempts: int) -> list[Event]:
+        """The job's events of these kinds not sent to target yet that may be tried now (unclaimed, or a
+        failed try's wait is over, attempts left), oldest first. A read: claim each before sending it."""
         marks = ",".join("?" for _ in kinds)
         rows = self._db.execute(
-            f"SELECT e.* FROM events e LEFT JOIN notifications n ON n.event_seq = e.seq"
+            f"SELECT e.* FROM events e LEFT JOIN notifications n ON n.event_seq = e.seq AND n.target = ?"
             f" WHERE e.job_id = ? AND e.kind IN ({marks}) AND (n.event_seq IS NULL"
             f" OR (n.sent_at IS NULL AND n.attempts < ? AND n.next_try_at <= ?)) ORDER BY e.seq",
-            (job_id, *sorted(kinds), max_attempts, time.time()),
+            (target, job_id, *sorted(kinds), max_attempts, time.time()),
         )
         return [Event(row["job_id"], row["at"], row["kind"], row["detail"], row["seq"]) for row in rows]
 
-    def claim_notification(self, event_seq: int, hold_s: float, max_attempts: int) -> bool:
-        """Take the event's notification for hold_s seconds, atomically: True for exactly one of the
-        processes asking at once. False when it is sent, claimed by another, waiting or out of attempts."""
+    def claim_notification(self, event_seq: int, target: int, hold_s: float, max_attempts: int) -> bool:
+        """Take the event's notification to target for hold_s seconds, atomically: True for exactly one of
+        the processes asking at once; False when it is sent, held by another, waiting or out of attempts."""
         now = time.time()
+        key = (event_seq, target)
         with self._write() as db:
-            row = db.execute("SELECT * FROM notifications WHERE event_seq = ?", (event_seq,)).fetchone()
+            row = db.execute("SELECT * FROM notifications WHERE event_seq = ? AND target = ?", key).fetchone()
             if row is None:
                 db.execute(
-                    "INSERT INTO notifications (event_seq, attempts, next_try_at) VALUES (?, 1, ?)",
-                    (event_seq, now + hold_s),
+                    "INSERT INTO notifications (event_seq, target, attempts, next_try_at) VALUES (?, ?, 1, ?)",
+                    (*key, now + hold_s),
                 )
                 return True
             if row["sent_at"] is not None or row["attempts"] >= max_attempts or row["next_try_at"] > now:
                 return False
             db.execute(
-                "UPDATE notifications SET attempts = attempts + 1, next_try_at = ? WHERE event_seq = ?",
-                (now + hold_s, event_seq),
+                "UPDATE notifications SET attempts = attempts + 1, next_try_at = ? WHERE event_seq = ? AND target = ?",
+                (now + hold_s, *key),
             )
             return True
 
-    def notification_sent(self, event_seq: int) -> None:
+    def notification_sent(self, event_seq: int, target: int) -> None:
         """Sent: never again, whoever asks. Also for a notification the job's host sent itself."""
         now = time.time()
         with self._write() as db:
             db.execute(
-                "INSERT INTO notifications (event_seq, attempts, next_try_at, sent_at) VALUES (?, 1, ?, ?)"
-                " ON CONFLICT(event_seq) DO UPDATE SET sent_at = COALESCE(sent_at, excluded.sent_at), error = NULL",
-                (event_seq, now, now),
+                "INSERT INTO notifications (event_seq, target, attempts, next_try_at, sent_at) VALUES (?, ?, 1, ?, ?)"
+                " ON CONFLICT(event_seq, target) DO UPDATE SET sent_at = COALESCE(sent_at, excluded.sent_at),"
+                " error = NULL",
+                (event_seq, target, now, now),
             )
 
-    def notification_failed(self, event_seq: int, error: str, retry_in_s: float) -> None:
+    def notification_failed(self, event_seq: int, target: int, error: str, retry_in_s: float) -> None:
         """A try failed (error: scrubbed of the URLs): the next may come after retry_in_s."""
         with self._write() as db:
             db.execute(
-                "UPDATE notifications SET error = ?, next_try_at = ? WHERE event_seq = ? AND sent_at IS NULL",
-                (error, time.time() + retry_in_s, event_seq),
+                "UPDATE notifications SET error = ?, next_try_at = ?"
+                " WHERE event_seq = ? AND target = ? AND sent_at IS NULL",
+                (error, time.time() + retry_in_s, event_seq, target),
             )
 
-    def notification(self, event_seq: int) -> dict[str, Any] | None:
-        """The notification's row (attempts, next_try_at, sent_at, error), None if never claimed."""
-        row = self._db.execute("SELECT * FROM notifications WHERE event_seq = ?", (event_seq,)).fetchone()
+    def notification(self, event_seq: int, target: int) -> dict[str, Any] | None:
+        """The notification's row (attempts, next_try_at, sent_at, error); None if never claimed."""
+        row = self._db.execute(
+            "SELECT * FROM notifications WHERE event_seq = ? AND target = ?", (event_seq, target)
+        ).fetchone()
         return dict(row) if row else None
 
     @staticmethod
