@@ -96,13 +96,21 @@ class Emulator:
 
     def stop(self) -> None:
         """Stop serving, then remove every container this emulator made."""
+        self.pause()
+        with self._lock:
+            instances = list(self._instances.values())
+        self._provisioner.close(instances)
+
+    def pause(self) -> None:
+        """An API outage: the port refuses connections, while the instances (their containers) run on."""
         if self._server:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        with self._lock:
-            instances = list(self._instances.values())
-        self._provisioner.close(instances)
+
+    def resume(self) -> str:
+        """The API back, on the port it had, with every instance as it was."""
+        return self.start(int(self.url.rsplit(":", 1)[1]))
 
     def __enter__(self) -> Emulator:
         self.start()
