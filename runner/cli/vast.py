@@ -3,10 +3,17 @@ keeper of a rented job."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from runner.base.errors import UsageError
+from runner.base.errors import RunnerError, UsageError
 from runner.cli.hosts import JSON_OPTION
+
+if TYPE_CHECKING:
+    from runner.jobs.state import Store
+    from runner.pipeline.rented import Verdict
+    from runner.provision.vast.api import VastClient
 
 
 @click.command()
@@ -38,31 +45,65 @@ def offers(
 
 @click.command()
 @click.argument("job_ref", metavar="[JOB]", required=False)
-@click.option("--orphans", is_flag=True, help="Destroy instances labelled runner: that no running job owns.")
+@click.option(
+    "--orphans", is_flag=True,
+    help="Destroy instances labelled runner: whose job is finished, unknown here, or whose submit died.",
+)  # fmt: skip
 @JSON_OPTION
 def down(job_ref: str | None, orphans: bool, as_json: bool) -> None:
     """Destroy JOB's rented instances (or the orphans) and wait until vast.ai confirms they are gone."""
     from runner.cli import render
     from runner.cli.common import open_store
-    from runner.pipeline.rented import orphans as find_orphans
     from runner.provision.vast.api import VastClient
-    from runner.provision.vast.provisioner import destroy_until_gone
     from runner.provision.vast.renting import down as down_job
 
     if bool(job_ref) == orphans:
         raise UsageError("name a JOB, or give --orphans")
     with open_store() as store, VastClient() as client:
         if orphans:
-            destroyed = []
-            for record in find_orphans(client, store):
-                destroy_until_gone(client, store, int(record["id"]), _to_stderr)
-                destroyed.append(int(record["id"]))
-        else:
-            destroyed = down_job(client, store, store.find(job_ref), _to_stderr)
+            _down_orphans(client, store, as_json)
+            return
+        destroyed = down_job(client, store, store.find(job_ref), _to_stderr)
     if as_json:
         render.print_json({"destroyed": destroyed})
     elif not destroyed:
         render.stderr.print("nothing to destroy")
+
+
+def _down_orphans(client: VastClient, store: Store, as_json: bool) -> None:
+    """Each instance labelled runner: in a line, destroyed or left, and why; every orphan is tried
+    before a failure to destroy one is raised."""
+    from runner.cli import render
+    from runner.pipeline.rented import judge_instances
+
+    rows, failures = [], []
+    for verdict in judge_instances(client, store):
+        action, failure = _apply_verdict(client, store, verdict)
+        rows.append({"id": verdict.instance_id, "job": verdict.job_id, "action": action, "reason": verdict.reason})
+        failures += [failure] if failure else []
+        if not as_json:
+            render.stdout.print(f"{action:<9} instance {verdict.instance_id}  job {verdict.job_id}: {verdict.reason}",
+                                markup=False)  # fmt: skip
+    if as_json:
+        destroyed = [row["id"] for row in rows if row["action"] == "destroyed"]
+        render.print_json({"destroyed": destroyed, "instances": rows})
+    elif not any(row["action"] != "left" for row in rows):
+        render.stderr.print("nothing to destroy")
+    if failures:
+        raise RunnerError("; ".join(failures) + ": run `runner down --orphans` again")
+
+
+def _apply_verdict(client: VastClient, store: Store, verdict: Verdict) -> tuple[str, str | None]:
+    """("destroyed" | "left" | "failed", why it failed)."""
+    from runner.provision.vast.provisioner import destroy_until_gone
+
+    if not verdict.destroy:
+        return "left", None
+    try:
+        destroy_until_gone(client, store, verdict.instance_id, _to_stderr)
+    except RunnerError as exc:
+        return "failed", f"instance {verdict.instance_id}: {exc}"
+    return "destroyed", None
 
 
 @click.command(hidden=True)
@@ -70,10 +111,15 @@ def down(job_ref: str | None, orphans: bool, as_json: bool) -> None:
 def keep(job_id: str) -> None:
     """The keeper of a job on a rented instance (started by submit): cost limit, final fetch, teardown."""
     from runner.cli.common import open_store
+    from runner.pipeline.keepers import keeper_pid
     from runner.pipeline.rented import keep as keep_job
 
     with open_store() as store:
         job = keep_job(store, job_id, _to_stderr)
+    if job is None:
+        holder = keeper_pid(job_id)
+        _to_stderr(f"job {job_id} has a keeper already{f' (pid {holder})' if holder else ''}: this one ends")
+        return
     _to_stderr(f"job {job.id} is {job.state.value}: keeper done")
 
 

@@ -123,7 +123,9 @@ def down(client: VastClient, store: Store, job: Job, log: Log) -> list[int]:
     return destroyed
 
 
-def start_keeper(job_id: str) -> int:
-    """`runner keep JOB` in a session of its own, so that it outlives this process and its terminal."""
+def start_keeper(job_id: str, reason: str = "") -> int:
+    """`runner keep JOB` in a session of its own, so that it outlives this process and its terminal.
+    A keeper already running (its lock held) makes this one exit at once."""
     log = paths.syncs_dir() / f"{job_id}-keep.log"
-    return start_detached([sys.executable, "-m", "runner", "keep", job_id], log, f"keeping job {job_id}")
+    first_line = f"keeping job {job_id}" + (f": {reason}" if reason else "")
+    return start_detached([sys.executable, "-m", "runner", "keep", job_id], log, first_line)
