@@ -51,7 +51,7 @@ NotifyEvent = Literal[
     "instance_destroyed",
     "api_unreachable",
 ]
-ALL_EVENTS: tuple[str, ...] = get_args(NotifyEvent)
+ALL_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
 assert ALL_EVENTS == STATE_EVENTS + ALERT_EVENTS + RENTED_EVENTS
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")
 
@@ -63,7 +63,7 @@ def _one_or_many(value: object) -> object:
 def _apprise_url(url: str) -> str:
     # The message never holds the URL: it is a secret, and this line reaches the terminal.
     if not SCHEME.match(url):
-        raise ValueError("is not an apprise URL (scheme://..., e.g. ntfy://topic, json://host/path); see apprise's docs")
+        raise ValueError("is not an apprise URL (scheme://..., e.g. ntfy://topic, json://host/path)")
     return url
 
 
@@ -80,7 +80,7 @@ class Notify(StrictModel):
         " never shown",
     )
     events: list[NotifyEvent] = Field(
-        default_factory=lambda: list(ALL_EVENTS),
+        default_factory=lambda: list(ALL_EVENTS),  # every event
         min_length=1,
         description="what to send (default all): started, succeeded, failed, lost, stopped, each alert kind (oom,"
         " nan_loss, traceback, exited, stalled, gpu_hot, disk_full, gpu_unsupported, corrupt_labels), max_cost,"

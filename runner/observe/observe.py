@@ -15,7 +15,9 @@ from runner.base.errors import HostUnreachable, RunnerError
 from runner.hosts import Host
 from runner.jobs.agentanswers import Snapshot, probe_answer
 from runner.jobs.layout import job_host
+from runner.jobs.notifyspec import ALERT_EVENTS
 from runner.jobs.state import Job, JobState, Store, ended_state
+from runner.observe.notify import ALERT, deliver
 
 MAX_PARALLEL_HOSTS = 8
 
@@ -103,6 +105,7 @@ def refresh(store: Store, jobs: list[Job], settle: dict[str, Settle] | None = No
             if job.id not in settle or settle[job.id](store, job, observed):
                 _apply(store, job, observed)
     fresh = [store.get(job.id) for job in jobs]
+    deliver(store, fresh)  # what this look found, or another process left unsent: each event once
     return Refreshed(fresh, problems, {job.id: cost for job in fresh if (cost := cost_of(store, job))})
 
 
@@ -144,7 +147,18 @@ def _apply(store: Store, job: Job, seen: Observation | None) -> None:
         store.set_last_line(job.id, seen.last_line)
     if seen.snapshot and seen.snapshot != job.snapshot:
         store.set_snapshot(job.id, dict(seen.snapshot))
+        _note_new_alerts(store, job, seen.snapshot)
     if seen.ended:
         unrecorded = "the tmux session ended without recording an exit code" if seen.exit_code is None else None
         ended_at = time.time() - seen.exit_age_s if seen.exit_age_s is not None else None  # not when we noticed
         store.record_end(job.id, seen.exit_code, message=unrecorded, ended_at=ended_at)
+
+
+def _note_new_alerts(store: Store, job: Job, snapshot: Snapshot) -> None:
+    """An `alert` event (detail: the kind) the first time the job shows an alert of a kind: the news that
+    notifications send. add_event_once keeps it one event, however many processes see it at once."""
+    before = {alert.get("kind") for alert in (job.snapshot or {}).get("alerts") or []}
+    for alert in snapshot.get("alerts") or []:
+        kind = alert.get("kind") if isinstance(alert, dict) else None
+        if kind in ALERT_EVENTS and kind not in before:  # the host's word: only kinds runner knows
+            store.add_event_once(job.id, ALERT, str(kind))

@@ -1,0 +1,190 @@
+"""Notifications: each event of a job with `notify:` is sent once to each of its URLs, by whichever runner
+process sees it first (`runner status`, the keeper, any refresh).
+
+The store's events table is the bus: state transitions, `alert` (detail: the kind, added once per kind
+by observe), `max_cost`, `max_duration`, `instance-destroyed`, `api-unreachable`. Before a send, the
+event is claimed in SQLite (Store.claim_notification), so two processes never both send it; a send
+that fails waits and is tried again, at most MAX_ATTEMPTS times.
+
+A URL carries its service's token: it is a secret. apprise is given it in this process only (no
+command line), its own logging is silenced (it may name the URL), and every failure text is scrubbed
+before it is stored or written to RUNNER_HOME/notify.log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from runner.base import paths
+from runner.jobs.notifyspec import ALERT_EVENTS, Notify
+from runner.jobs.state import Event, Job, Store
+
+MAX_ATTEMPTS = 5
+HOLD_S = 120.0  # a claim's lease: a sender that died mid-send frees the event after this (one attempt spent)
+RETRY_S = 30.0  # the wait after a failed try, doubled after each
+MAX_BODY_CHARS = 1500
+REDACTED = "***"
+ALERT = "alert"  # the store's event kind for a new alert kind; its detail is the kind
+# The store's event kinds -> the names a job file's notify.events uses.
+STORE_KINDS = {
+    "running": "started",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "lost": "lost",
+    "stopped": "stopped",
+    "max_cost": "max_cost",
+    "max_duration": "max_duration",
+    "instance-destroyed": "instance_destroyed",
+    "api-unreachable": "api_unreachable",
+}
+HEADLINES = {
+    "started": "started",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "lost": "is lost",
+    "stopped": "was stopped",
+    "max_cost": "reached its budget (max_cost) and is stopped",
+    "max_duration": "reached its max_duration and is stopped",
+    "instance_destroyed": "its instance was destroyed",
+    "api_unreachable": "is waiting on the vast.ai API",
+}
+
+# A sender: (url, title, body) -> None when sent, else why not (may hold the URL: scrubbed by the caller).
+Sender = Callable[[str, str, str], str | None]
+
+
+@dataclass(frozen=True)
+class Delivered:
+    job_id: str
+    event: str  # the notify.events name
+    target: int  # the URL's index in notify.urls
+    error: str | None  # None: sent; else why not, scrubbed
+
+
+def deliver(store: Store, jobs: list[Job], send: Sender | None = None) -> list[Delivered]:
+    """Send what is due for these jobs; never raises (a notification must not break `runner status`)."""
+    done: list[Delivered] = []
+    for job in jobs:
+        notify = _notify_of(job)
+        if notify is not None:
+            done += _deliver_job(store, job, notify, send or send_with_apprise)
+    return done
+
+
+def event_name(event: Event) -> str | None:
+    """The notify.events name of a store event; None for events that are not news (syncs, retries)."""
+    if event.kind == ALERT:
+        return event.detail if event.detail in ALERT_EVENTS else None
+    return STORE_KINDS.get(event.kind)
+
+
+def message(job: Job, event: Event, name: str) -> tuple[str, str]:
+    """The notification's title and body: what happened to which job, and where."""
+    if event.kind == ALERT:
+        title = f"runner: {job.name} ({job.id}): alert {name}"
+        detail = _alert_message(job, name)
+    else:
+        title = f"runner: {job.name} ({job.id}) {HEADLINES[name]}"
+        detail = event.detail
+    lines = [detail, f"host: {job.host}"]
+    if job.exit_code is not None and name in ("succeeded", "failed", "stopped"):
+        lines.append(f"exit code: {job.exit_code}")
+    if job.last_line:
+        lines.append(f"last line: {job.last_line}")
+    return title, "\n".join(line for line in lines if line)[:MAX_BODY_CHARS]
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """text with every secret URL, and each long piece of one (token, password, path), replaced by ***."""
+    pieces = set()
+    for secret in secrets:
+        pieces.add(secret)
+        _, _, rest = secret.partition("://")
+        pieces.update(part for part in re.split(r"[/:@?&=#,]+", rest) if len(part) >= 6)
+    for piece in sorted(pieces, key=len, reverse=True):
+        text = text.replace(piece, REDACTED)
+    return text
+
+
+def send_with_apprise(url: str, title: str, body: str) -> str | None:
+    """One notification through apprise (imported here: only a sending process pays for it)."""
+    import apprise
+
+    # apprise logs what it does, URLs included: nothing of it may reach a handler (stderr, a log file).
+    logging.getLogger("apprise").disabled = True
+    scheme = url.partition("://")[0]
+    sender = apprise.Apprise()
+    if not sender.add(url):
+        return f"apprise knows no service for this {scheme}:// URL"
+    if not sender.notify(title=title, body=body):
+        return f"the {scheme}:// service did not take the notification"
+    return None
+
+
+def notify_log() -> str:
+    return str(paths.runner_home() / "notify.log")
+
+
+def _notify_of(job: Job) -> Notify | None:
+    stored = job.document.get("spec") if "schema" in job.document else job.document
+    if not (stored or {}).get("notify"):
+        return None  # the cheap look first: most jobs notify nobody, and a spec costs a validation
+    try:
+        return job.spec.notify
+    except ValueError:  # a spec this runner cannot read: nothing to send, and status goes on
+        return None
+
+
+def _deliver_job(store: Store, job: Job, notify: Notify, send: Sender) -> list[Delivered]:
+    wanted = set(notify.events)
+    kinds = frozenset(kind for kind, name in STORE_KINDS.items() if name in wanted)
+    if wanted & set(ALERT_EVENTS):
+        kinds |= {ALERT}
+    done = []
+    for target, url in enumerate(notify.urls):
+        for event in store.unsent_events(job.id, kinds, target, MAX_ATTEMPTS):
+            name = event_name(event)
+            if name is None or name not in wanted:
+                continue  # an alert kind not asked for
+            if not store.claim_notification(event.seq, target, HOLD_S, MAX_ATTEMPTS):
+                continue  # another process has it, or sent it a moment ago
+            error = _send_one(send, url, *message(job, event, name), notify.urls)
+            if error is None:
+                store.notification_sent(event.seq, target)
+            else:
+                _failed(store, job, event, target, name, error)
+            done.append(Delivered(job.id, name, target, error))
+    return done
+
+
+def _send_one(send: Sender, url: str, title: str, body: str, secrets: list[str]) -> str | None:
+    try:
+        error = send(url, title, body)
+    except Exception as exc:  # whatever the service's library raises: recorded and retried, never fatal
+        error = f"{type(exc).__name__}: {exc}"
+    return None if error is None else scrub(error, secrets)
+
+
+def _failed(store: Store, job: Job, event: Event, target: int, name: str, error: str) -> None:
+    row = store.notification(event.seq, target) or {}
+    attempts = int(row.get("attempts") or 1)
+    store.notification_failed(event.seq, target, error, RETRY_S * 2 ** (attempts - 1))
+    last = " (the last try)" if attempts >= MAX_ATTEMPTS else ""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    line = f"{stamp} job {job.id}: {name} to notify.urls[{target}]: attempt {attempts} of {MAX_ATTEMPTS}{last}: {error}"
+    try:
+        with open(notify_log(), "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    except OSError:
+        pass  # the store keeps the error too; a log that cannot be written must not break status
+
+
+def _alert_message(job: Job, kind: str) -> str:
+    for alert in (job.snapshot or {}).get("alerts") or []:
+        if isinstance(alert, dict) and alert.get("kind") == kind:
+            return str(alert.get("message") or kind)
+    return kind
