@@ -1,29 +1,35 @@
 """The host's side of moving files: manifests with cached hashes, and verified, resumable receiving.
 
-Standard library only, Python >= 3.7. A received file is written to a part file named by its
-expected sha256 (so a resumed upload continues only the same version), hashed as it arrives, and
-renamed to its final name only when size and sha256 match: the final name never holds a partial or
-unverified file. Names come from the controller and are checked: nothing is written outside the root.
+Standard library only, Python >= 3.7. A file pushed one by one is written to a part file in the
+host's parts folder (ROOT/parts), named by its content (sha256 and size of the sender's whole file),
+so the next push of the same bytes, from any job and to any folder, resumes from what arrived; it is
+hashed as it arrives and renamed to its final name only when size and sha256 match: the final name
+never holds a partial or unverified file. A completed file takes its part with it; parts untouched for
+a day are removed (agentdirs.remove_old_parts). Names come from the controller and are checked:
+nothing is written outside the root.
 """
 
+import errno
 import fcntl
 import glob
 import hashlib
 import json
 import os
 import re
+import shutil
 import tarfile
 import threading
 import time
 
+from .agentdirs import PART_MAX_AGE_S, PART_SUFFIX, PARTS_FOLDER, remove_old_parts
 from .hostfiles import PROTOCOL, read_json
 
 CHUNK_BYTES = 1024 * 1024
-PART_SUFFIX = ".runner-part"
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 VERSION = re.compile(r"^[0-9]+-[0-9]+$")  # a sender's SIZE-MTIME_NS
 SETTLE_SECONDS = 1.0  # a file written this recently may still be being written (torch.save is not atomic)
 HASH_ATTEMPTS = 3
+RUNNER_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this agent is ROOT/hostside-*/
 
 
 class HashCache(object):
@@ -31,7 +37,7 @@ class HashCache(object):
     The file is named by the protocol too: agents of two protocols on one host (a job started by an
     older runner still running) never read each other's caches."""
 
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hashcache")
+    folder = os.path.join(RUNNER_ROOT, "hashcache")
 
     def __init__(self, real_root):
         name = "%s.p%d.json" % (hashlib.sha1(real_root.encode()).hexdigest(), PROTOCOL)
@@ -112,9 +118,10 @@ def prehash(root, patterns, budget_bytes):
 
 
 def tree(root):
-    """Every regular file under root (symlinks not followed) with its sha256, and the part files of
-    interrupted uploads: what a push needs to send only what is missing and resume what was cut.
-    root is made when missing: a push of an empty folder must still leave the folder there."""
+    """Every regular file under root (symlinks not followed) with its sha256; part files left in it
+    by older agents (never resumed now: the push removes them); and the host's held parts, the
+    uploads that were cut, by content: what a push needs to send only what is missing and resume
+    what was cut. root is made when missing: a push of an empty folder must still leave the folder."""
     os.makedirs(root, exist_ok=True)
     real_root = os.path.realpath(root)
     cache = HashCache(real_root)
@@ -134,7 +141,7 @@ def tree(root):
             cache.put(rel, stat, digest)
             files.append({"path": rel, "size": stat.st_size, "sha256": digest})
     cache.save()
-    return {"root": root, "files": files, "parts": parts}
+    return {"root": root, "files": files, "parts": parts, "held": held_parts()}
 
 
 def _describe_settled(path, rel, cache, defer_over=None):
@@ -203,11 +210,48 @@ def _copy_to(source, offset, out):
 # Receiving
 
 
-def part_path(final, version):
-    """Where an upload of final collects: named by the sender's version of the file (its size and
-    mtime), so an interrupted upload is resumed only by the same version."""
+class Parts(object):
+    """The host's part files, one folder for every push (outside job folders, which are new at each
+    submit): PART_NAME below, so a part can be found by content alone and resumed by any push."""
+
+    folder = os.path.join(RUNNER_ROOT, PARTS_FOLDER)
+    max_age_s = PART_MAX_AGE_S  # a part untouched this long is removed: its push is not coming back
+
+
+PART_NAME = re.compile(r"^([0-9a-f]{64})-([0-9]+)" + re.escape(PART_SUFFIX) + "$")
+
+
+def content_part(sha256, size):
+    """Where an upload of the file whose whole content hashes to sha256 collects; None for anything
+    that is not a sha256 (the name is made from it) or a size."""
+    if not SHA256_HEX.match(str(sha256)) or not isinstance(size, int) or size < 0:
+        return None
+    os.makedirs(Parts.folder, mode=0o700, exist_ok=True)
+    return os.path.join(Parts.folder, "%s-%d%s" % (sha256, size, PART_SUFFIX))
+
+
+def held_parts():
+    """The parts in the host's parts folder, by content, with the bytes each holds; parts untouched
+    for Parts.max_age_s are removed first (one a push is writing now is fresh, and locked)."""
+    remove_old_parts(Parts.folder, Parts.max_age_s)
+    held = []
+    try:
+        names = sorted(os.listdir(Parts.folder))
+    except OSError:
+        return held
+    for name in names:
+        matched = PART_NAME.match(name)
+        path = os.path.join(Parts.folder, name)
+        if matched and os.path.isfile(path) and not os.path.islink(path):
+            held.append({"sha256": matched.group(1), "size": int(matched.group(2)), "have": os.path.getsize(path)})
+    return held
+
+
+def batch_part_path(final, sha256):
+    """Where a member of a tar batch collects before it is verified: beside its final name (a small
+    file is never resumed, so its part needs no place of its own)."""
     folder, name = os.path.split(final)
-    return os.path.join(folder, ".%s.%s%s" % (name, version, PART_SUFFIX))
+    return os.path.join(folder, ".%s.%s%s" % (name, sha256[:16], PART_SUFFIX))
 
 
 def safe_target(root, rel):
@@ -228,19 +272,19 @@ def safe_target(root, rel):
     return None if os.path.islink(final) or os.path.isdir(final) else final
 
 
-def part_size(root, rel, version):
-    final = safe_target(root, rel) if VERSION.match(version) else None
-    if final is None:
-        return {"refused": rel}
-    part = part_path(final, version)
+def part_size(sha256, size):
+    """The bytes the host holds of an upload of that content."""
+    part = content_part(sha256, size)
+    if part is None:
+        return {"refused": sha256}
     if not os.path.isfile(part) or os.path.islink(part):
         return {"size": 0}
     return {"size": os.path.getsize(part)}
 
 
 def remove_parts(root, rels):
-    """Delete part files left by uploads of versions that are gone (a push ended without them);
-    one another upload is still writing (locked) is left to it."""
+    """Delete part files an older agent left in a push's destination (today's parts live in the
+    parts folder); one another upload is still writing (locked) is left to it."""
     removed = []
     for rel in rels:
         final = safe_target(root, rel)
@@ -256,15 +300,16 @@ def remove_parts(root, rels):
     return {"removed": removed}
 
 
-def receive(root, rel, size, mtime_ns, mode, offset, source):
+def receive(root, rel, size, mtime_ns, mode, offset, sha256, source):
     """Bytes offset..size of rel from source, then the sender's sha256 of the whole file (64 hex
-    digits; anything else means the sender saw the file change and the upload is void). The file
-    is placed only when the part hashes to it. status: placed | incomplete (kept, to resume) |
+    digits; anything else means the sender saw the file change and the upload is void). The bytes
+    collect in the part of the content the sender hashed before it sent (sha256), and the file is
+    placed only when the part hashes to the trailer. status: placed | incomplete (kept, to resume) |
     mismatch (dropped) | busy (another upload of it is under way) | moved (the part is not at offset)."""
-    final = safe_target(root, rel)
-    if final is None:
+    final = safe_target(root, rel) if SHA256_HEX.match(str(sha256)) else None
+    part = content_part(sha256, size) if final else None
+    if part is None:
         return {"status": "refused", "path": rel}
-    part = part_path(final, "%d-%d" % (size, mtime_ns))
     with _open_part(part) as out:
         try:
             fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -284,9 +329,31 @@ def receive(root, rel, size, mtime_ns, mode, offset, source):
             os.unlink(part)
             return {"status": "mismatch", "path": rel, "size": out.tell()}
         os.fsync(out.fileno())
-    _place(part, final, mode, mtime_ns)
+        # Placed while the lock is held: a second push of the same content waits (busy), then finds
+        # no part and the file in place. A different trailer than sha256 is still one whole version
+        # (the file changed between the sender's hashing and its sending, then held still).
+        _place_part(part, final, mode, mtime_ns, claimed)
     _remember(root, rel, final, claimed)
     return {"status": "placed", "path": rel, "size": size, "sha256": claimed}
+
+
+def _place_part(part, final, mode, mtime_ns, sha256):
+    """The verified part under final's name: renamed where both are on one filesystem, else copied
+    beside final first (a data folder on another disk), so final still never holds a partial file."""
+    try:
+        _place(part, final, mode, mtime_ns)
+        return
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+    beside = batch_part_path(final, sha256)
+    with open(part, "rb") as source, _open_part(beside) as out:
+        out.truncate(0)
+        shutil.copyfileobj(source, out, CHUNK_BYTES)
+        out.flush()
+        os.fsync(out.fileno())
+    _place(beside, final, mode, mtime_ns)
+    os.unlink(part)
 
 
 def _copy_exactly(source, out, length, digest):
@@ -328,7 +395,7 @@ def receive_batch(root, source):
             if final is None or not member.isfile():
                 failed.append({"path": member.name, "reason": "not asked for, or outside the root"})
                 continue
-            part = part_path(final, entry["sha256"][:16])
+            part = batch_part_path(final, entry["sha256"])
             digest = hashlib.sha256()
             with archive.extractfile(member) as data, _open_part(part) as out:
                 out.truncate(0)

@@ -3,8 +3,10 @@
 The fetch engine run the other way. The host lists its files with sha256 (cached there by path,
 size and mtime); a local file moves when the host lacks it, holds another size, or another hash
 (local hashes are cached too, so an unchanged dataset is not read again). Small files go in a few
-tar streams; large ones one by one, each resuming an interrupted upload from its part file on the
-host and hashed as it is read. The host's agent places a file under its name only once its bytes
+tar streams; large ones one by one, each hashed here first (cached: once per version of the file)
+and sent into the host's part of that content (ROOT/parts/SHA256-SIZE.runner-part), so an upload cut
+short, by a dropped link, a killed submit or a full disk, is resumed by the next push of the same
+bytes from any job; hashed again as it is read. The host's agent places a file under its name only once its bytes
 hash to what the sender read, and the sender voids an upload when the file changed while it read
 it: a dropped link or a file being written never leaves a torn file under the final name.
 """
@@ -55,19 +57,20 @@ def push_tree(host: Host, source: Path, dest: str, exclude: Sequence[str]) -> Sy
     """Make dest on the host hold source's files (less the excluded ones); nothing is deleted there."""
     started = time.monotonic()
     local = LocalTree(source, exclude)
-    remote_files, remote_parts = _list_remote(host, dest)
+    remote = _list_remote(host, dest)
     sent = Sent()
     try:
-        wanted = [item for item in local.files if _differs(local, item, remote_files.get(item.rel))]
+        wanted = [item for item in local.files if _differs(local, item, remote.files.get(item.rel))]
         transferprogress.current().add_total(sum(item.size for item in wanted))
         small = [local.hashed(item) for item in wanted if item.size <= SMALL_FILE_BYTES]
         placed = _send_batches(host, dest, small, sent)
         for item in wanted:
             if item.rel not in placed:
-                _send_one(host, dest, local, item, remote_parts.get(_part_rel(item)), sent)
+                item = local.hashed(item)  # its content names its part on the host
+                _send_one(host, dest, local, item, remote.held.get(_content(item)), sent)
     finally:
         local.save()
-    _remove_stale_parts(host, dest, remote_parts, {_part_rel(item) for item in wanted})
+    _remove_old_layout_parts(host, dest, remote.old_parts)
     return SyncStats(host.transport, sent.files, sent.bytes, time.monotonic() - started)
 
 
@@ -76,25 +79,32 @@ def _differs(local: LocalTree, item: LocalFile, there: RemoteEntry | None) -> bo
     return there is None or there.size != item.size or local.hashed(item).sha256 != there.sha256
 
 
-def _list_remote(host: Host, dest: str) -> tuple[dict[str, RemoteEntry], dict[str, int]]:
+@dataclass(frozen=True)
+class RemoteTree:
+    files: dict[str, RemoteEntry]  # by relative path
+    held: dict[tuple[str, int], int]  # the host's parts: bytes held, by (sha256, size) of the whole file
+    old_parts: list[str]  # parts an older agent left inside dest (relative paths): never resumed now
+
+
+def _list_remote(host: Host, dest: str) -> RemoteTree:
     answer = json.loads(run_agent(host, "tree", dest, timeout=3600).check().text)
-    files = {item["path"]: RemoteEntry(item["size"], item["sha256"]) for item in answer["files"]}
-    parts = {item["part"]: item["size"] for item in answer["parts"]}
-    return files, parts
+    return RemoteTree(
+        files={item["path"]: RemoteEntry(item["size"], item["sha256"]) for item in answer["files"]},
+        held={(item["sha256"], item["size"]): item["have"] for item in answer.get("held", [])},
+        old_parts=sorted(item["part"] for item in answer["parts"]),
+    )
 
 
-def _remove_stale_parts(host: Host, dest: str, listed: dict[str, int], used: set[str]) -> None:
-    """Parts of versions that are gone, left by interrupted uploads: after a push that went through,
-    each listed part was either completed (and is gone) or belongs to no file here any more."""
-    stale = sorted(set(listed) - used)
-    for start in range(0, len(stale), 500):  # far below the command-line limit
-        run_agent(host, "remove-parts", dest, *stale[start : start + 500]).check()
+def _content(item: LocalFile) -> tuple[str, int]:
+    """What names a file's part on the host: the sha256 and size of its whole content."""
+    assert item.sha256 is not None, f"{item.rel} is hashed before it is sent"
+    return item.sha256, item.size
 
 
-def _part_rel(item: LocalFile) -> str:
-    folder, _, name = item.rel.rpartition("/")
-    part = f".{name}.{item.version}.runner-part"  # the agent's transfer.part_path
-    return f"{folder}/{part}" if folder else part
+def _remove_old_layout_parts(host: Host, dest: str, parts: list[str]) -> None:
+    """Parts an older runner's interrupted uploads left in the destination: nothing resumes them now."""
+    for start in range(0, len(parts), 500):  # far below the command-line limit
+        run_agent(host, "remove-parts", dest, *parts[start : start + 500]).check()
 
 
 # Small files: tar streams
@@ -155,6 +165,8 @@ class _TryAgain(Exception):
 
 
 def _send_one(host: Host, dest: str, local: LocalTree, item: LocalFile, known_offset: int | None, sent: Sent) -> None:
+    """Upload one large, hashed file, resuming from the bytes the host holds of its content
+    (known_offset, from the listing); sent counts only the bytes that cross the link."""
     for _ in range(ROUNDS_PER_FILE):
         retrying = Retrying(
             retry=retry_if_exception_type((HostUnreachable, _TryAgain)),
@@ -164,26 +176,32 @@ def _send_one(host: Host, dest: str, local: LocalTree, item: LocalFile, known_of
         )
         offsets = [known_offset]  # the listing's part size serves the first attempt; later ones ask
         first_offset = min(known_offset or 0, item.size)
-        answer = retrying(_upload, host, dest, item, offsets)
+        try:
+            answer = retrying(_upload, host, dest, item, offsets)
+        except _TryAgain:
+            raise RunnerError(
+                f"host '{host.name}': another push of {item.rel} (the same bytes) is under way; try again when it ends"
+            ) from None
         if answer["status"] == "placed":
             local.record(item, answer["sha256"])
             sent.files += 1
             sent.bytes += item.size - first_offset
             return
-        item = item.restat()  # it changed while it was read: send the version it is now
-        known_offset = 0
+        item = local.hashed(item.restat())  # it changed while it was read: send the version it is now
+        known_offset = None  # its part (another content) is asked for
     raise RunnerError(f"{item.path}: changed during each of {ROUNDS_PER_FILE} uploads; try again when it holds still")
 
 
 def _upload(host: Host, dest: str, item: LocalFile, offsets: list[int | None]) -> dict[str, Any]:
     offset = offsets.pop() if offsets else None
+    sha256, size = _content(item)
     if offset is None:
-        answer = run_agent(host, "part-size", dest, item.rel, item.version).check()
+        answer = run_agent(host, "part-size", sha256, str(size)).check()
         offset = json.loads(answer.text).get("size", 0)
     if offset > item.size:
-        offset = 0  # not a part of this version after all: start over
+        offset = 0  # not a part of this content after all: start over
     with _HashingReader(item, offset) as source:
-        fields = [str(item.size), str(item.mtime_ns), format(item.mode, "o"), str(offset)]
+        fields = [str(item.size), str(item.mtime_ns), format(item.mode, "o"), str(offset), sha256]
         # The reader reads as a binary file does, which is all the host's stdin feed asks of it.
         reply: dict[str, Any] = json.loads(
             run_agent(host, "receive", dest, item.rel, *fields, stdin=cast(BinaryIO, source), timeout=None).check().text

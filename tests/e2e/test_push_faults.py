@@ -113,11 +113,9 @@ def _dataset_folder(name: str, source: Path) -> str:
     return f"/home/{USER}/.runner/data/{DatasetPlacement(name, source.resolve(), name, None).host_folder}"
 
 
-def _part_name(source: Path, rel: str) -> str:
-    """Where the host collects an upload of this version (size and mtime) of the file: push._part_rel."""
-    folder, _, name = rel.rpartition("/")
-    info = (source / rel).stat()
-    return (f"{folder}/" if folder else "") + f".{name}.{info.st_size}-{info.st_mtime_ns}.runner-part"
+def _part_path(path: Path) -> str:
+    """Where the host collects an upload of this file's content: its parts folder, by sha256 and size."""
+    return f"/home/{USER}/.runner/parts/{_sha256(path)}-{path.stat().st_size}.runner-part"
 
 
 def _upload_passes(watcher: Watcher, size: int, submit: subprocess.Popen[str]) -> bool:
@@ -150,7 +148,7 @@ def test_a_dataset_push_resumes_after_its_sshd_is_killed_halfway(
     (data / "labels.txt").write_text("cat\ndog\n")
     job_file = _dataset_job(tmp_path, data, "sha256sum datasets/big/big.bin | cut -c1-64")
     folder, files = _dataset_folder("big", data), BoxFiles(trusted_box)
-    watcher = Watcher(files, f"{folder}/big.bin", f"{folder}/{_part_name(data, 'big.bin')}", size)
+    watcher = Watcher(files, f"{folder}/big.bin", _part_path(data / "big.bin"), size)
     rx_before = files.received_bytes()
     started = time.monotonic()
     submit = _start_submit(runner, job_file)
@@ -250,7 +248,7 @@ def test_a_file_rewritten_while_it_is_uploaded_never_lands_torn(
     first_sha = _random_file(data / "big.bin", size)
     job_file = _dataset_job(tmp_path, data, "exit 0")
     folder, files = _dataset_folder("big", data), BoxFiles(trusted_box)
-    watcher = Watcher(files, f"{folder}/big.bin", f"{folder}/{_part_name(data, 'big.bin')}", size)
+    watcher = Watcher(files, f"{folder}/big.bin", _part_path(data / "big.bin"), size)
     new_bytes = os.urandom(size)  # made beforehand: the rewrite itself takes a fraction of the upload
     second: dict[str, Any] = {"sha": hashlib.sha256(new_bytes).hexdigest()}
 

@@ -26,6 +26,20 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # in-process calls would otherwise cache beside the package's agent.py, inside the repo.
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "runner-home"))
     monkeypatch.setattr(transfer.HashCache, "folder", str(tmp_path / "hashcache"))
+    # In-process calls collect parts where the installed agent does: the local host's parts folder.
+    monkeypatch.setattr(transfer.Parts, "folder", str(parts_folder(tmp_path)))
+
+
+def parts_folder(tmp_path: Path) -> Path:
+    """The local host's parts folder (ROOT/parts, beside the installed agent's folder)."""
+    return tmp_path / "runner-home" / "local" / "parts"
+
+
+def part_of(tmp_path: Path, content: bytes | str, size: int | None = None) -> Path:
+    """Where the host collects an upload of that content (its bytes, or its sha256 and size)."""
+    if isinstance(content, bytes):
+        content, size = _sha256(content), len(content)
+    return parts_folder(tmp_path) / f"{content}-{size}.runner-part"
 
 
 @pytest.fixture
@@ -58,9 +72,11 @@ def _version(size: int, mtime_ns: int = MTIME_NS) -> str:
 
 
 def _receive(host: LocalHost, root: Path, rel: str, data: bytes, size: int, trailer: bytes | str = b"", offset: int = 0,
-             mode: int = 0o640, mtime_ns: int = MTIME_NS) -> dict[str, Any]:  # fmt: skip
-    """receive: data (bytes offset.. of the file) then the trailer (the sender's sha256 of the whole file)."""
-    fields = [str(size), str(mtime_ns), format(mode, "o"), str(offset)]
+             mode: int = 0o640, mtime_ns: int = MTIME_NS, content: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """receive: data (bytes offset.. of the file) then the trailer (the sender's sha256 of the whole file).
+    content: the sha256 the sender hashed before it sent (its part's name): the trailer's when not given."""
+    content = content or (trailer if isinstance(trailer, str) else trailer.decode())
+    fields = [str(size), str(mtime_ns), format(mode, "o"), str(offset), content]
     trailer = trailer.encode() if isinstance(trailer, str) else trailer
     return _call(host, "receive", str(root), rel, *fields, stdin=data + trailer)
 

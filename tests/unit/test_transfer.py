@@ -25,10 +25,11 @@ from tests.unit.localagent import (  # noqa: F401  (fixtures are found by name)
     _receive,
     _sha256,
     _snapshot,
-    _version,
     host,
     isolated,
     outside,
+    part_of,
+    parts_folder,
 )
 
 # Hostile names
@@ -48,10 +49,10 @@ def test_receive_refuses_a_name_that_leaves_the_destination(
     data = b"escaped!"
     if "\x00" in rel:  # no argv can carry a NUL: the agent never sees such a name; checked in process
         source = io.BytesIO(data + _sha256(data).encode())
-        assert transfer.receive(str(dest), rel, len(data), MTIME_NS, 0o644, 0, source)["status"] == "refused"
+        answer = transfer.receive(str(dest), rel, len(data), MTIME_NS, 0o644, 0, _sha256(data), source)
+        assert answer["status"] == "refused"
     else:
         assert _receive(host, dest, rel, data, len(data), _sha256(data)) == {"status": "refused", "path": rel}
-        assert _call(host, "part-size", str(dest), rel, _version(len(data))) == {"refused": rel}
     assert _snapshot(tmp_path, dest) == before
     assert list(dest.iterdir()) == []  # not even a folder made on the way
     assert not (tmp_path / "escape").exists() and not (outside / "absolute").exists()
@@ -70,11 +71,22 @@ def test_receive_refuses_a_path_through_a_symlink_in_the_destination(
     data = b"through the link"
     for rel in ["link/x", "link/sub/x", "link/victim", "filelink", "deep/up/dest2/x"]:
         assert _receive(host, dest, rel, data, len(data), _sha256(data))["status"] == "refused", rel
-        assert _call(host, "part-size", str(dest), rel, _version(len(data))) == {"refused": rel}
     assert _snapshot(tmp_path, dest) == before
     assert sorted(path.name for path in outside.iterdir()) == ["victim"]
     assert (outside / "victim").read_bytes() == b"precious"
     assert (dest / "filelink").is_symlink()  # not replaced by a file either
+
+
+@pytest.mark.parametrize("content", ["../../escape", "/etc/passwd", "0" * 63, "g" * 64, "-" * 64])
+def test_a_content_that_is_not_a_sha256_names_no_part(host: LocalHost, tmp_path: Path, content: str) -> None:
+    dest = tmp_path / "dest"
+    data = b"payload"
+    before = _snapshot(tmp_path, dest)
+    assert _call(host, "part-size", content, str(len(data))) == {"refused": content}
+    answer = _receive(host, dest, "x", data, len(data), _sha256(data), content=content)
+    assert answer == {"status": "refused", "path": "x"}
+    assert _snapshot(tmp_path, dest) == before and not dest.exists()
+    assert not parts_folder(tmp_path).exists() or list(parts_folder(tmp_path).iterdir()) == []
 
 
 def test_receive_batch_places_only_asked_for_regular_files_inside_the_destination(
@@ -144,10 +156,11 @@ def test_receive_never_writes_through_a_symlink_planted_at_the_part_name(
     dest = tmp_path / "dest"
     dest.mkdir()
     data = b"payload"
-    part = dest / f".x.{_version(len(data))}.runner-part"
+    part = part_of(tmp_path, data)
+    part.parent.mkdir(parents=True)
     part.symlink_to(outside / "victim")
-    assert _call(host, "part-size", str(dest), "x", _version(len(data)))["size"] == 0  # not the link's target's size
-    result = run_agent(host, "receive", str(dest), "x", str(len(data)), str(MTIME_NS), "644", "0",
+    assert _call(host, "part-size", _sha256(data), str(len(data)))["size"] == 0  # not the link's target's size
+    result = run_agent(host, "receive", str(dest), "x", str(len(data)), str(MTIME_NS), "644", "0", _sha256(data),
                        stdin=data + _sha256(data).encode())  # fmt: skip
     assert json.loads(result.text)["status"] == "placed"
     assert (outside / "victim").read_bytes() == b"precious"
@@ -191,27 +204,55 @@ def test_an_interrupted_receive_keeps_its_part_and_resumes_from_it(
     host: LocalHost, tmp_path: Path, payload: bytes
 ) -> None:
     dest, sha, size, half = tmp_path / "dest", _sha256(payload), len(payload), len(payload) // 2
-    final, part = dest / "d" / "w.bin", dest / "d" / f".w.bin.{_version(len(payload))}.runner-part"
+    final, part = dest / "d" / "w.bin", part_of(tmp_path, payload)
     # stdin ends half way: the link dropped
-    assert _receive(host, dest, "d/w.bin", payload[:half], size) == {
+    assert _receive(host, dest, "d/w.bin", payload[:half], size, content=sha) == {
         "status": "incomplete",
         "path": "d/w.bin",
         "size": half,
     }
     assert not final.exists() and part.read_bytes() == payload[:half]
-    assert _call(host, "part-size", str(dest), "d/w.bin", _version(size)) == {"size": half}
-    assert _call(host, "part-size", str(dest), "d/w.bin", _version(size, MTIME_NS + 1)) == {
-        "size": 0
-    }  # another version
+    assert _call(host, "part-size", sha, str(size)) == {"size": half}
+    assert _call(host, "part-size", _sha256(b"other"), str(size)) == {"size": 0}  # another content
     listing = _call(host, "tree", str(dest))
-    assert listing["files"] == [] and listing["parts"] == [{"part": f"d/{part.name}", "size": half}]
+    assert listing["files"] == [] and listing["parts"] == []
+    assert listing["held"] == [{"sha256": sha, "size": size, "have": half}]
     # the rest, from where the part ends, then the sender's sha256
     answer = _receive(host, dest, "d/w.bin", payload[half:], size, sha, offset=half)
     assert answer == {"status": "placed", "path": "d/w.bin", "size": size, "sha256": sha}
     assert _sha256(final.read_bytes()) == sha and not part.exists()
     assert (final.stat().st_mode & 0o777, final.stat().st_mtime_ns) == (0o640, MTIME_NS)
     listing = _call(host, "tree", str(dest))
-    assert listing["files"] == [{"path": "d/w.bin", "size": size, "sha256": sha}] and listing["parts"] == []
+    assert listing["files"] == [{"path": "d/w.bin", "size": size, "sha256": sha}]
+    assert listing["parts"] == [] and listing["held"] == []
+
+
+def test_a_part_is_resumed_by_an_upload_of_the_same_bytes_to_another_folder_under_another_name(
+    host: LocalHost, tmp_path: Path, payload: bytes
+) -> None:
+    # Every submit pushes into a new job folder: the part must outlive the folder it was meant for.
+    sha, size, third = _sha256(payload), len(payload), len(payload) // 3
+    first, second = tmp_path / "jobs" / "aaaa0001" / "work", tmp_path / "jobs" / "bbbb0002" / "work"
+    assert _receive(host, first, "w.bin", payload[:third], size, content=sha)["status"] == "incomplete"
+    assert _call(host, "part-size", sha, str(size)) == {"size": third}
+    answer = _receive(
+        host, second, "models/renamed.bin", payload[third:], size, sha, offset=third, mtime_ns=MTIME_NS + 7
+    )
+    assert answer["status"] == "placed"
+    assert _files_under(second) == {"models/renamed.bin": payload} and _files_under(first) == {}
+    assert list(parts_folder(tmp_path).iterdir()) == []  # the completed file took its part
+
+
+def test_a_file_whose_bytes_changed_after_it_was_hashed_lands_as_what_was_sent(
+    host: LocalHost, tmp_path: Path, payload: bytes
+) -> None:
+    # The sender hashed one version (the part's name), then read another that held still: the
+    # trailer is that one's hash, the bytes match it, so it is one whole version and is placed.
+    hashed_before, sent = _sha256(b"an older version"), payload
+    answer = _receive(host, tmp_path / "dest", "w.bin", sent, len(sent), _sha256(sent), content=hashed_before)
+    assert answer == {"status": "placed", "path": "w.bin", "size": len(sent), "sha256": _sha256(sent)}
+    assert _files_under(tmp_path / "dest") == {"w.bin": sent}
+    assert list(parts_folder(tmp_path).iterdir()) == []
 
 
 @pytest.mark.parametrize("how", ["other bytes", "another sha256", "void", "too long", "no sha256, then more"])
@@ -219,8 +260,8 @@ def test_a_wrong_completion_is_dropped_and_never_placed(
     host: LocalHost, tmp_path: Path, payload: bytes, how: str
 ) -> None:
     dest, sha, size, half = tmp_path / "dest", _sha256(payload), len(payload), len(payload) // 2
-    final, part = dest / "w.bin", dest / f".w.bin.{_version(len(payload))}.runner-part"
-    assert _receive(host, dest, "w.bin", payload[:half], size)["status"] == "incomplete"
+    final, part = dest / "w.bin", part_of(tmp_path, payload)
+    assert _receive(host, dest, "w.bin", payload[:half], size, content=sha)["status"] == "incomplete"
     rest, trailer = {
         "other bytes": (os.urandom(size - half), sha),
         "another sha256": (payload[half:], _sha256(b"something else")),
@@ -228,17 +269,17 @@ def test_a_wrong_completion_is_dropped_and_never_placed(
         "too long": (payload[half:] + b"x", sha),
         "no sha256, then more": (payload[half:], b"\x00" * 64),
     }[how]
-    answer = _receive(host, dest, "w.bin", rest, size, trailer, offset=half)
+    answer = _receive(host, dest, "w.bin", rest, size, trailer, offset=half, content=sha)
     assert answer == {"status": "mismatch", "path": "w.bin", "size": size}
     assert not part.exists() and not final.exists()
-    assert _call(host, "part-size", str(dest), "w.bin", _version(size)) == {"size": 0}
+    assert _call(host, "part-size", sha, str(size)) == {"size": 0}
     assert _files_under(dest) == {}
 
 
 def test_a_receive_cut_before_the_sha256_keeps_the_whole_part(host: LocalHost, tmp_path: Path, payload: bytes) -> None:
     dest, sha, size = tmp_path / "dest", _sha256(payload), len(payload)
-    part = dest / f".w.bin.{_version(len(payload))}.runner-part"
-    answer = _receive(host, dest, "w.bin", payload, size, sha[:20])  # every byte, then the link drops
+    part = part_of(tmp_path, payload)
+    answer = _receive(host, dest, "w.bin", payload, size, sha[:20], content=sha)  # every byte, then the link drops
     assert answer["status"] == "incomplete" and part.stat().st_size == size
     assert _receive(host, dest, "w.bin", b"", size, sha, offset=size)["status"] == "placed"  # only the trailer left
 
@@ -247,8 +288,8 @@ def test_a_receive_from_another_offset_is_refused_and_leaves_the_part_intact(
     host: LocalHost, tmp_path: Path, payload: bytes
 ) -> None:
     dest, sha, size, half = tmp_path / "dest", _sha256(payload), len(payload), len(payload) // 2
-    part = dest / f".w.bin.{_version(len(payload))}.runner-part"
-    _receive(host, dest, "w.bin", payload[:half], size)
+    part = part_of(tmp_path, payload)
+    _receive(host, dest, "w.bin", payload[:half], size, content=sha)
     for offset in (half - 1, half + 1, size):
         answer = _receive(host, dest, "w.bin", payload[offset:], size, sha, offset=offset)
         assert answer == {"status": "moved", "path": "w.bin", "size": half}
@@ -259,17 +300,17 @@ def test_a_receive_from_another_offset_is_refused_and_leaves_the_part_intact(
 
 def test_a_receive_from_offset_zero_starts_over(host: LocalHost, tmp_path: Path, payload: bytes) -> None:
     dest, sha, size = tmp_path / "dest", _sha256(payload), len(payload)
-    part = dest / f".w.bin.{_version(len(payload))}.runner-part"
-    part.parent.mkdir()
+    part = part_of(tmp_path, payload)
+    part.parent.mkdir(parents=True)
     part.write_bytes(os.urandom(size + 100))  # a stale part, even longer than the file
     assert _receive(host, dest, "w.bin", payload, size, sha)["status"] == "placed"
-    assert _files_under(dest) == {"w.bin": payload}
+    assert _files_under(dest) == {"w.bin": payload} and not part.exists()
 
 
 def test_a_second_upload_of_the_same_file_meanwhile_is_busy(host: LocalHost, tmp_path: Path, payload: bytes) -> None:
     dest, sha, size, half = tmp_path / "dest", _sha256(payload), len(payload), len(payload) // 2
-    part = dest / f".w.bin.{_version(len(payload))}.runner-part"
-    _receive(host, dest, "w.bin", payload[:half], size)
+    part = part_of(tmp_path, payload)
+    _receive(host, dest, "w.bin", payload[:half], size, content=sha)
     with part.open("ab") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first upload still running
         for offset, data in ((half, payload[half:]), (0, payload)):
