@@ -98,6 +98,7 @@ def status(job_ref: str | None, watch: bool, interval: float, as_json: bool) -> 
     with open_store() as store:
         _prewarm_hosts([store.find(job_ref)] if job_ref else store.list_jobs())  # handshakes overlap the imports
         from runner.cli import render
+        from runner.pipeline.keepers import api_waits, ensure_keepers
         from runner.pipeline.reconcile import reconcile
 
         def poll() -> Refreshed:
@@ -105,18 +106,25 @@ def status(job_ref: str | None, watch: bool, interval: float, as_json: bool) -> 
             refreshed = reconcile(store, [store.find(job_ref)] if job_ref else store.list_jobs())
             for note in refreshed.notes:
                 render.stderr.print(f"runner: {note}", markup=False)
+            # A rented job whose keeper is gone (killed, a reboot) gets it back: it alone tears down.
+            for job_id, pid in ensure_keepers(store, refreshed.jobs):
+                render.stderr.print(f"runner: job {job_id}: its keeper was gone; started again (pid {pid})")
             return refreshed
 
+        def waits(refreshed: Refreshed) -> dict[str, float]:
+            return api_waits(store, refreshed.jobs)
+
         if watch:
-            _watch_status(poll, interval, as_json, bool(job_ref))
+            _watch_status(poll, interval, as_json, bool(job_ref), waits)
             return
         refreshed = poll()
+        waiting = waits(refreshed)
     if as_json:
-        render.print_json(_status_document(refreshed, bool(job_ref)))
+        render.print_json(_status_document(refreshed, bool(job_ref), waiting))
     else:
         from runner.cli.statusview import status_view
 
-        render.stdout.print(status_view(refreshed))
+        render.stdout.print(status_view(refreshed, api_waits=waiting))
     if refreshed.problems:
         for problem in refreshed.problems.values():
             render.stderr.print(f"runner: {problem.error}", markup=False)
@@ -139,26 +147,31 @@ def _prewarm_hosts(jobs: list[Job]) -> None:
         host.prewarm()
 
 
-def _status_document(refreshed: Refreshed, one_job: bool) -> dict[str, Any]:
+def _status_document(refreshed: Refreshed, one_job: bool, api_waits: dict[str, float]) -> dict[str, Any]:
     from runner.cli import render
     from runner.cli.statusview import unreachable_since
 
     unreachable = unreachable_since(refreshed)
     documents = [
-        render.job_document(job, unreachable.get(job.host), refreshed.costs.get(job.id)) for job in refreshed.jobs
+        render.job_document(job, unreachable.get(job.host), refreshed.costs.get(job.id), api_waits.get(job.id))
+        for job in refreshed.jobs
     ]
     return documents[0] if one_job else {"jobs": documents}
 
 
-def _watch_status(poll: Callable[[], Refreshed], interval: float, as_json: bool, one_job: bool) -> None:
+def _watch_status(
+    poll: Callable[[], Refreshed], interval: float, as_json: bool, one_job: bool,
+    waits: Callable[[Refreshed], dict[str, float]],
+) -> None:  # fmt: skip
     if not as_json:
         from runner.cli.statusview import watch
 
-        watch(poll, interval)
+        watch(poll, interval, waits)
         return
     try:
         while True:
-            print(json.dumps(_status_document(poll(), one_job)), flush=True)
+            refreshed = poll()
+            print(json.dumps(_status_document(refreshed, one_job, waits(refreshed))), flush=True)
             time.sleep(interval)
     except KeyboardInterrupt:
         return

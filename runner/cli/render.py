@@ -52,8 +52,9 @@ def elapsed_seconds(job: Job) -> float | None:
 
 
 def job_document(
-    job: Job, unreachable_since: float | None = None, cost: dict[str, Any] | None = None
-) -> dict[str, Any]:
+    job: Job, unreachable_since: float | None = None, cost: dict[str, Any] | None = None,
+    api_unreachable_since: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
     elapsed = elapsed_seconds(job)
     return {
         "id": job.id,
@@ -73,6 +74,7 @@ def job_document(
         "session": job.session,
         "unreachable_since": iso(unreachable_since),
         "cost": cost,  # rented hosts: {dph, so_far (in $), instances, live}; null elsewhere
+        "api_unreachable_since": iso(api_unreachable_since),  # its keeper waits for vast.ai since then
         **monitor_document(job.snapshot),
     }
 
@@ -80,9 +82,13 @@ def job_document(
 MONITOR_COLUMNS = ("EPOCH", "IT/S", "ETA", "LOSS", "mAP", "GPU", "ALERTS")
 
 
-def jobs_table(jobs: list[Job], unreachable: dict[str, float], costs: dict[str, dict[str, Any]] | None = None) -> Table:
+def jobs_table(
+    jobs: list[Job], unreachable: dict[str, float], costs: dict[str, dict[str, Any]] | None = None,
+    api_waits: dict[str, float] | None = None,
+) -> Table:  # fmt: skip
     headers = ("JOB", "NAME", "HOST", "STATE", "ELAPSED", *MONITOR_COLUMNS)
-    rows = [_job_row(job, unreachable.get(job.host), (costs or {}).get(job.id)) for job in jobs]
+    rows = [_job_row(job, unreachable.get(job.host), (costs or {}).get(job.id), (api_waits or {}).get(job.id))
+            for job in jobs]  # fmt: skip
     table = Table(box=None, header_style="bold", pad_edge=False)
     for index, header in enumerate(headers):
         # On a narrow terminal the last line gives way, never the job id or state.
@@ -96,10 +102,14 @@ def jobs_table(jobs: list[Job], unreachable: dict[str, float], costs: dict[str, 
     return table
 
 
-def _job_row(job: Job, unreachable_since: float | None, cost: dict[str, Any] | None = None) -> list[str]:
+def _job_row(
+    job: Job, unreachable_since: float | None, cost: dict[str, Any] | None = None, api_since: float | None = None
+) -> list[str]:
     shown = job.message if job.state in (JobState.FAILED, JobState.LOST) and job.message else job.last_line
     if unreachable_since is not None and not job.finished:
         shown = f"unreachable since {iso(unreachable_since)}; last seen: {shown or '-'}"
+    if api_since is not None:  # the keeper cannot destroy or check the instance until vast.ai answers
+        shown = f"keeper: vast.ai unreachable since {time.strftime('%H:%M', time.localtime(api_since))}; {shown or '-'}"
     state = job.state.value if job.exit_code in (None, 0) else f"{job.state.value} ({job.exit_code})"
     cells = table_cells(job.snapshot)
     monitor = [cells[column] for column in MONITOR_COLUMNS]
