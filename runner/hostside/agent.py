@@ -6,13 +6,12 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
   manifest [--defer-hash-over=N] ROOT GLOB...
                              files under ROOT matching the globs: path, size, mtime, sha256
   send ROOT PATH OFFSET      PATH's bytes from OFFSET on stdout; its sha256 and stability on stderr
-  tree ROOT                  every file under ROOT with its sha256, and interrupted uploads' parts
-                             (ROOT is made when missing: a push's destination)
-  part-size ROOT PATH VERSION
-                             bytes already received of that version (SIZE-MTIME_NS) of PATH
-  receive ROOT PATH SIZE MTIME_NS MODE OFFSET
+  tree ROOT                  every file under ROOT with its sha256, and the host's parts of
+                             interrupted uploads (ROOT is made when missing: a push's destination)
+  part-size SHA256 SIZE      bytes already received of the file of that content
+  receive ROOT PATH SIZE MTIME_NS MODE OFFSET SHA256
                              PATH's bytes from OFFSET on stdin, then its sha256: placed only when
-                             whole and verified
+                             whole and verified; collected in the part of SHA256 (the content)
   receive-batch ROOT         a JSON line of files, then a tar stream of them, each verified
   remove-parts ROOT PART...  delete part files of uploads whose version is gone
   kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
@@ -21,7 +20,10 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
   snapshot JOB_DIR           one such snapshot (run.sh takes a last one when the training ends)
   plotdata JOB_DIR           what `runner plot` draws: telemetry.jsonl (at most PLOT_MAX_POINTS samples,
                              evenly spaced) and the results file's rows
-  prune                      remove the other agent folders beside this one that no running job uses
+  prune                      remove the other agent folders beside this one that no running job uses,
+                             and part files untouched for a day
+  remove-jobs [--dry-run] ID...
+                             remove these finished jobs' folders (none whose processes live), with the bytes freed
   datacheck WORKDIR          the dataset check (preflight): the data YAML's description, as JSON on stdin,
                              checked against the files under WORKDIR; the report
 """
@@ -312,8 +314,8 @@ def main(argv):
         "kill": 1,
         "facts": 1,
         "tree": 1,
-        "part-size": 3,
-        "receive": 6,
+        "part-size": 2,
+        "receive": 7,
         "receive-batch": 1,
         "remove-parts": 1,
         "plotdata": 1,
@@ -344,6 +346,8 @@ def main(argv):
 
         folder = os.path.dirname(os.path.abspath(__file__))
         result = agentdirs.prune(os.path.dirname(folder), os.path.basename(folder), job_ids_with_processes())
+    elif command == "remove-jobs":
+        result = _remove_jobs(args)
     elif command == "datacheck":
         from . import datacheck  # here, not at the top: only a submit's preflight needs the checker
 
@@ -369,13 +373,24 @@ def _transfer_command(command, args):
     if command == "tree":
         return transfer.tree(args[0])
     if command == "part-size":
-        return transfer.part_size(*args[:3])
+        return transfer.part_size(args[0], int(args[1]))
     if command == "remove-parts":
         return transfer.remove_parts(args[0], args[1:])
     if command == "receive":
-        root, rel, size, mtime_ns, mode, offset = args[:6]
-        return transfer.receive(root, rel, int(size), int(mtime_ns), int(mode, 8), int(offset), sys.stdin.buffer)
+        root, rel, size, mtime_ns, mode, offset, sha256 = args[:7]
+        return transfer.receive(
+            root, rel, int(size), int(mtime_ns), int(mode, 8), int(offset), sha256, sys.stdin.buffer
+        )
     return transfer.receive_batch(args[0], sys.stdin.buffer)
+
+
+def _remove_jobs(args):
+    from . import agentdirs  # here, not at the top: only `runner prune` needs it
+
+    dry_run = args[:1] == ["--dry-run"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ids = args[1:] if dry_run else args
+    return agentdirs.remove_jobs(root, ids, job_ids_with_processes(), tmux_sessions(), dry_run)
 
 
 def _send(root, rel, offset):

@@ -9,24 +9,35 @@ A folder is in use while a live process names it on its command line (a job's mo
 controller's agent command under way) or while a job with live processes has a run.sh naming it
 (the run.sh rule covers a job's whole life: its processes end before its session does). Where /proc
 cannot tell, nothing is removed.
+
+The same prune removes the push's part files (ROOT/parts, see transfer.Parts) untouched for a day:
+an upload that was cut and never resumed should not keep a host's disk full.
 """
 
+import fcntl
+import json
 import os
 import re
 import shutil
+import stat
 import time
 
 FOLDER = re.compile(r"hostside-[0-9a-f]+")
 LEFTOVER = re.compile(r"^hostside-[0-9a-f]+\.(?:tmp|old)\.[0-9]+$")  # an install that was cut short
 LEFTOVER_AGE_S = 600  # an install under way now (its tar still arriving) is younger than this
 SCRIPT_BYTES = 64 * 1024  # run.sh is a page of text; a bigger file is not runner's
+JOB_ID = re.compile(r"^[0-9a-f]{8,64}$")  # the store's ids are 8 hex digits
+PARTS_FOLDER = "parts"
+PART_SUFFIX = ".runner-part"
+PART_MAX_AGE_S = 24 * 3600
 
 
 def prune(root, current, running_ids):
     """Remove the agent folders under root other than current that no running job uses; running_ids
     are the job ids with live processes (None: unknown, then every job without an exit code counts)."""
+    parts = remove_old_parts(os.path.join(root, PARTS_FOLDER), PART_MAX_AGE_S)
     if not os.path.isdir("/proc"):
-        return {"removed": [], "kept": []}
+        return {"removed": [], "kept": [], "parts_removed": parts}
     used = named_by_processes() | named_by_running_jobs(root, running_ids)
     removed, kept = [], []
     for name in sorted(os.listdir(root)):
@@ -39,7 +50,118 @@ def prune(root, current, running_ids):
             removed.append(name)
     for name in removed:
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return {"removed": removed, "kept": kept, "parts_removed": parts}
+
+
+def remove_jobs(root, job_ids, running_ids, sessions, dry_run=False):
+    """Remove the folders ROOT/jobs/ID of finished jobs (`runner prune`), reporting the bytes each
+    freed (as du counts them: blocks, a hard-linked file only with its last link). A job whose
+    processes or tmux session live here is kept whatever the controller thinks of it, and so is every
+    job where /proc cannot tell; running_ids and sessions are the agent's probes (sessions None: tmux
+    could not be asked). With dry_run, what would be removed and its size, and nothing is touched."""
+    jobs = os.path.join(root, "jobs")
+    removed, kept, links = [], [], {}
+    for job_id in job_ids:
+        path = os.path.join(jobs, job_id)
+        reason = _why_kept(path, job_id, running_ids, sessions)
+        if reason:
+            kept.append({"id": job_id, "reason": reason})
+            continue
+        size = _disk_bytes(path, links)
+        if dry_run or not os.path.exists(path):
+            removed.append({"id": job_id, "bytes": size})
+            continue
+        failures = _remove_tree(path)
+        if failures:  # a container's files owned by root, say: what went is freed, the rest stays
+            left = _disk_bytes(path, {})
+            kept.append({"id": job_id, "reason": "not all removed: " + failures[0], "bytes": max(0, size - left)})
+        else:
+            removed.append({"id": job_id, "bytes": size})
     return {"removed": removed, "kept": kept}
+
+
+def _remove_tree(path):
+    """rmtree, going on past what cannot be removed; the failures, as 'path: reason'."""
+    failures = []
+    shutil.rmtree(path, onerror=lambda _call, name, info: failures.append("%s: %s" % (name, info[1])))
+    return failures
+
+
+def _why_kept(path, job_id, running_ids, sessions):
+    if not JOB_ID.match(job_id):
+        return "not a job id"
+    if not os.path.lexists(path):
+        return None  # gone already: nothing to free, nothing to keep
+    if os.path.islink(path) or not os.path.isdir(path):
+        return "not a job folder"
+    if running_ids is None:
+        return "this host cannot tell whether its processes run"
+    if job_id in running_ids:
+        return "its processes are running on the host"
+    spec = _read_json(os.path.join(path, "spec.json"))
+    if sessions and isinstance(spec, dict) and spec.get("session") in sessions:
+        return "its tmux session is alive on the host"
+    return None
+
+
+def _disk_bytes(path, links):
+    """Blocks under path, as du counts them; links counts the hard links of inodes met so far
+    (across a whole prune: a file linked into two removed jobs counts once, with its last link)."""
+    total = 0
+    for entry in _entries(path):
+        try:
+            info = os.lstat(entry)
+        except OSError:
+            continue  # gone meanwhile
+        if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+            key = (info.st_dev, info.st_ino)
+            links[key] = links.get(key, 0) + 1
+            if links[key] != info.st_nlink:
+                continue  # another link stays (or comes later): its blocks are not freed here
+        total += info.st_blocks * 512
+    return total
+
+
+def _entries(path):
+    """path and everything under it, symlinks not followed."""
+    if not os.path.lexists(path):
+        return
+    yield path
+    for folder, subfolders, names in os.walk(path):
+        for name in subfolders + names:
+            yield os.path.join(folder, name)
+
+
+def _read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def remove_old_parts(folder, max_age_s):
+    """Delete the part files in folder last written more than max_age_s ago; one an upload holds
+    (locked: it is being written or placed) is left. Returns the names removed."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not name.endswith(PART_SUFFIX) or os.path.islink(path) or not os.path.isfile(path):
+            continue
+        if _age(path) <= max_age_s:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(path)
+        except OSError:
+            continue  # locked by an upload, or gone meanwhile
+        removed.append(name)
+    return removed
 
 
 def named_by_processes():
