@@ -455,7 +455,7 @@ class Store:
 
     def events(self, job_id: str) -> list[Event]:
         rows = self._db.execute("SELECT * FROM events WHERE job_id = ? ORDER BY seq", (job_id,))
-        return [Event(row["job_id"], row["at"], row["kind"], row["detail"]) for row in rows]
+        return [Event(row["job_id"], row["at"], row["kind"], row["detail"], row["seq"]) for row in rows]
 
     def last_event(self, job_id: str, kinds: tuple[str, ...]) -> Event | None:
         """The job's latest event of one of these kinds (whether an outage it announced has ended, say)."""
@@ -463,7 +463,7 @@ class Store:
         row = self._db.execute(
             f"SELECT * FROM events WHERE job_id = ? AND kind IN ({marks}) ORDER BY seq DESC LIMIT 1", (job_id, *kinds)
         ).fetchone()
-        return Event(row["job_id"], row["at"], row["kind"], row["detail"]) if row else None
+        return Event(row["job_id"], row["at"], row["kind"], row["detail"], row["seq"]) if row else None
 
     def add_event_once(self, job_id: str, kind: str, detail: str) -> bool:
         """Add the event unless the job has one of this kind and detail already (a first alert of its kind):
