@@ -90,7 +90,7 @@ def message(job: Job, event: Event, name: str) -> tuple[str, str]:
     else:
         title = f"runner: {job.name} ({job.id}) {HEADLINES[name]}"
         detail = event.detail
-    lines = [detail, f"host: {job.host}"]
+    lines = [detail, f"event: {name}", f"host: {job.host}"]  # the event's name: for filters on the receiving end
     if job.exit_code is not None and name in ("succeeded", "failed", "stopped"):
         lines.append(f"exit code: {job.exit_code}")
     if job.last_line:
