@@ -23,6 +23,7 @@ FILES = (
     "fanout.py",
     "gpuident.py",
     "agentdirs.py",
+    "jobend.py",
 )
 
 

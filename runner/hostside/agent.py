@@ -15,6 +15,7 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
   receive-batch ROOT         a JSON line of files, then a tar stream of them, each verified
   remove-parts ROOT PART...  delete part files of uploads whose version is gone
   kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
+  stop JOB_DIR               Ctrl-C the training, recorded under the job's lock, unless it has ended already
   facts ROOT                 OS, Python, tmux, docker, free disk under ROOT, GPUs
   monitor JOB_DIR            the monitor window: status.json and telemetry.jsonl every interval
   snapshot JOB_DIR           one such snapshot (run.sh takes a last one when the training ends)
@@ -125,7 +126,23 @@ def probe(job_dirs):
             "last_line": last_line(os.path.join(job_dir, "train.log")),
             "snapshot": _fresh_snapshot(job_dir),
         }
+        # Read after the exit code: once the training has ended no stop can be delivered, so the two agree.
+        stop = _stop(job_dir)
+        jobs[job_dir].update(stop_delivered=stop is not None, stop=stop)
+        _touch_lease(job_dir)
     return {"jobs": jobs}
+
+
+def _touch_lease(job_dir):
+    """A controller has looked at the job: a rented instance's safety net (runner.provision.vast.safetynet)
+    ends the instance only once none has for a while. Best effort: a full disk or a gone job is no error."""
+    if os.path.isdir(job_dir):
+        try:
+            with open(os.path.join(job_dir, "lease"), "a"):
+                pass
+            os.utime(os.path.join(job_dir, "lease"), None)
+        except OSError:
+            pass
 
 
 def _age(path):
@@ -145,6 +162,20 @@ def _fresh_snapshot(job_dir):
 
         snapshot["progress"] = progress.parse_log_tail(read_tail(os.path.join(job_dir, "train.log")) or "")
     return snapshot
+
+
+def _stop(job_dir):
+    from . import jobend  # a few lines of reading: no parsers come with it
+
+    return jobend.read_stop(job_dir)
+
+
+def stop_training(job_dir):
+    """`runner stop`: the stop delivered (recorded, then Ctrl-C) only if the training has not ended."""
+    from . import jobend
+
+    spec = read_json(os.path.join(job_dir, "spec.json")) or {}
+    return jobend.deliver_stop(job_dir, spec.get("session"), by="runner stop")
 
 
 def job_ids_with_processes():
@@ -312,6 +343,7 @@ def main(argv):
         "manifest": 1,
         "send": 3,
         "kill": 1,
+        "stop": 1,
         "facts": 1,
         "tree": 1,
         "part-size": 2,
@@ -337,6 +369,8 @@ def main(argv):
         result = probe(args)
     elif command == "kill":
         result = kill_job_processes(args[0])
+    elif command == "stop":
+        result = stop_training(args[0])
     elif command == "facts":
         result = facts(args[0])
     elif command == "plotdata":

@@ -24,6 +24,8 @@ SUPPORTED_ARCHS = re.compile(r"supports CUDA capabilities ((?:sm_\d+\s*)+)")
 CORRUPT_LABEL = re.compile(r"ignoring corrupt image/label: (.*)")
 TRACEBACK_LINES = 10
 TRACEBACK_MAX_LINES_AFTER = 20  # an older traceback followed by this much output no longer ends the log
+# The disk_full floor's cap (see disk_almost_full): room for a few checkpoints of the largest models.
+DISK_FLOOR_CAP_BYTES = 10 * 1024**3
 DEFAULT_TEMPERATURE_LIMITS = {"temp_edge_c": 90.0, "temp_junction_c": 100.0, "temp_mem_c": 95.0}
 
 
@@ -67,20 +69,38 @@ def gpu_too_hot(gpus, limits=None):
     return found
 
 
-def disk_almost_full(free_bytes, total_bytes, min_free_fraction=0.05):
-    """[disk_full alert] when less than min_free_fraction of the disk is free, else []."""
-    if not total_bytes or free_bytes is None or free_bytes >= total_bytes * min_free_fraction:
+def disk_almost_full(free_bytes, total_bytes, min_free_fraction=0.05, cap_bytes=DISK_FLOOR_CAP_BYTES):
+    """[disk_full alert] when the free space is below the floor, else []. The floor is min_free_fraction
+    of the disk (5%: about two epochs' checkpoints on the usual 20-100 GB training disk, and where
+    ext4's root reserve begins), capped at cap_bytes: on a 4 TB disk 5% would cry wolf at 200 GB free.
+    A disk with nothing free always alerts."""
+    if not total_bytes or free_bytes is None:
         return []
-    gib = 1024.0**3
+    floor = min(total_bytes * min_free_fraction, cap_bytes)
+    if free_bytes >= floor and free_bytes > 0:
+        return []
+    message = "disk almost full: %s free of %s (%.1f%%)" % (
+        _size(free_bytes),
+        _size(total_bytes),
+        100.0 * free_bytes / total_bytes,
+    )
+    if free_bytes <= 0:
+        message = "disk full: nothing free of %s" % _size(total_bytes)
     return [
         {
             "kind": "disk_full",
             "free_bytes": free_bytes,
             "total_bytes": total_bytes,
-            "message": "disk almost full: %.1f GiB free of %.1f GiB (%.1f%%)"
-            % (free_bytes / gib, total_bytes / gib, 100.0 * free_bytes / total_bytes),
+            "floor_bytes": int(floor),
+            "message": message,
         }
     ]
+
+
+def _size(count):
+    """3.0 GiB, 320.0 MiB: a small disk must not read as 0.0 GiB free."""
+    gib, mib = 1024.0**3, 1024.0**2
+    return "%.1f GiB" % (count / gib) if count >= gib else "%.1f MiB" % (count / mib)
 
 
 def _visible_lines(text):

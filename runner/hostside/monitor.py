@@ -4,6 +4,12 @@ alerts) written atomically to status.json, and one line appended to telemetry.js
 Standard library only, Python >= 3.7. Every read is bounded: the log's last 64 KiB, the results
 file (one row per epoch), one call of the GPU tool; a snapshot costs the same for a 1 GB log as for
 a 1 MB one. `runner status` reads status.json in the one probe per host.
+
+A full disk must not blind it: status.json is written into space reserved at the start
+(jobend.write_status), so a disk_full alert still reaches `runner status` while the disk is full; a
+failed write of either file leaves the last good snapshot and no temporary file. The monitor also
+enforces the job's `resources.max_duration` on the host, whatever runs the controller: at the limit
+it stops the training as `runner stop` does (Ctrl-C, then a kill after STOP_GRACE_S).
 """
 
 import glob
@@ -14,13 +20,14 @@ import subprocess
 import sys
 import time
 
-from . import alerts, gpus, progress
+from . import alerts, gpus, jobend, progress
 from .hostfiles import PROTOCOL, read_int, read_json, read_tail
 
 RESULTS_RESCAN_S = 60  # finding the results file walks runs/: not at every snapshot
 PREHASH_EVERY_S = 60  # new checkpoints are hashed ahead of a fetch this often...
 PREHASH_BUDGET_BYTES = 4 * 1024**3  # ...and at most this much per turn (a few seconds of one core)
 GPU_TOOL_TIMEOUT_S = 10
+STOP_GRACE_S = 10.0  # max_duration's Ctrl-C, then the kill: `runner stop`'s default grace
 DEFAULT_SETTINGS = {
     "interval": 10.0,
     "stalled_after": 900.0,
@@ -42,6 +49,10 @@ class Monitor(object):
         self.results_path, self.results_scanned_at = None, 0.0
         self.log_size, self.log_grew_at = None, time.time()
         self.gpu_tool = _first_gpu_tool()
+        # A monitor restarted (another agent's protocol) counts from the job's start, not its own.
+        earlier = read_json(os.path.join(job_dir, "status.json")) or {}
+        started = earlier.get("started_at")
+        self.started_at = started if isinstance(started, (int, float)) else time.time()
 
     def snapshot(self):
         now = time.time()
@@ -57,6 +68,7 @@ class Monitor(object):
             "system": system_sample(self.job_dir),
             "exit_code": exit_code,
             "log_grew_at": self._log_grew_at(now),
+            "started_at": self.started_at,
         }
         snapshot["alerts"] = self._alerts(snapshot, tail, now)
         return snapshot
@@ -146,29 +158,121 @@ class Monitor(object):
 
 def run(job_dir, once=False):
     """The monitor window's loop: a snapshot every interval, until the session ends."""
-    spec = (read_json(os.path.join(job_dir, "spec.json")) or {}).get("spec") or {}
+    document = read_json(os.path.join(job_dir, "spec.json")) or {}
+    spec = document.get("spec") or {}
     globs = [pattern for patterns in (spec.get("artifacts") or {}).values() for pattern in patterns]
     monitor = Monitor(job_dir, spec.get("monitor"), globs)
+    limit = Deadline(job_dir, document.get("session"), (spec.get("resources") or {}).get("max_duration"))
+    if not once:
+        jobend.prepare_status(job_dir)
     while True:
         snapshot = monitor.snapshot()
         write_snapshot(job_dir, snapshot)
+        jobend.clean_leftovers(job_dir)
         if not once:
-            monitor.prehash_artifacts()
+            limit.enforce(monitor.started_at, snapshot["exit_code"])
+            _quietly(monitor.prehash_artifacts)  # a full disk fails its hash cache: the next turn tries again
         sys.stdout.write("\r\x1b[K%s  %s" % (time.strftime("%H:%M:%S"), summary_line(snapshot)[:200]))
         sys.stdout.flush()
         if once:
             return snapshot
-        time.sleep(monitor.settings["interval"])
+        time.sleep(limit.sleep_before_next(monitor.started_at, monitor.settings["interval"]))
+
+
+class Deadline(object):
+    """`resources.max_duration` on the host: at the limit the stop is delivered as `runner stop` does
+    (jobend.deliver_stop: recorded under the job lock, then Ctrl-C), and STOP_GRACE_S later whatever
+    is left of the job is killed, its session last (the monitor's own window is in it)."""
+
+    def __init__(self, job_dir, session, max_duration_s, grace_s=STOP_GRACE_S):
+        self.job_dir, self.session, self.grace_s = job_dir, session, grace_s
+        self.max_duration_s = float(max_duration_s) if max_duration_s else None
+        self.delivered_at = None
+
+    def enforce(self, started_at, exit_code):
+        if self.max_duration_s is None or exit_code is not None or not self.session:
+            return
+        now = time.time()
+        if self.delivered_at is None:
+            if now - started_at >= self.max_duration_s:
+                message = "max_duration %s reached" % format_duration(self.max_duration_s)
+                answer = jobend.deliver_stop(self.job_dir, self.session, by="max_duration", message=message)
+                self.delivered_at = now if answer["delivered"] else None
+        elif now - self.delivered_at >= self.grace_s:
+            kill_job(self.job_dir, self.session)
+
+    def sleep_before_next(self, started_at, interval):
+        """The interval, or less when the limit (or the grace's end) comes sooner."""
+        if self.max_duration_s is None:
+            return interval
+        due = self.delivered_at + self.grace_s if self.delivered_at else started_at + self.max_duration_s
+        return max(0.2, min(interval, due - time.time()))
+
+
+def kill_job(job_dir, session):
+    """What `runner stop` does after its grace: the job's container (if it has one), every process
+    carrying its RUNNER_JOB_ID, then its tmux session, this monitor with it."""
+    from .agent import kill_job_processes  # the agent's: one way to find a job's processes (never this one)
+
+    spec = read_json(os.path.join(job_dir, "spec.json")) or {}
+    if (spec.get("spec") or {}).get("image"):
+        _quiet_command(["docker", "rm", "-f", session])  # named as its session; no docker where the host is the image
+    if spec.get("id"):
+        kill_job_processes(spec["id"])
+    _quiet_command(["tmux", "kill-session", "-t", "=" + session])
+
+
+def _quiet_command(argv):
+    try:
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        pass
 
 
 def write_snapshot(job_dir, snapshot):
-    path = os.path.join(job_dir, "status.json")
-    temporary = "%s.%d.tmp" % (path, os.getpid())
-    with open(temporary, "w") as handle:
-        json.dump(snapshot, handle)
-    os.replace(temporary, path)  # a reader sees the previous snapshot or this one, never half of one
-    with open(os.path.join(job_dir, "telemetry.jsonl"), "a") as handle:
-        handle.write(json.dumps(telemetry_line(snapshot)) + "\n")
+    """status.json (reserved slots, see jobend.write_status) and a line of telemetry.jsonl; a write
+    that fails (a full disk) leaves the previous snapshot and the file as they were."""
+    try:
+        jobend.write_status(job_dir, snapshot)
+    except OSError:
+        pass  # the last good snapshot stands; the next turn tries again
+    append_line(os.path.join(job_dir, "telemetry.jsonl"), json.dumps(telemetry_line(snapshot)) + "\n")
+
+
+def append_line(path, line):
+    """Append line whole or not at all: a half-written one is cut off again (truncating needs no space)."""
+    data = line.encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    except OSError:
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            pass
+    finally:
+        os.close(fd)
+
+
+def format_duration(seconds):
+    """As the job file says it: 7200 -> 2h, 5400 -> 90m, 45 -> 45s (runner.base.durations')."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return "%g%s" % (seconds / size, unit)
+    return "%gs" % seconds
+
+
+def _quietly(action):
+    try:
+        action()
+    except OSError:
+        pass
 
 
 def telemetry_line(snapshot):

@@ -39,7 +39,14 @@ class Snapshot(TypedDict, total=False):
     alerts: list[dict[str, Any]]
 
 
-class ProbedJob(TypedDict):
+class ProbedStop(TypedDict, total=False):
+    """What newer agents add to a probed job (runner/hostside/jobend.py); absent from older ones."""
+
+    stop_delivered: bool  # a stop came before the training ended
+    stop: dict[str, Any] | None  # that stop: {"by": "runner stop" | "max_duration", "message"}
+
+
+class ProbedJob(ProbedStop):
     exists: bool
     session: str | None  # the job's tmux session, from its spec.json
     session_alive: bool | None  # None: tmux could not be asked

@@ -9,12 +9,20 @@ A job with an image runs container.sh there instead: job.sh in a container named
 with the job directory and the host's data directory mounted at their own paths (so the links
 into the data and every path in the scripts mean the same inside and out). The container's exit
 code is the job's.
+
+The end is recorded so that neither a full disk nor a stop racing it can misreport it (see
+runner/hostside/jobend.py): run.sh takes room for the records before the training starts, job.sh
+marks the training's end the moment its last command exits, and both records are made under the
+job directory's flock, which the agent's `stop` takes too: a stop is delivered only while the
+training has not ended.
 """
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 
+from runner.hostside.jobend import RESERVE_BYTES
 from runner.jobs.spec import JobSpec
 
 RUN_SH = """\
@@ -25,6 +33,12 @@ cd {job_dir} || exit 1
 trap 'true' INT
 # `runner stop` finds every process of the job, daemonised ones too, by this variable.
 export RUNNER_JOB_ID={job_id}
+# Room for the end's records, taken while the disk has it: each is later written over its reserve
+# and renamed, which needs no new blocks, so a training that fills the disk still gets its exit code
+# recorded. A reserve that could not be written whole is removed (it would need blocks when used).
+printf '%{reserve_bytes}s' '' > exit_code.reserved 2>/dev/null || rm -f exit_code.reserved
+printf '%{reserve_bytes}s' '' > stop_delivered.reserved 2>/dev/null || rm -f stop_delivered.reserved
+: > training_ended.reserved 2>/dev/null
 if command -v script >/dev/null 2>&1; then
     # script gives the training a terminal of its own; its copy of what was printed goes to tee.
     SHELL=/bin/bash script -q -e -f -c 'bash {script}' /dev/null | tee -i -a train.log
@@ -33,8 +47,24 @@ else
 fi
 # Both writers have exited here, so train.log is complete before exit_code appears.
 code=${{PIPESTATUS[0]}}
-printf '%s\\n' "$code" > exit_code.tmp && mv -f exit_code.tmp exit_code
-# The monitor's last snapshot, with the exit code and the log's final lines (a traceback, an OOM).
+record_exit_code() {{
+    if [ -f exit_code.reserved ] && printf '%s\\n' "$1" 2>/dev/null 1<>exit_code.reserved; then
+        truncate -s "$(( ${{#1}} + 1 ))" exit_code.reserved 2>/dev/null  # the padding's blocks back
+        mv -f exit_code.reserved exit_code && return 0
+    fi
+    {{ printf '%s\\n' "$1" > exit_code.tmp && mv -f exit_code.tmp exit_code; }} 2>/dev/null && return 0
+    rm -f exit_code.tmp
+    return 1
+}}
+# Under the job directory's lock (the agent's stop takes it to decide whether the stop came first).
+exec 9<.
+command -v flock >/dev/null 2>&1 && flock 9
+[ -e training_ended ] || mv -f training_ended.reserved training_ended 2>/dev/null
+record_exit_code "$code"
+exec 9<&-
+rm -f stop_delivered.reserved  # no stop can be delivered after the exit code
+# The monitor's last snapshot, with the exit code and the log's final lines (a traceback, an OOM);
+# it also removes temporary files a failed write left.
 {final_snapshot} >/dev/null 2>&1 || true
 tmux kill-session -t {session_target}
 """
@@ -44,6 +74,15 @@ JOB_SH = """\
 # The commands of job {job_id} ({job_name}), from {job_file}. The first failing line ends the job.
 set -eo pipefail
 trap 'echo "runner: \\"$BASH_COMMAND\\" failed with exit status $?" >&2' ERR
+# The training's end, the moment its last command exits (before the log's writers have drained): a
+# stop that comes after it finds the training ended and is not delivered. Under the job directory's
+# lock, as run.sh records the exit code; inside a container too (the job directory is mounted there).
+runner_training_ended() {{
+    {{ exec 8<{job_dir} && {{ command -v flock >/dev/null 2>&1 && flock 8; true; }} &&
+      {{ mv -f {job_dir}/training_ended.reserved {job_dir}/training_ended || : > {job_dir}/training_ended; }}
+    }} 2>/dev/null
+}}
+trap runner_training_ended EXIT
 cd {work_dir}
 # A rented instance's image environment, which its SSH sessions lack (written there at its start).
 if [ -f {image_env} ]; then . {image_env}; fi
@@ -118,6 +157,7 @@ def render_run_sh(
         job_dir=shlex.quote(job_dir),
         session_target=shlex.quote(session_target),
         final_snapshot=shlex.join(snapshot_argv),
+        reserve_bytes=RESERVE_BYTES,
     )
 
 
@@ -128,6 +168,7 @@ def render_job_sh(job_id: str, spec: JobSpec, job_file: str, work_dir: str) -> s
         job_name=spec.name,
         job_file=_one_line(job_file),
         work_dir=shlex.quote(work_dir),
+        job_dir=shlex.quote(posixpath.dirname(work_dir.rstrip("/"))),
         image_env=IMAGE_ENV_FILE,
         exports=exports,
         setup="\n".join(spec.setup),

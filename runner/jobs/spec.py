@@ -88,6 +88,12 @@ def _duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
+# A duration a person writes in the job file ("2h", "90m"): the schema says so, for editors.
+LongDuration = Annotated[
+    float,
+    BeforeValidator(_duration),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*[0-9.]+\s*[smhSMH]?\s*$"}, {"type": "number"}]}),
+]
 
 
 class MonitorSettings(StrictModel):
@@ -212,6 +218,9 @@ class Resources(StrictModel):
     min_vram_gb: float | None = Field(None, gt=0)
     max_price: float | None = Field(None, gt=0, description="highest price per hour, in $")
     max_cost: float | None = Field(None, gt=0, description="stop the job when it has cost this much, in $")
+    max_duration: LongDuration | None = Field(
+        None, description="stop the job when it has run this long (2h, 90m, 45s), enforced on its host by the monitor"
+    )
     disk_gb: float = Field(50, gt=0)
     interruptible: bool = False
 

@@ -45,9 +45,15 @@ FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, Job
 ACTIVE = frozenset(JobState) - FINISHED
 
 
-def ended_state(stop_requested: bool, exit_code: int | None) -> JobState:
-    """How a job that is over ended: a requested stop wins; no exit code means it died unrecorded."""
-    if stop_requested:
+def ended_state(stop_requested: bool, exit_code: int | None, stop_delivered: bool | None = None) -> JobState:
+    """How a job that is over ended. stop_delivered is the host's word (runner/hostside/jobend.py): a
+    stop is recorded there only while the training had not ended, so a delivered stop means the stop
+    ended it, and an exit code without one means the training ended by itself, whatever was requested.
+    Hosts that do not say (None) keep the older rule: a requested stop wins. No exit code: it died unrecorded."""
+    if stop_delivered:
+        return JobState.STOPPED
+    ended_by_itself = stop_delivered is False and exit_code is not None
+    if stop_requested and not ended_by_itself:
         return JobState.STOPPED
     if exit_code is None:
         return JobState.LOST
@@ -315,6 +321,23 @@ class Store:
     def list_jobs(self) -> list[Job]:
         return [_job(row) for row in self._db.execute("SELECT * FROM jobs ORDER BY seq")]
 
+    def delete_finished_job(self, job_id: str) -> bool:
+        """`runner prune`: the job's row, its events (with their notifications) and its instances, in one
+        transaction; nothing when the job is not finished or an instance of it is not confirmed gone (it
+        may still bill, and the row is how runner finds it). True if deleted."""
+        finished = {state.value for state in FINISHED}
+        with self._write() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            live = db.execute("SELECT 1 FROM instances WHERE job_id = ? AND gone_at IS NULL", (job_id,)).fetchone()
+            if row is None or row["state"] not in finished or live is not None:
+                return False
+            db.execute(
+                "DELETE FROM notifications WHERE event_seq IN (SELECT seq FROM events WHERE job_id = ?)", (job_id,)
+            )
+            for table, column in (("events", "job_id"), ("instances", "job_id"), ("jobs", "id")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
+        return True
+
     def set_placement(self, job_id: str, job_dir: str, session: str) -> None:
         with self._write() as db:
             db.execute("UPDATE jobs SET job_dir = ?, session = ? WHERE id = ?", (job_dir, session, job_id))
@@ -347,14 +370,20 @@ class Store:
             return self._set_state(db, job_id, to, leaving, exit_code, message)
 
     def record_end(
-        self, job_id: str, exit_code: int | None, message: str | None = None, ended_at: float | None = None
+        self,
+        job_id: str,
+        exit_code: int | None,
+        message: str | None = None,
+        ended_at: float | None = None,
+        stop_delivered: bool | None = None,
     ) -> JobState | None:
         """The job is over on its host: finish it as `ended_state` says, judged on the row as it is now
         (a stop requested a moment ago by another process counts). None if it was already finished.
-        ended_at: when it ended, if known (else now, when it was noticed)."""
+        ended_at: when it ended, if known (else now, when it was noticed); stop_delivered: the host's
+        record of a stop, where it keeps one."""
         with self._write() as db:
             row = db.execute("SELECT stop_requested_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            state = ended_state(row["stop_requested_at"] is not None, exit_code)
+            state = ended_state(row["stop_requested_at"] is not None, exit_code, stop_delivered)
             return state if self._set_state(db, job_id, state, ACTIVE, exit_code, message, ended_at) else None
 
     def _set_state(

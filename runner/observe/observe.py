@@ -30,6 +30,8 @@ class Observation:
     processes_alive: bool | None = None  # processes carrying the job's RUNNER_JOB_ID; None: unknown
     snapshot: Snapshot | None = None  # the host monitor's status.json
     exit_age_s: float | None = None  # how long ago the exit code was written, by the host's clock
+    stop_delivered: bool | None = None  # the host's record of a stop that came before the end; None: not kept
+    stop: dict[str, Any] | None = None  # that stop: {"by": "runner stop" | "max_duration", "message"}
 
     @property
     def ended(self) -> bool:
@@ -67,6 +69,8 @@ def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
             seen["processes_alive"],
             seen.get("snapshot"),
             seen.get("exit_age_s"),
+            seen.get("stop_delivered"),  # absent from older agents' answers: the older rule then
+            seen.get("stop"),
         )
         for job_dir, seen in reported.items()
     }
@@ -75,7 +79,9 @@ def probe(host: Host, job_dirs: list[str]) -> dict[str, Observation]:
 def next_state(job: Job, seen: Observation) -> JobState | None:
     """The state the observation proves for this snapshot of the job, or None when it is still running.
     A session gone without an exit code was killed, or the host rebooted."""
-    return ended_state(job.stop_requested_at is not None, seen.exit_code) if seen.ended else None
+    if not seen.ended:
+        return None
+    return ended_state(job.stop_requested_at is not None, seen.exit_code, seen.stop_delivered)
 
 
 def refresh(store: Store, jobs: list[Job], settle: dict[str, Settle] | None = None) -> Refreshed:
@@ -151,7 +157,12 @@ def _apply(store: Store, job: Job, seen: Observation | None) -> None:
     if seen.ended:
         unrecorded = "the tmux session ended without recording an exit code" if seen.exit_code is None else None
         ended_at = time.time() - seen.exit_age_s if seen.exit_age_s is not None else None  # not when we noticed
-        store.record_end(job.id, seen.exit_code, message=unrecorded, ended_at=ended_at)
+        limit = (seen.stop or {}).get("message") if (seen.stop or {}).get("by") == "max_duration" else None
+        ended = store.record_end(
+            job.id, seen.exit_code, message=limit or unrecorded, ended_at=ended_at, stop_delivered=seen.stop_delivered
+        )
+        if limit and ended is JobState.STOPPED:  # record_end finishes a job once: the event comes once
+            store.add_event(job.id, "max_duration", limit)
 
 
 def _note_new_alerts(store: Store, job: Job, snapshot: Snapshot) -> None:

@@ -158,11 +158,13 @@ def test_probe_reports_exit_code_session_and_last_line(tmp_path: Path, no_tmux_s
         "exit_code": 3,
         "last_line": "ValueError: bad label",
         "snapshot": None,  # no monitor ran here
+        "stop_delivered": False,  # no stop came before the training ended
+        "stop": None,
     }
     assert jobs[str(garbled)]["exit_code"] is None
     assert jobs[missing] == {
         "exists": False, "session": None, "session_alive": False, "processes_alive": False, "exit_code": None,
-        "last_line": None, "snapshot": None,
+        "last_line": None, "snapshot": None, "stop_delivered": False, "stop": None,
     }  # fmt: skip
 
 
