@@ -24,6 +24,8 @@ from runner.hosts import provisioned
 from runner.hosts.hostsfile import HostEntry
 from runner.images.plan import requested
 from runner.jobs.jobscript import IMAGE_ENV_FILE
+from runner.jobs.session import session_name
+from runner.provision.vast.safetynet import Watch, budget_watch, launch
 
 if TYPE_CHECKING:  # the client (httpx, tenacity) is imported only by the commands that rent
     from runner.jobs.spec import Resources
@@ -44,6 +46,9 @@ SSH_DEADLINE_S = 180.0
 POLL_S = 2.0
 FAILED = frozenset({"exited", "unknown", "offline"})  # these never become running (the reference)
 GONE_DEADLINE_S = 300.0
+RESTART_DEADLINE_S = 300.0  # its image is there already
+LOGS_DEADLINE_S = 60.0  # vast uploads a requested log within seconds
+LOG_TAIL_LINES = 1000
 
 Log = Callable[[str], None]
 
@@ -78,10 +83,14 @@ def ssh_key() -> Path:
     return key
 
 
-def create_body(job_id: str, image: str, resources: Resources, image_login: str | None = None) -> dict[str, Any]:
+def create_body(
+    job_id: str, image: str, resources: Resources, image_login: str | None = None, watch: Watch | None = None
+) -> dict[str, Any]:
+    """What vast.ai is asked for; with watch, the onstart also starts the instance's safety net."""
+    onstart = ONSTART + (launch(watch) if watch else "")
     body: dict[str, Any] = {
         "client_id": "me", "image": image, "disk": resources.disk_gb, "label": f"{LABEL_PREFIX}{job_id}",
-        "onstart": ONSTART, "runtype": "ssh_direc ssh_proxy", "env": {}, "cancel_unavail": True,
+        "onstart": onstart, "runtype": "ssh_direc ssh_proxy", "env": {}, "cancel_unavail": True,
     }  # fmt: skip
     if image_login:
         body["image_login"] = image_login  # a private registry's login, for vast.ai to pull with
@@ -98,9 +107,12 @@ def rent(client: VastClient, store: Store, job: Job, log: Log, image_login: str 
     with _lock("vast-rent"):
         held = {instance.offer_id for instance in store.instances(live_only=True)}
         offers = [offer for offer in client.search_offers(query) if offer["id"] not in held]
+        spent = sum(instance.cost() for instance in store.instances(job_id))  # a retry's earlier instances
         for offer in offers:
+            watch = budget_watch(job_id, session_name(job.name, job_id), resources.max_cost, spent,
+                                 float(offer["dph_total"]))  # fmt: skip
             try:
-                body = create_body(job_id, image_reference(job), resources, image_login)
+                body = create_body(job_id, image_reference(job), resources, image_login, watch)
                 instance_id = client.create_instance(offer["id"], body)
             except OfferGone:
                 continue  # taken since the search: the next one
@@ -143,8 +155,14 @@ def _lock(name: str) -> Iterator[None]:
 
 
 def wait_running(
-    client: VastClient, instance_id: int, log: Log, deadline_s: float = RUNNING_DEADLINE_S
+    client: VastClient,
+    instance_id: int,
+    log: Log,
+    deadline_s: float = RUNNING_DEADLINE_S,
+    failed: frozenset[str] = FAILED,
 ) -> dict[str, Any]:
+    """Until the API says running with an SSH address; `failed` statuses end the wait (a start asked of an
+    exited instance passes through its old status, so that wait gives a narrower set)."""
     deadline = time.monotonic() + deadline_s
     last = None
     while True:
@@ -154,7 +172,7 @@ def wait_running(
         status, message = record.get("actual_status"), (record.get("status_msg") or "").strip()
         if status == "running" and _ssh_address(record):
             return record
-        if status in FAILED or "OCI runtime create failed" in message:
+        if status in failed or "OCI runtime create failed" in message:
             raise StartFailed(f"instance {instance_id} did not start: {status}: {message or 'no message'}")
         if (status, message) != last:
             log(f"instance {instance_id}: {status or 'provisioning'}" + (f": {message}" if message else ""))
@@ -175,8 +193,12 @@ def _ssh_address(record: dict[str, Any]) -> tuple[str, int] | None:
     return None
 
 
-def pin_host_key(instance_id: int, address: str, port: int, deadline_s: float = SSH_DEADLINE_S) -> None:
-    """Trust on first use, as the instance is new by design; pinned under its alias from then on."""
+def pin_host_key(
+    instance_id: int, address: str, port: int, deadline_s: float = SSH_DEADLINE_S, known_only: bool = False
+) -> None:
+    """Trust on first use, as the instance is new by design; pinned under its alias from then on. With
+    known_only (the instance started again: its container, and its host keys, are the same), the key
+    must be one already pinned: what answers at a new address is not trusted anew."""
     alias = host_name(instance_id)
     deadline = time.monotonic() + deadline_s
     while True:
@@ -190,6 +212,8 @@ def pin_host_key(instance_id: int, address: str, port: int, deadline_s: float = 
     known = paths.runner_known_hosts()
     with _lock("known-hosts"):
         lines = known.read_text().splitlines() if known.exists() else []
+        if known_only and not {f"{alias} {key}" for key in keys} & set(lines):
+            raise StartFailed(f"instance {instance_id} started again with a host key not pinned for it: refused")
         kept = [line for line in lines if not line.startswith(alias + " ")]
         write_atomically(known, ("\n".join(kept + [f"{alias} {key}" for key in keys]) + "\n").encode(), mode=0o600)
 
@@ -199,9 +223,22 @@ def provision(client: VastClient, store: Store, job: Job, log: Log) -> str:
     store from its first moment: the caller destroys it when anything here fails."""
     instance_id = rent(client, store, job, log, _registry_login(job))
     client.attach_ssh_key(instance_id, (ssh_key().with_suffix(".pub")).read_text().strip())
-    record = wait_running(client, instance_id, log)
+    return _reach(store, instance_id, wait_running(client, instance_id, log), known_only=False)
+
+
+def start_again(client: VastClient, store: Store, instance_id: int, log: Log) -> str:
+    """Start an instance whose container ended (the safety net ended it: the job is over) and reach it
+    again, for the final fetch; returns its host name. Its address changes; its host key does not."""
+    log(f"instance {instance_id} exited: starting it again for the final fetch")
+    # The client's own call (retried as every call is): api.py has no start operation of its own yet.
+    client._call("PUT", f"/api/v0/instances/{instance_id}/", body={"state": "running"})
+    record = wait_running(client, instance_id, log, RESTART_DEADLINE_S, failed=frozenset({"unknown", "offline"}))
+    return _reach(store, instance_id, record, known_only=True)
+
+
+def _reach(store: Store, instance_id: int, record: dict[str, Any], known_only: bool) -> str:
     address, port = _ssh_address(record)  # type: ignore[misc]
-    pin_host_key(instance_id, address, port)
+    pin_host_key(instance_id, address, port, known_only=known_only)
     ssh = f"root@{_bracketed(address)}:{port}"
     store.set_instance_ssh(instance_id, ssh)
     name = host_name(instance_id)
@@ -240,7 +277,7 @@ def destroy_until_gone(
         client.destroy(instance_id)
         record = client.instance(instance_id)
         if record is None or record.get("cur_state") == "unloaded":
-            store.instance_gone(instance_id)
+            _confirmed_gone(store, instance_id)
             log(f"instance {instance_id} destroyed; the API confirms it is gone")
             return
         if time.monotonic() > deadline:
@@ -248,3 +285,38 @@ def destroy_until_gone(
                 f"instance {instance_id} still shown by vast.ai {deadline_s:g}s after destroy: run `runner down` again"
             )
         time.sleep(POLL_S)
+
+
+def _confirmed_gone(store: Store, instance_id: int) -> None:
+    """Recorded gone, and once (a second `runner down` finds it gone already) the event
+    `instance-destroyed` that notifications announce: its billing has stopped."""
+    known = store.instance(instance_id)
+    store.instance_gone(instance_id)
+    if known is not None and known.gone_at is None:
+        store.add_event(known.job_id, "instance-destroyed", str(instance_id))
+
+
+def instance_log(client: VastClient, instance_id: int, tail: int = LOG_TAIL_LINES) -> str:
+    """The last lines of the instance's container log, through the API (the instance need not run):
+    vast answers a URL where it uploads the log a moment later, fetched until it is there."""
+    import httpx
+
+    # The client's own call (retried as every call is): api.py has no logs operation of its own yet.
+    answer = client._call("PUT", f"/api/v0/instances/request_logs/{instance_id}/", body={"tail": str(tail)})
+    url = answer.get("result_url")
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise RunnerError(f"vast.ai: the logs answer of instance {instance_id} names no URL")
+    deadline = time.monotonic() + LOGS_DEADLINE_S
+    # A presigned storage URL, on another host: without the client, whose headers carry the API key.
+    with httpx.Client(timeout=30.0, follow_redirects=True) as storage:
+        while True:
+            try:
+                response = storage.get(url)
+                if response.status_code == 200:
+                    return response.text
+            except httpx.HTTPError:
+                pass  # not there yet, or a dropped connection: asked again until the deadline
+            if time.monotonic() > deadline:
+                raise RunnerError(f"vast.ai: the log of instance {instance_id} was not uploaded within"
+                                  f" {LOGS_DEADLINE_S:g}s")  # fmt: skip
+            time.sleep(POLL_S)
