@@ -310,11 +310,18 @@ def test_max_cost_stops_the_job_fetches_its_weights_and_destroys_the_instance(
     # $0.42/h: $0.001 is spent in under 9 s; teardown: never must not keep an instance over budget.
     job_file = steps_job(tmp_path, registry.image, extra="teardown: never\n")
     job_file.write_text(job_file.read_text().replace("disk_gb: 20}", "disk_gb: 20, max_cost: 0.001}"))
+    # The checkpoint a resumed job starts from goes with the workdir, so it is on the instance before the
+    # session starts, before the keeper that enforces the budget exists: however slow this machine is,
+    # the budget cannot be reached before there is a checkpoint to fetch.
+    pushed = tmp_path / "demo" / "runs" / "demo" / "weights"
+    pushed.mkdir(parents=True)
+    (pushed / "last.pt").write_text("0")
     job_id = runner.run("submit", str(job_file), cwd=tmp_path, check=True, timeout=600).stdout.strip()
     stopped = runner.wait_state(job_id, {"stopped", "succeeded", "failed", "lost"}, timeout=120)
     assert stopped["state"] == "stopped"
     wait_for(lambda: not live_instances(vast), 120, what="the instance destroyed")
-    assert (tmp_path / "artifacts" / job_id / "runs" / "demo" / "weights" / "last.pt").exists()
+    fetched = tmp_path / "artifacts" / job_id / "runs" / "demo" / "weights" / "last.pt"
+    assert fetched.read_text().isdigit()  # the instance's checkpoint, fetched before it was destroyed
     assert "reaching resources.max_cost $0.00" in _keeper_log(runner, job_id)
 
 
