@@ -375,6 +375,33 @@ def check(job_file: Path, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--older-than", type=DURATION, help="Only jobs that ended at least this long ago (30m, 2d).")
+@click.option("--failed", "failed_only", is_flag=True, help="Only jobs that did not succeed: failed, lost, stopped.")
+@click.option("--yes", is_flag=True, help="Remove without asking.")
+@JSON_OPTION
+def prune(older_than: float | None, failed_only: bool, yes: bool, as_json: bool) -> None:
+    """Remove finished jobs' folders from their hosts and their records here; prints what it freed."""
+    from runner.base.errors import UsageError
+    from runner.cli import prunereport, render
+    from runner.pipeline import prune as pruning
+
+    with open_store() as store:
+        planned = pruning.plan(store, pruning.candidates(store, older_than, failed_only))
+        if planned.removals and not yes:
+            if not sys.stdin.isatty():
+                raise UsageError("prune asks before it removes anything: give --yes where no terminal can answer")
+            render.stderr.print(prunereport.plan_table(planned))
+            if not click.confirm(prunereport.question(planned), err=True):
+                render.stderr.print("nothing removed")
+                return
+        done = pruning.prune(store, planned) if planned.removals else planned
+    if as_json:
+        render.print_json(prunereport.document(done))
+    for line in prunereport.freed_lines(done) if done.removals else ["nothing to prune", *prunereport.left_lines(done)]:
+        render.stderr.print(line, markup=False)
+
+
+@cli.command()
 def schema() -> None:
     """Print the job file's JSON Schema (for editor completion)."""
     from runner.cli import render
