@@ -153,6 +153,17 @@ def test_disk_almost_full() -> None:
     assert alerts.disk_almost_full(0, 0) == []
 
 
+def test_the_disk_full_floor_is_capped_on_large_disks_and_a_full_disk_always_alerts() -> None:
+    gib, mib = 1024**3, 1024**2
+    assert alerts.disk_almost_full(50 * gib, 4096 * gib) == []  # 1.2% of 4 TiB free is still 50 GiB: no alarm
+    (low,) = alerts.disk_almost_full(9 * gib, 4096 * gib)
+    assert low["floor_bytes"] == alerts.DISK_FLOOR_CAP_BYTES
+    (small,) = alerts.disk_almost_full(1 * mib, 64 * mib)  # a small disk reads in MiB, not "0.0 GiB"
+    assert small["message"] == "disk almost full: 1.0 MiB free of 64.0 MiB (1.6%)"
+    (full,) = alerts.disk_almost_full(0, 64 * mib, min_free_fraction=0.0)
+    assert full["message"] == "disk full: nothing free of 64.0 MiB"
+
+
 def test_random_text_raises_nothing() -> None:
     for text in [
         "",

@@ -8,9 +8,13 @@ import shlex
 import stat
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import runner.hostside
+from runner.hostside import jobend
 from runner.jobs.jobscript import render_job_sh, render_run_sh
 from runner.jobs.spec import JobSpec
 
@@ -122,3 +126,47 @@ def test_run_sh_records_the_exit_code_and_the_log(tmp_path: Path) -> None:
     final = json.loads((job_dir / "status.json").read_text())  # the monitor's last word, before the session ends
     assert final["exit_code"] == 7
     assert [alert["kind"] for alert in final["alerts"]] == ["exited"]
+    # The exit code went over its reserve; the stop's reserve is given back; the training's end is marked.
+    assert not (job_dir / "exit_code.reserved").exists()
+    assert not (job_dir / "stop_delivered.reserved").exists()
+    assert (job_dir / "training_ended").exists()
+    assert not list(job_dir.glob("*.tmp"))
+
+
+def test_job_sh_marks_the_trainings_end_and_keeps_its_exit_status(tmp_path: Path) -> None:
+    # _run_job's work dir is tmp_path/"work dir": its job directory is tmp_path.
+    (tmp_path / "training_ended.reserved").touch()
+    result = _run_job(tmp_path, JobSpec(name="t", run=["echo training", "exit 4"]))
+    assert result.returncode == 4
+    assert (tmp_path / "training_ended").exists()
+    assert not (tmp_path / "training_ended.reserved").exists()
+
+
+def test_a_stop_waits_for_the_lock_and_finds_the_exit_code_recorded_under_it(tmp_path: Path) -> None:
+    """The order run.sh and the agent's stop take the job directory's flock decides; no clock does."""
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    go, locked = tmp_path / "go", tmp_path / "locked"
+    # As run.sh does at the training's end: the lock taken, then the exit code recorded under it.
+    holder = subprocess.Popen(
+        ["flock", str(job_dir), "sh", "-c", 'touch "$1"; while [ ! -e "$2" ]; do sleep 0.05; done; echo 0 > "$3"',
+         "sh", str(locked), str(go), str(job_dir / "exit_code")]
+    )  # fmt: skip
+    try:
+        _wait(locked.exists)
+        answers: list[dict[str, object]] = []
+        stopper = threading.Thread(target=lambda: answers.append(jobend.deliver_stop(str(job_dir), "rj-x")))
+        stopper.start()  # blocks on the lock the holder has
+        go.touch()
+        stopper.join(timeout=60)
+        assert answers == [{"delivered": False, "exit_code": 0}]
+        assert jobend.read_stop(str(job_dir)) is None  # nothing recorded: the training had ended first
+    finally:
+        holder.wait(timeout=60)
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -66,6 +66,27 @@ def test_no_job_is_called_lost_on_a_missing_witness(
     assert next_state(RUNNING, seen) is expected
 
 
+@pytest.mark.parametrize(
+    ("job", "exit_code", "stop_delivered", "expected"),
+    [
+        (STOPPING, 0, False, JobState.SUCCEEDED),  # the training had ended by itself when the stop came
+        (STOPPING, 1, False, JobState.FAILED),
+        (STOPPING, 0, True, JobState.STOPPED),  # the stop came first: ended by it, whatever the code
+        (STOPPING, 130, True, JobState.STOPPED),
+        (RUNNING, 130, True, JobState.STOPPED),  # delivered by the host itself (max_duration)
+        (RUNNING, None, True, JobState.STOPPED),  # killed after the grace
+        (STOPPING, None, False, JobState.STOPPED),  # no end recorded: the stop asked for stands
+        (RUNNING, 0, False, JobState.SUCCEEDED),
+        (STOPPING, 0, None, JobState.STOPPED),  # an older agent that keeps no record: the older rule
+    ],
+)
+def test_the_hosts_record_of_a_stop_decides_a_race_with_the_end(
+    job: Job, exit_code: int | None, stop_delivered: bool | None, expected: JobState
+) -> None:
+    seen = Observation(session_alive=False, exit_code=exit_code, last_line=None, stop_delivered=stop_delivered)
+    assert next_state(job, seen) is expected
+
+
 def test_status_table_shows_bracketed_training_output_as_it_is() -> None:
     from rich.console import Console
 
