@@ -6,6 +6,11 @@ but SSH has not answered for `retry.lost_after` (LOST_AFTER_S by default). Eithe
 one, pushes the workdir and the checkpoints it fetched last (artifacts/JOB, as they lay under the
 workdir), and starts the session with `resume` in place of `run`. The job stays `running` throughout:
 it never ran to an end.
+
+Ended: the instance exited and its log (vast's logs endpoint) holds the outcome line of its safety net
+(runner.provision.vast.safetynet): the job ended while no controller looked. That is no interruption:
+the job's true end is recorded from the line, and the instance is started again for the final fetch.
+An instance that exited without that line stays an interruption.
 """
 
 from __future__ import annotations
@@ -17,27 +22,78 @@ from typing import TYPE_CHECKING
 from runner.hosts import Host, get_host
 from runner.jobs.spec import LOST_AFTER_S
 from runner.jobs.specfile import stored_job
-from runner.jobs.state import Job, Store
-from runner.provision.vast.provisioner import FAILED, destroy_until_gone, instance_id_of, provision
+from runner.jobs.state import ACTIVE, Job, JobState, Store
+from runner.provision.vast.provisioner import (
+    FAILED,
+    StartFailed,
+    destroy_until_gone,
+    instance_id_of,
+    instance_log,
+    provision,
+    start_again,
+)
+from runner.provision.vast.safetynet import Outcome, read_outcome
 
 if TYPE_CHECKING:
     from runner.provision.vast.api import VastClient
 
 Log = Callable[[str], None]
 MANIFEST = ".runner-manifest.json"  # fetch's record of what it brought: not part of the checkpoints
+ENDED = "ended"  # the instance's safety net ended it: the job is over (record_outcome), not interrupted
+EXITED = "exited"  # what vast shows of an instance whose container ended
 
 
 def interruption(client: VastClient, job: Job, unreachable_for: float | None) -> str | None:
-    """ "interrupted", "lost" or None for the job's current instance."""
+    """ "ended", "interrupted", "lost" or None for the job's current instance."""
     instance_id = instance_id_of(job.host)
     if instance_id is None:
         return None
     record = client.instance(instance_id)
+    if record is not None and record.get("actual_status") == EXITED and outcome(client, job) is not None:
+        return ENDED
     if record is None or record.get("actual_status") in FAILED or record.get("cur_state") == "unloaded":
         return "interrupted"
     if unreachable_for is not None and unreachable_for >= lost_after(job):
         return "lost"
     return None
+
+
+def outcome(client: VastClient, job: Job) -> Outcome | None:
+    """The outcome line of the job in its instance's log, read through the API; None without one."""
+    instance_id = instance_id_of(job.host)
+    return None if instance_id is None else read_outcome(instance_log(client, instance_id), job.id)
+
+
+def record_outcome(client: VastClient, store: Store, job: Job, log: Log) -> Job:
+    """The job's true end from its instance's outcome line: succeeded or failed by its exit code,
+    stopped when the safety net stopped it (the budget), with the reason."""
+    ended = outcome(client, job)
+    if ended is None:
+        return job
+    log(f"job {job.id}: its instance ended while no controller looked: {ended.message}, exit code"
+        f" {'none' if ended.exit_code is None else ended.exit_code}")  # fmt: skip
+    store.add_event(job.id, "safety-net", ended.message)
+    if ended.stopped:
+        store.transition(job.id, JobState.STOPPED, ACTIVE, exit_code=ended.exit_code, message=ended.message)
+    else:
+        store.record_end(job.id, ended.exit_code, message=None if ended.exit_code is not None else ended.message)
+    return store.get(job.id)
+
+
+def start_if_ended(client: VastClient, store: Store, job: Job, log: Log) -> None:
+    """Before the final fetch of a job that is over: an instance whose container ended (its safety net
+    ended it) is started again and reached, so that the weights can be fetched before it is destroyed.
+    One that will not start is reported: the fetch then fails, and the instance is kept (storage bills)."""
+    instance_id = instance_id_of(job.host)
+    if instance_id is None or job.state is JobState.LOST:
+        return
+    record = client.instance(instance_id)
+    if record is None or record.get("actual_status") not in (EXITED, "stopped"):
+        return
+    try:
+        start_again(client, store, instance_id, log)
+    except StartFailed as exc:
+        log(f"job {job.id}: {exc}")
 
 
 def lost_after(job: Job) -> float:

@@ -126,6 +126,11 @@ def _watch(client: VastClient, store: Store, job: Job, api: ApiOutage, log: Log,
 
 
 def _finish(client: VastClient, store: Store, job: Job, api: ApiOutage, log: Log) -> None:
+    from runner.pipeline import recovery
+
+    # An instance its safety net ended (nobody looked when the job ended) runs again for the fetch.
+    api.until_done(partial(recovery.start_if_ended, client, store, job, log), "starting the instance again",
+                   lambda: _store_gone(log))  # fmt: skip
     if job.state is not JobState.LOST:  # a lost instance has nothing left to fetch
         _save_log(job, log)
     if _fetch_weights(job, log) or job.state is JobState.LOST:
@@ -152,6 +157,8 @@ def _carry_on_if_gone(client: VastClient, store: Store, job: Job, log: Log) -> J
     cause = recovery.interruption(client, job, recovery.unreachable_for(store, job))
     if cause is None:
         return job
+    if cause == recovery.ENDED:  # no interruption: the instance's safety net saw the job end
+        return recovery.record_outcome(client, store, job, log)
     if recovery.may_retry(store, job, cause):
         return recovery.carry_on(client, store, job, cause, log)
     if cause == "lost":

@@ -125,6 +125,12 @@ class Emulator:
         with self._lock:
             return {id_: instance.record() for id_, instance in self._instances.items()}
 
+    def exited_at(self, instance_id: int) -> float | None:
+        """When the instance's container last ended on its own (None: it has not), by this machine's clock."""
+        with self._lock:
+            instance = self._instances.get(instance_id)
+            return instance.exited_at if instance else None
+
     def container_ids(self, instance_id: int | None = None) -> list[str]:
         """The containers this emulator made and has not removed yet (those of one instance, given its id)."""
         if not self._containers:

@@ -7,6 +7,10 @@ registry in tests), sshd on a port published on 127.0.0.1 (the proxy `ssh_port` 
 and interactive logins dropped into tmux unless ~/.no_auto_tmux exists. The slow steps run on
 threads of their own and watch `Instance.gone`, so a destroy or the emulator's stop never waits on
 a sleeping delay; one instance's steps run one at a time (`Instance.work`).
+
+A container whose main process ends on its own (the job's safety net ends it, runner.provision.vast.
+safetynet) makes the instance `exited`, as on vast, with `Exited (CODE)` as its status message; its log
+stays readable through request_logs, and a start (state running) runs the same container again.
 """
 
 from __future__ import annotations
@@ -130,6 +134,8 @@ class Instance:
     container: str | None = None
     start_date: float = field(default_factory=time.time)
     running_since: float | None = None
+    boots: int = 0  # how often its container was started: a watch of an earlier run ignores this one
+    exited_at: float | None = None  # when its container last ended on its own (the tests' clock)
     events: list[str] = field(default_factory=list)  # the logs of an instance without a container
     gone: threading.Event = field(default_factory=threading.Event)
     work: threading.Lock = field(default_factory=threading.Lock)
@@ -339,7 +345,26 @@ class Provisioner:
 
     def _set_running(self, instance: Instance) -> None:
         self._set(instance, actual_status="running", status_msg=f"success, running {instance.spec.image}/ssh",
-                  running_since=time.time())  # fmt: skip
+                  running_since=time.time(), boots=instance.boots + 1)  # fmt: skip
+        if instance.container:
+            self._spawn_watch(instance, instance.boots)
+
+    def _spawn_watch(self, instance: Instance, boot: int) -> None:
+        # Not among the steps close() waits for: a watch lasts until the container goes, which close() does after.
+        threading.Thread(target=self._watch, args=(instance, boot), daemon=True,
+                         name=f"vast-instance-{instance.id}-watch").start()  # fmt: skip
+
+    def _watch(self, instance: Instance, boot: int) -> None:
+        """Until the container ends. Ended by a stop, a kill or a destroy, those set the status (under
+        `work`, which this takes before looking); ended by itself, the instance is `exited`."""
+        assert instance.container
+        waited = subprocess.run(["docker", "wait", instance.container], capture_output=True, text=True)
+        with instance.work:
+            if instance.gone.is_set() or instance.boots != boot or instance.actual_status != "running":
+                return
+            code = waited.stdout.strip() if waited.returncode == 0 else "?"
+            self._set(instance, actual_status="exited", status_msg=f"Exited ({code})", running_since=None,
+                      keys_live=False, exited_at=time.time())  # fmt: skip
 
     def _stop(self, instance: Instance) -> None:
         if instance.gone.is_set() or instance.actual_status in ("stopped", None):

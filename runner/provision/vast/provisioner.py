@@ -233,7 +233,20 @@ def start_again(client: VastClient, store: Store, instance_id: int, log: Log) ->
     # The client's own call (retried as every call is): api.py has no start operation of its own yet.
     client._call("PUT", f"/api/v0/instances/{instance_id}/", body={"state": "running"})
     record = wait_running(client, instance_id, log, RESTART_DEADLINE_S, failed=frozenset({"unknown", "offline"}))
-    return _reach(store, instance_id, record, known_only=True)
+    name = _reach(store, instance_id, record, known_only=True)
+    _forget_open_host(name)
+    log(f"instance {instance_id} runs again; SSH answers at {store.instance(instance_id).ssh}")  # type: ignore[union-attr]
+    return name
+
+
+def _forget_open_host(name: str) -> None:
+    """This process's Host of that name still holds the old address: closed and forgotten, so that the
+    next get_host reads the new entry. (runner.hosts has no operation for it; its table is the one place.)"""
+    from runner import hosts
+
+    host = hosts._open_hosts.pop(name, None)
+    if host is not None:
+        host.close()
 
 
 def _reach(store: Store, instance_id: int, record: dict[str, Any], known_only: bool) -> str:
@@ -301,6 +314,8 @@ def instance_log(client: VastClient, instance_id: int, tail: int = LOG_TAIL_LINE
     vast answers a URL where it uploads the log a moment later, fetched until it is there."""
     import httpx
 
+    from runner.provision.vast.api import VastUnavailable
+
     # The client's own call (retried as every call is): api.py has no logs operation of its own yet.
     answer = client._call("PUT", f"/api/v0/instances/request_logs/{instance_id}/", body={"tail": str(tail)})
     url = answer.get("result_url")
@@ -316,7 +331,7 @@ def instance_log(client: VastClient, instance_id: int, tail: int = LOG_TAIL_LINE
                     return response.text
             except httpx.HTTPError:
                 pass  # not there yet, or a dropped connection: asked again until the deadline
-            if time.monotonic() > deadline:
-                raise RunnerError(f"vast.ai: the log of instance {instance_id} was not uploaded within"
-                                  f" {LOGS_DEADLINE_S:g}s")  # fmt: skip
+            if time.monotonic() > deadline:  # as an API that does not answer: waited out by the keeper
+                raise VastUnavailable(f"vast.ai: the log of instance {instance_id} was not uploaded within"
+                                      f" {LOGS_DEADLINE_S:g}s")  # fmt: skip
             time.sleep(POLL_S)
