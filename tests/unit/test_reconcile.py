@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,7 +175,25 @@ def test_a_reused_pid_is_not_the_owner(store: Store, live_owner: processes.Proce
     assert reconcile(store, [job]).jobs[0].state is JobState.FAILED
 
 
-def test_an_unanswering_host_changes_no_job(
+def test_an_unreachable_host_changes_no_job(store: Store, dead_owner: Any, tmp_path: Path) -> None:
+    # A host whose sshd is gone: a port on loopback that nothing listens on, tried once.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "config"
+    config.mkdir()
+    entry = f"ssh: me@127.0.0.1:{port}\n    connect_timeout: 2\n    retry_seconds: 0"
+    (config / "hosts.yaml").write_text(f"hosts:\n  gone:\n    {entry}\n")
+    job = store.create_job("t", "gone", {}, "/nowhere/t.yaml", owner=dead_owner)
+    store.transition(job.id, JobState.SYNCING, frozenset({JobState.SUBMITTED}))
+    store.set_placement(job.id, "/home/me/.runner/jobs/" + job.id, f"runner-t-{job.id}")
+    refreshed = reconcile(store, [store.get(job.id)])
+    assert refreshed.jobs[0].state is JobState.SYNCING
+    assert refreshed.problems["gone"].unreachable_since is not None
+    assert refreshed.notes == []
+
+
+def test_tmux_that_cannot_be_asked_changes_no_job(
     store: Store, dead_owner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = new_job(store, dead_owner, JobState.SYNCING)
