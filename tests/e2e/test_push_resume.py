@@ -1,0 +1,103 @@
+"""A submit SIGKILLed while its workdir's large file is on the way, then the same job file submitted
+again: the second push, into a new job folder, sends only the bytes the host's part lacked. Then
+`runner prune --yes` frees what it says it frees, as du on the host sees it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Runner, runner_executable, wait_for, write_job
+from tests.e2e.test_push_faults import MIB, BoxFiles, _random_file
+from tests.e2e.testhost import USER, TestHost
+
+ROOT = f"/home/{USER}/.runner"
+SIZE = 200 * MIB
+
+
+def _host_du(box: TestHost, folder: str) -> int:
+    return int(box.sh(f"du -s -B1 '{folder}'").split()[0])
+
+
+def _receiving(box: TestHost) -> bool:
+    """Whether an agent on the host is still taking an upload ([a]: the pattern never matches this sh)."""
+    return bool(box.sh("pgrep -f '[a]gent.py receive' || true").strip())
+
+
+def _kill_when_part_passes(submit: subprocess.Popen[str], files: BoxFiles, part: str, size: int) -> None:
+    def passed() -> bool:
+        if submit.poll() is not None:
+            raise AssertionError(f"submit ended (exit {submit.returncode}) first: {submit.communicate()}")
+        return (files.size(part) or 0) > size
+
+    wait_for(passed, 120, interval=0.005, what=f"the part to pass {size} bytes")
+    os.kill(submit.pid, signal.SIGKILL)  # the submit alone, as a crash or `kill -9` does: no cleanup runs
+    submit.wait(timeout=30)
+
+
+def test_a_push_killed_halfway_resumes_from_its_part_in_the_next_submit_and_prune_frees_it(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path, record_property: Any
+) -> None:
+    work = tmp_path / "work"
+    big_sha = _random_file(work / "model.bin", SIZE)
+    job_file = write_job(work, "resumer", "name: resumer\nrun: sha256sum model.bin | cut -c1-64\n")
+    small_bytes = job_file.stat().st_size  # the workdir's only other file, sent again into the new job folder
+    files, part = BoxFiles(trusted_box), f"{ROOT}/parts/{big_sha}-{SIZE}.runner-part"
+
+    killed = subprocess.Popen(
+        [runner_executable(), "submit", str(job_file), "--host", "box", "--json"],
+        env=runner.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _kill_when_part_passes(killed, files, part, SIZE // 3)
+    wait_for(lambda: not _receiving(trusted_box), 60, what="the host's receive to end with its link")
+    part_at_kill = files.size(part) or 0
+    assert SIZE // 3 < part_at_kill < SIZE, part_at_kill
+    assert not trusted_box.sh(f"find {ROOT}/jobs -name model.bin").strip()  # nothing under a final name
+
+    rx_before = files.received_bytes()
+    started = time.monotonic()
+    second = runner.json("submit", str(job_file), "--host", "box")
+    seconds = time.monotonic() - started
+    on_the_wire = files.received_bytes() - rx_before
+    sync = second["sync"]["workdir"]
+    remaining = SIZE - part_at_kill
+
+    # The push's own count: the rest of the large file and the small one, nothing more ...
+    assert (sync["files_sent"], sync["bytes_sent"]) == (2, remaining + small_bytes)
+    # ... and what crossed the link says the same (give or take SSH's framing and the commands around).
+    assert remaining <= on_the_wire < remaining + 8 * MIB, on_the_wire
+    assert not trusted_box.exists(part)  # the completed file took its part
+    assert trusted_box.sh(f"ls -A {ROOT}/parts").strip() == ""
+    done = runner.wait_state(second["id"], {"succeeded", "failed"}, timeout=90)
+    assert (done["state"], done["last_line"]) == ("succeeded", big_sha)  # the job read the whole, verified file
+    record_property("part_bytes_at_kill", part_at_kill)
+    record_property("bytes_sent_after", sync["bytes_sent"])
+    record_property("bytes_received_by_host_after", on_the_wire)
+    print(
+        f"\npush resume: {SIZE} B file; submit SIGKILLed with {part_at_kill} B in the host's part;"
+        f" next submit sent {sync['bytes_sent']} B ({remaining} B of the file + {small_bytes} B job file),"
+        f" host received {on_the_wire} B on eth0 (a whole push: {SIZE + small_bytes} B); submit took {seconds:.1f}s"
+    )
+
+    _prune_frees_what_it_says(runner, trusted_box, second["id"])
+
+
+def _prune_frees_what_it_says(runner: Runner, box: TestHost, finished_id: str) -> None:
+    runner.run("status")  # brings every job's state up to date (the killed submit's job, say)
+    jobs_before = set(box.sh(f"ls {ROOT}/jobs").split())
+    du_before = _host_du(box, f"{ROOT}/jobs")
+    result = runner.run("prune", "--yes", "--json", check=True)
+    pruned = json.loads(result.stdout)
+    du_after = _host_du(box, f"{ROOT}/jobs")
+    removed = {item["id"] for item in pruned["removed"]}
+    assert finished_id in removed
+    assert pruned["freed_bytes"]["box"] == du_before - du_after > SIZE
+    assert set(box.sh(f"ls {ROOT}/jobs").split()) == jobs_before - removed
+    assert runner.run("status", finished_id).returncode == 4  # its record is gone too
+    assert "removed; freed" in result.stderr
+    print(f"prune: {sorted(removed)} removed; reported {pruned['freed_bytes']}; du {du_before} -> {du_after} B")
