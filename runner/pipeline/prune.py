@@ -114,7 +114,8 @@ def _on_host(host_name: str, jobs: list[Job], dry_run: bool, outcome: Outcome) -
         placed = [job for job in jobs if _in_its_jobs_folder(job, host.root())]
         answers = _remove_on_host(host, [job.id for job in placed], dry_run)
     except RunnerError as exc:  # unreachable, unknown, or its agent failed: the others go on
-        outcome.left += [Left(job, f"host '{host_name}': {exc}") for job in jobs]
+        reason = str(exc) if f"'{host_name}'" in str(exc) else f"host '{host_name}': {exc}"
+        outcome.left += [Left(job, reason) for job in jobs]
         return
     misplaced = [job for job in jobs if job not in placed]
     outcome.left += [Left(job, f"its folder {job.job_dir} is not where runner keeps jobs") for job in misplaced]
