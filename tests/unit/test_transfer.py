@@ -316,3 +316,26 @@ def test_a_second_upload_of_the_same_file_meanwhile_is_busy(host: LocalHost, tmp
         for offset, data in ((half, payload[half:]), (0, payload)):
             assert _receive(host, dest, "w.bin", data, size, sha, offset=offset) == {"status": "busy", "path": "w.bin"}
     assert part.read_bytes() == payload[:half] and not (dest / "w.bin").exists()
+
+
+def test_a_part_on_another_filesystem_than_the_destination_is_copied_beside_it_then_renamed(
+    tmp_path: Path, payload: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ROOT/parts on one disk, a data folder on another (a symlinked ~/.runner/data): no rename across.
+    other_disk = Path("/dev/shm")
+    if not other_disk.is_dir() or other_disk.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem here to put the parts on")
+    parts = other_disk / f"runner-test-parts-{os.getpid()}-{tmp_path.name}"
+    monkeypatch.setattr(transfer.Parts, "folder", str(parts))
+    dest, sha, size, half = tmp_path / "dest", _sha256(payload), len(payload), len(payload) // 2
+    try:
+        cut = transfer.receive(str(dest), "w.bin", size, MTIME_NS, 0o640, 0, sha, io.BytesIO(payload[:half]))
+        assert cut["status"] == "incomplete" and not (dest / "w.bin").exists()
+        rest = io.BytesIO(payload[half:] + sha.encode())
+        assert transfer.receive(str(dest), "w.bin", size, MTIME_NS, 0o640, half, sha, rest)["status"] == "placed"
+        assert _files_under(dest) == {"w.bin": payload} and list(parts.iterdir()) == []  # no part on either side
+        assert ((dest / "w.bin").stat().st_mode & 0o777, (dest / "w.bin").stat().st_mtime_ns) == (0o640, MTIME_NS)
+    finally:
+        for leftover in parts.glob("*"):
+            leftover.unlink()
+        parts.rmdir()
