@@ -66,7 +66,8 @@ class Delivered:
 
 
 def deliver(store: Store, jobs: list[Job], send: Sender | None = None) -> list[Delivered]:
-    """Send what is due for these jobs; never raises (a notification must not break `runner status`)."""
+    """Send what is due for these jobs. A send that fails is recorded and retried later, never raised:
+    a notification must not break `runner status`."""
     done: list[Delivered] = []
     for job in jobs:
         notify = _notify_of(job)

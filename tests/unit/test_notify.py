@@ -16,6 +16,7 @@ from runner.jobs.spec import JobSpec
 from runner.jobs.specfile import load_job
 from runner.jobs.state import Job, JobState, Resolved, Store, job_document
 from runner.observe import notify
+from runner.observe.observe import Observation, _apply
 from tests.notifyreceiver import receiving
 
 TOKEN = "tok3n-5ecret-9f8e7d6c"
@@ -151,6 +152,16 @@ def test_a_failed_send_waits_then_is_retried_a_bounded_number_of_times(tmp_path:
     assert not store.claim_notification(seq, 0, notify.HOLD_S, max_attempts=3)  # out of attempts
     row = store.notification(seq, 0)
     assert row is not None and (row["attempts"], row["sent_at"], row["error"]) == (3, None, "refused")
+
+
+def test_an_alert_kind_is_an_event_the_first_time_it_shows_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    job = stored(store, spec_with("json://127.0.0.1:9/x"))
+    shown = [["oom"], ["oom", "nan_loss"], ["nan_loss"], ["oom", "made_up_by_the_host"], ["oom"]]
+    for number, kinds in enumerate(shown):
+        snapshot = {"updated_at": float(number), "alerts": [{"kind": kind, "message": kind} for kind in kinds]}
+        _apply(store, store.get(job.id), Observation(True, None, "line", True, snapshot))  # type: ignore[arg-type]
+    assert [event.detail for event in store.events(job.id) if event.kind == "alert"] == ["oom", "nan_loss"]
 
 
 # delivery, through apprise to a real receiver
