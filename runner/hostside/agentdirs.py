@@ -35,9 +35,9 @@ PART_MAX_AGE_S = 24 * 3600
 def prune(root, current, running_ids):
     """Remove the agent folders under root other than current that no running job uses; running_ids
     are the job ids with live processes (None: unknown, then every job without an exit code counts)."""
-    parts = remove_old_parts(os.path.join(root, PARTS_FOLDER), PART_MAX_AGE_S)
+    remove_old_parts(os.path.join(root, PARTS_FOLDER), PART_MAX_AGE_S)
     if not os.path.isdir("/proc"):
-        return {"removed": [], "kept": [], "parts_removed": parts}
+        return {"removed": [], "kept": []}
     used = named_by_processes() | named_by_running_jobs(root, running_ids)
     removed, kept = [], []
     for name in sorted(os.listdir(root)):
@@ -50,7 +50,7 @@ def prune(root, current, running_ids):
             removed.append(name)
     for name in removed:
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    return {"removed": removed, "kept": kept, "parts_removed": parts}
+    return {"removed": removed, "kept": kept}
 
 
 def remove_jobs(root, job_ids, running_ids, sessions, dry_run=False):
