@@ -22,7 +22,7 @@ from __future__ import annotations
 import posixpath
 import shlex
 
-from runner.hostside.jobend import RESERVE_BYTES
+from runner.hostside.jobend import RESERVE_BYTES, STATUS_SLOT_BYTES
 from runner.jobs.spec import JobSpec
 
 RUN_SH = """\
@@ -33,12 +33,19 @@ cd {job_dir} || exit 1
 trap 'true' INT
 # `runner stop` finds every process of the job, daemonised ones too, by this variable.
 export RUNNER_JOB_ID={job_id}
-# Room for the end's records, taken while the disk has it: each is later written over its reserve
-# and renamed, which needs no new blocks, so a training that fills the disk still gets its exit code
-# recorded. A reserve that could not be written whole is removed (it would need blocks when used).
+# Room for the end's records and the monitor's status.json, taken before the training can fill the
+# disk: each is later written over in place and renamed, which needs no new blocks, so a training that
+# fills the disk still gets its exit code recorded and its disk_full alert seen. A reserve that could
+# not be written whole is removed (it would need blocks when used). Under the job directory's lock,
+# which the monitor takes for every status.json it writes (it may have written one already).
+exec 9<.
+command -v flock >/dev/null 2>&1 && flock 9
 printf '%{reserve_bytes}s' '' > exit_code.reserved 2>/dev/null || rm -f exit_code.reserved
 printf '%{reserve_bytes}s' '' > stop_delivered.reserved 2>/dev/null || rm -f stop_delivered.reserved
 : > training_ended.reserved 2>/dev/null
+[ -e status.json ] || printf '{{}}%{status_padding}s' '' > status.json 2>/dev/null || rm -f status.json
+[ -s status.json.spare ] || printf '%{status_slot}s' '' > status.json.spare 2>/dev/null || rm -f status.json.spare
+exec 9<&-
 if command -v script >/dev/null 2>&1; then
     # script gives the training a terminal of its own; its copy of what was printed goes to tee.
     SHELL=/bin/bash script -q -e -f -c 'bash {script}' /dev/null | tee -i -a train.log
@@ -158,6 +165,8 @@ def render_run_sh(
         session_target=shlex.quote(session_target),
         final_snapshot=shlex.join(snapshot_argv),
         reserve_bytes=RESERVE_BYTES,
+        status_slot=STATUS_SLOT_BYTES,
+        status_padding=STATUS_SLOT_BYTES - 2,  # after "{}": an empty snapshot, which readers take for none
     )
 
 
