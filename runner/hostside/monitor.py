@@ -212,13 +212,14 @@ class Deadline(object):
 def kill_job(job_dir, session):
     """What `runner stop` does after its grace: the job's container (if it has one), every process
     carrying its RUNNER_JOB_ID, then its tmux session, this monitor with it."""
-    from .agent import kill_job_processes  # the agent's: one way to find a job's processes (never this one)
-
     spec = read_json(os.path.join(job_dir, "spec.json")) or {}
     if (spec.get("spec") or {}).get("image"):
         _quiet_command(["docker", "rm", "-f", session])  # named as its session; no docker where the host is the image
     if spec.get("id"):
-        kill_job_processes(spec["id"])
+        # The agent's own `kill`, beside this file: one way to find a job's processes (the agent imports
+        # this module, so it is run, not imported). This monitor carries no RUNNER_JOB_ID: it lives on.
+        agent = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent.py")
+        _quiet_command([sys.executable, "-E", "-S", agent, "kill", spec["id"]])
     _quiet_command(["tmux", "kill-session", "-t", "=" + session])
 
 

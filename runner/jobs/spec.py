@@ -105,7 +105,9 @@ class MonitorSettings(StrictModel):
         default_factory=dict,
         description="alert at these GPU temperatures, in °C (default edge 90, junction 100, mem 95)",
     )
-    min_free_disk: float = Field(0.05, ge=0, lt=1, description="alert when less than this fraction of the disk is free")
+    min_free_disk: float = Field(
+        0.05, ge=0, lt=1, description="alert when less than this fraction of the disk is free (at most 10 GiB)"
+    )
 
 
 class ArtifactSet(StrictModel):

@@ -130,18 +130,26 @@ def test_max_duration_stops_the_training_with_its_message_then_kills_after_the_g
     tmp_path: Path, tmux_calls: Path
 ) -> None:
     job_dir = _job_dir(tmp_path, resources={"max_duration": 7200.0})
-    limit = monitor.Deadline(str(job_dir), "rj-0123abcd", 7200.0, grace_s=0.0)
-    started = time.time()
-    limit.enforce(started, exit_code=None)
-    assert jobend.read_stop(str(job_dir)) is None  # not yet
-    assert 0 < limit.sleep_before_next(started, 10.0) <= 10.0
-    limit.enforce(started - 7200, exit_code=None)
-    assert jobend.read_stop(str(job_dir)) == {"by": "max_duration", "message": "max_duration 2h reached"}
-    limit.enforce(started - 7200, exit_code=None)  # the grace (0 s here) is over: the kill
-    assert tmux_calls.read_text().splitlines() == [
-        "send-keys -t =rj-0123abcd:train C-c",
-        "kill-session -t =rj-0123abcd",
-    ]
+    job_id = json.loads((job_dir / "spec.json").read_text())["id"]
+    training = subprocess.Popen(["sleep", "600"], env={**os.environ, "RUNNER_JOB_ID": job_id})  # ignores tmux
+    try:
+        limit = monitor.Deadline(str(job_dir), "rj-0123abcd", 7200.0, grace_s=0.0)
+        started = time.time()
+        limit.enforce(started, exit_code=None)
+        assert jobend.read_stop(str(job_dir)) is None  # not yet
+        assert 0 < limit.sleep_before_next(started, 10.0) <= 10.0
+        limit.enforce(started - 7200, exit_code=None)
+        assert jobend.read_stop(str(job_dir)) == {"by": "max_duration", "message": "max_duration 2h reached"}
+        assert training.poll() is None  # Ctrl-C first, and the grace
+        limit.enforce(started - 7200, exit_code=None)  # the grace (0 s here) is over: the kill
+        assert training.wait(timeout=60) == -9  # the agent's kill: SIGKILL to what carries the job's id
+        assert tmux_calls.read_text().splitlines() == [
+            "send-keys -t =rj-0123abcd:train C-c",
+            "kill-session -t =rj-0123abcd",
+        ]
+    finally:
+        training.kill()
+        training.wait()
 
 
 def test_max_duration_does_nothing_to_a_training_that_ended(tmp_path: Path, tmux_calls: Path) -> None:
