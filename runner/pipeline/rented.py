@@ -80,14 +80,9 @@ def _verdict(job: Job | None) -> tuple[bool, str]:
     return False, f"its job is {job.state.value}: its submit (pid {job.owner_pid}) is at work"
 
 
-def orphans(client: VastClient, store: Store) -> list[Verdict]:
-    """The instances `down --orphans` destroys."""
-    return [verdict for verdict in judge_instances(client, store) if verdict.destroy]
-
-
 def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Job | None:
     """Watch a running job on a rented instance until it ends, then fetch and tear down. None when
-    another keeper holds the job's lock (this one has nothing to do), or the store went away."""
+    another keeper holds the job's lock: this one has nothing to do."""
     from runner.pipeline.apioutage import ApiOutage
     from runner.provision.vast.api import VastClient
 
@@ -97,20 +92,19 @@ def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Jo
     with lock, VastClient(retry_seconds=KEEP_API_RETRY_S) as client:
         api = ApiOutage(store, job_id, log)
         job = _watch(client, store, store.get(job_id), api, log, poll_s)
-        if job is None:
-            return None
-        _finish(client, store, job, api, log)
+        if job.finished:  # else the store went away under it: nobody is left to keep for
+            _finish(client, store, job, api, log)
     return job
 
 
-def _watch(client: VastClient, store: Store, job: Job, api: ApiOutage, log: Log, poll_s: float) -> Job | None:
+def _watch(client: VastClient, store: Store, job: Job, api: ApiOutage, log: Log, poll_s: float) -> Job:
     """Until the job ends: its host asked over SSH, its budget checked, its instance asked of vast.ai
-    when the API's backoff allows. None when the store is gone: nobody is left to keep for."""
+    when the API's backoff allows. Returned unfinished when the store is gone (RUNNER_HOME removed)."""
     from runner.observe.observe import refresh_one
 
     while not job.finished:
         if _store_gone(log):
-            return None
+            return job
         try:
             job = refresh_one(store, store.get(job.id))
             if job.spec.retry and not job.finished:

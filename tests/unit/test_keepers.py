@@ -158,3 +158,20 @@ def test_a_paused_emulator_refuses_connections_and_resumes_with_its_instances() 
             assert [record["id"] for record in client.instances()] == [instance]
     finally:
         emulator.stop()
+
+
+def test_a_429_storm_is_waited_out_through_the_real_client_and_announced_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    job = rented_job(store)
+    emulator = Emulator(offers=None, api_key="k", containers=False)
+    url = emulator.start()
+    try:
+        emulator.faults.rate_limit(12)
+        outage = ApiOutage(store, job.id, Log(), first_wait_s=0.01, longest_wait_s=0.05)
+        with VastClient(api_key="k", base_url=url, retry_seconds=0.2) as client:
+            assert outage.until_done(client.instances, "listing", abandoned=lambda: False) == []
+    finally:
+        emulator.stop()
+    assert sum(1 for request in emulator.requests if request.status == 429) == 12
+    kinds = [event.kind for event in store.events(job.id)]
+    assert kinds.count(keepers.API_UNREACHABLE) == 1 and kinds[-1] == keepers.API_REACHABLE
