@@ -29,6 +29,7 @@ SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 VERSION = re.compile(r"^[0-9]+-[0-9]+$")  # a sender's SIZE-MTIME_NS
 SETTLE_SECONDS = 1.0  # a file written this recently may still be being written (torch.save is not atomic)
 HASH_ATTEMPTS = 3
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 RUNNER_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this agent is ROOT/hostside-*/
 
 
@@ -60,11 +61,14 @@ class HashCache(object):
     def save(self):
         if not self.changed:
             return
-        os.makedirs(self.folder, exist_ok=True)
         temporary = "%s.%d.tmp" % (self.path, os.getpid())
-        with open(temporary, "w") as handle:
-            json.dump({"protocol": PROTOCOL, "entries": self.entries}, handle)
-        os.replace(temporary, self.path)  # concurrent agents: the last one wins, the other's hashes are redone
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            with open(temporary, "w") as handle:
+                json.dump({"protocol": PROTOCOL, "entries": self.entries}, handle)
+            os.replace(temporary, self.path)  # concurrent agents: the last one wins, the other's hashes are redone
+        except OSError:
+            _unlink_if_there(temporary)  # a full disk: the cache only saves time, and no torn .tmp stays
 
 
 # Listing
@@ -305,36 +309,50 @@ def receive(root, rel, size, mtime_ns, mode, offset, sha256, source):
     digits; anything else means the sender saw the file change and the upload is void). The bytes
     collect in the part of the content the sender hashed before it sent (sha256), and the file is
     placed only when the part hashes to the trailer. status: placed | incomplete (kept, to resume) |
-    mismatch (dropped) | busy (another upload of it is under way) | moved (the part is not at offset)."""
+    mismatch (dropped) | busy (another upload of it is under way) | moved (the part is not at offset) |
+    no-space (the disk filled: what arrived is kept, to resume once there is room; free: bytes left)."""
     final = safe_target(root, rel) if SHA256_HEX.match(str(sha256)) else None
     part = content_part(sha256, size) if final else None
     if part is None:
         return {"status": "refused", "path": rel}
+    try:
+        answer = _receive_into(part, final, size, mtime_ns, mode, offset, source)
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        held = os.path.getsize(part) if os.path.isfile(part) else 0
+        return {"status": "no-space", "path": rel, "size": held, "free": shutil.disk_usage(Parts.folder).free}
+    answer["path"] = rel
+    if answer["status"] == "placed":
+        _remember(root, rel, final, answer["sha256"])
+    return answer
+
+
+def _receive_into(part, final, size, mtime_ns, mode, offset, source):
     with _open_part(part) as out:
         try:
             fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            return {"status": "busy", "path": rel}
+            return {"status": "busy"}
         if offset == 0:
             out.truncate(0)  # a part of unknown length from an earlier try: start over
         if out.seek(0, os.SEEK_END) != offset:
-            return {"status": "moved", "path": rel, "size": out.tell()}
+            return {"status": "moved", "size": out.tell()}
         digest = hash_prefix(part, offset)
         if not _copy_exactly(source, out, size - offset, digest):
-            return {"status": "incomplete", "path": rel, "size": out.tell()}
+            return {"status": "incomplete", "size": out.tell()}
         claimed = source.read(64).decode("ascii", "replace")
         if len(claimed) < 64:  # the link went between the data and its hash: the part is whole, keep it
-            return {"status": "incomplete", "path": rel, "size": out.tell()}
+            return {"status": "incomplete", "size": out.tell()}
         if digest.hexdigest() != claimed:
             os.unlink(part)
-            return {"status": "mismatch", "path": rel, "size": out.tell()}
+            return {"status": "mismatch", "size": out.tell()}
         os.fsync(out.fileno())
         # Placed while the lock is held: a second push of the same content waits (busy), then finds
         # no part and the file in place. A different trailer than sha256 is still one whole version
         # (the file changed between the sender's hashing and its sending, then held still).
         _place_part(part, final, mode, mtime_ns, claimed)
-    _remember(root, rel, final, claimed)
-    return {"status": "placed", "path": rel, "size": size, "sha256": claimed}
+    return {"status": "placed", "size": size, "sha256": claimed}
 
 
 def _place_part(part, final, mode, mtime_ns, sha256):
@@ -347,13 +365,24 @@ def _place_part(part, final, mode, mtime_ns, sha256):
         if error.errno != errno.EXDEV:
             raise
     beside = batch_part_path(final, sha256)
-    with open(part, "rb") as source, _open_part(beside) as out:
-        out.truncate(0)
-        shutil.copyfileobj(source, out, CHUNK_BYTES)
-        out.flush()
-        os.fsync(out.fileno())
-    _place(beside, final, mode, mtime_ns)
+    try:
+        with open(part, "rb") as source, _open_part(beside) as out:
+            out.truncate(0)
+            shutil.copyfileobj(source, out, CHUNK_BYTES)
+            out.flush()
+            os.fsync(out.fileno())
+        _place(beside, final, mode, mtime_ns)
+    except OSError:
+        _unlink_if_there(beside)  # a full disk there, say: the whole part stays, the copy goes
+        raise
     os.unlink(part)
+
+
+def _unlink_if_there(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _copy_exactly(source, out, length, digest):

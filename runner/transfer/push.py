@@ -211,7 +211,17 @@ def _upload(host: Host, dest: str, item: LocalFile, offsets: list[int | None]) -
         raise RunnerError(f"host '{host.name}' refused {item.rel}: it would land outside {dest}")
     if status in ("busy", "moved"):
         raise _TryAgain(status)
+    if status == "no-space":
+        raise RunnerError(
+            f"host '{host.name}' ran out of disk space receiving {item.rel}: {_mib(reply['size'])} of"
+            f" {_mib(item.size)} arrived and stay for the next push ({_mib(reply['free'])} free);"
+            " `runner prune` removes finished jobs' folders"
+        )
     return reply  # placed; or mismatch / incomplete: the file changed (or shrank) while it was read
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
 
 
 class _HashingReader:

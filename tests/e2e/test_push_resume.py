@@ -1,20 +1,25 @@
 """A submit SIGKILLed while its workdir's large file is on the way, then the same job file submitted
 again: the second push, into a new job folder, sends only the bytes the host's part lacked. Then
-`runner prune --yes` frees what it says it frees, as du on the host sees it."""
+`runner prune --yes` frees what it says it frees, as du on the host sees it. And a push that fills
+the host's disk: it says so, `runner prune` makes room, and the next submit sends only the rest."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Runner, runner_executable, wait_for, write_job
 from tests.e2e.test_push_faults import MIB, BoxFiles, _random_file
-from tests.e2e.testhost import USER, TestHost
+from tests.e2e.testhost import IMAGE, USER, TestHost, docker, free_port, write_hosts_file
 
 ROOT = f"/home/{USER}/.runner"
 SIZE = 200 * MIB
@@ -101,3 +106,59 @@ def _prune_frees_what_it_says(runner: Runner, box: TestHost, finished_id: str) -
     assert runner.run("status", finished_id).returncode == 4  # its record is gone too
     assert "removed; freed" in result.stderr
     print(f"prune: {sorted(removed)} removed; reported {pruned['freed_bytes']}; du {du_before} -> {du_after} B")
+
+
+DISK_MIB = 64  # the small filesystem the whole runner directory of the host lives on
+
+
+@pytest.fixture
+def small_disk_box(client_key: Path, runner: Runner) -> Iterator[TestHost]:
+    """A test host whose ~/.runner (jobs, parts, agent) is a tmpfs of DISK_MIB: a disk a push can fill."""
+    host = TestHost(f"runner-test-{secrets.token_hex(4)}", free_port(), client_key)
+    docker(
+        "run", "-d", "--name", host.name, "-p", f"127.0.0.1:{host.port}:22",
+        "--tmpfs", f"{ROOT}:rw,size={DISK_MIB}m,mode=0755,uid=1000,gid=1000", IMAGE,
+    )  # fmt: skip
+    try:
+        assert host.sh(f"id -u {USER}").strip() == "1000"  # the tmpfs belongs to the user
+        host.sh(f"cat > /home/{USER}/.ssh/authorized_keys", stdin=client_key.with_suffix(".pub").read_bytes())
+        host.wait_for_sshd()
+        write_hosts_file(runner.config, {"box": host.hosts_entry()})
+        runner.run("hosts", "check", "box", "--trust-new-host", check=True)
+        yield host
+    finally:
+        host.remove()
+
+
+def test_a_push_that_fills_the_disk_says_so_and_resumes_once_prune_made_room(
+    runner: Runner, small_disk_box: TestHost, tmp_path: Path
+) -> None:
+    old_work, new_work = tmp_path / "old", tmp_path / "new"
+    _random_file(old_work / "old.bin", 30 * MIB)
+    old_file = write_job(old_work, "old", "name: old\nrun: ls -l old.bin\n")
+    old_id = runner.submit(old_file, "--host", "box")
+    assert runner.wait_state(old_id, {"succeeded", "failed"})["state"] == "succeeded"
+
+    size = 48 * MIB  # more than the disk has left beside the old job
+    new_sha = _random_file(new_work / "model.bin", size)
+    new_file = write_job(new_work, "new", "name: new\nrun: sha256sum model.bin | cut -c1-64\n")
+    part = f"{ROOT}/parts/{new_sha}-{size}.runner-part"
+    full = runner.run("submit", str(new_file), "--host", "box")
+    assert full.returncode == 1, full.stderr
+    assert "ran out of disk space receiving model.bin" in full.stderr and "runner prune" in full.stderr
+    held = int(small_disk_box.sh(f"stat -c %s {part}"))  # in the container: its tmpfs is not in the overlay
+    assert 0 < held < size
+    assert not small_disk_box.sh(f"find {ROOT} -name '*.tmp'").strip()  # no torn cache file on the full disk
+
+    pruned = runner.json("prune", "--yes")
+    assert old_id in {item["id"] for item in pruned["removed"]} and pruned["freed_bytes"]["box"] > 30 * MIB
+    again = runner.json("submit", str(new_file), "--host", "box")
+    sync = again["sync"]["workdir"]
+    assert (sync["files_sent"], sync["bytes_sent"]) == (2, size - held + new_file.stat().st_size)
+    assert not small_disk_box.exists(part)
+    done = runner.wait_state(again["id"], {"succeeded", "failed"})
+    assert (done["state"], done["last_line"]) == ("succeeded", new_sha)
+    print(
+        f"\nfull disk: {size} B file, {held} B arrived before the {DISK_MIB} MiB disk filled;"
+        f" prune freed {pruned['freed_bytes']}; the next submit sent {sync['bytes_sent']} B"
+    )
