@@ -157,7 +157,7 @@ def _apply(store: Store, job: Job, seen: Observation | None) -> None:
     if seen.ended:
         unrecorded = "the tmux session ended without recording an exit code" if seen.exit_code is None else None
         ended_at = time.time() - seen.exit_age_s if seen.exit_age_s is not None else None  # not when we noticed
-        limit = (seen.stop or {}).get("message") if (seen.stop or {}).get("by") == "max_duration" else None
+        limit = _max_duration_message(seen.stop)
         ended = store.record_end(
             job.id, seen.exit_code, message=limit or unrecorded, ended_at=ended_at, stop_delivered=seen.stop_delivered
         )
@@ -173,3 +173,14 @@ def _note_new_alerts(store: Store, job: Job, snapshot: Snapshot) -> None:
         kind = alert.get("kind") if isinstance(alert, dict) else None
         if kind in ALERT_EVENTS and kind not in before:  # the host's word: only kinds runner knows
             store.add_event_once(job.id, ALERT, str(kind))
+
+
+def _max_duration_message(stop: dict[str, Any] | None) -> str | None:
+    """The message of a stop the host's monitor made at max_duration ("max_duration 2h reached"), or None.
+    What a host sends is untrusted: only a short one-line text is taken."""
+    if not isinstance(stop, dict) or stop.get("by") != "max_duration":
+        return None
+    message = stop.get("message")
+    if not isinstance(message, str):
+        return "max_duration reached"
+    return " ".join(message.split())[:200] or "max_duration reached"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,24 @@ def test_the_hosts_record_of_a_stop_decides_a_race_with_the_end(
 ) -> None:
     seen = Observation(session_alive=False, exit_code=exit_code, last_line=None, stop_delivered=stop_delivered)
     assert next_state(job, seen) is expected
+
+
+def test_a_max_duration_stop_ends_the_job_with_its_message_and_one_event(tmp_path: Path) -> None:
+    from runner.jobs.state import Store
+    from runner.observe.observe import _apply
+
+    store = Store(tmp_path / "state.db")
+    job = store.create_job("t", "local", {}, "t.yaml")
+    store.transition(job.id, JobState.RUNNING, frozenset(JobState) - {JobState.RUNNING})
+    stop = {"by": "max_duration", "message": "max_duration 2h\nreached" + "!" * 500}  # a host's text: untrusted
+    seen = Observation(session_alive=False, exit_code=130, last_line=None, stop_delivered=True, stop=stop)
+    for _ in range(2):  # a second look changes nothing
+        _apply(store, store.get(job.id), seen)
+    ended = store.get(job.id)
+    assert (ended.state, ended.exit_code) == (JobState.STOPPED, 130)
+    assert ended.message is not None and ended.message.startswith("max_duration 2h reached!")
+    assert len(ended.message) == 200
+    assert [event.kind for event in store.events(job.id)].count("max_duration") == 1
 
 
 def test_status_table_shows_bracketed_training_output_as_it_is() -> None:
