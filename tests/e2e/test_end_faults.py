@@ -153,4 +153,5 @@ def test_a_training_that_fills_its_disk_and_exits_0_succeeds_with_a_disk_full_al
     assert small_disk_box.sh(f"cat {job_dir}/exit_code") == "0\n"
     assert "disk_full" in {alert["kind"] for alert in done["alerts"]}  # the final snapshot, written on a full disk
     assert small_disk_box.sh(f"find {job_dir} -name '*.tmp'") == ""
-    assert small_disk_box.sh(f"df --output=avail -B1 {job_dir} | tail -1").strip() == "0"  # it ended full
+    # Still full but for the few KiB run.sh gave back after recording the exit code (the stop's reserve).
+    assert int(small_disk_box.sh(f"df --output=avail -B1 {job_dir} | tail -1")) < 64 * 1024
