@@ -200,3 +200,44 @@ def test_the_agents_probe_renews_the_lease(tmp_path: Path) -> None:
     os.utime(lease, (1000, 1000))
     agent.probe([str(job_dir)])
     assert lease.stat().st_mtime > 1000
+
+
+def test_an_instance_that_exited_with_an_outcome_line_ended_its_job_and_one_without_was_interrupted(
+    tmp_path: Path,
+) -> None:
+    """The controller's side, against the emulator's records (no containers): the line the watchdog
+    prints is put in the instance's log as the container's log would hold it."""
+    from runner.jobs.state import JobState, Store
+    from runner.pipeline.recovery import ENDED, interruption, record_outcome
+    from runner.provision.vast.api import VastClient
+    from runner.testing.vast_emulator import Emulator, default_offers
+
+    key = "vk-unit-safety-net"
+    body = {"image": "ghcr.io/acme/train:cu128", "disk": 40, "runtype": "ssh_direc ssh_proxy"}
+    store = Store(tmp_path / "state.db")
+    said: list[str] = []
+    with Emulator(default_offers(), api_key=key, containers=False) as emulator, VastClient(key, emulator.url) as client:
+        ended, stopped, silent = (store.create_job(name, "vast", {"name": name, "run": ["train"]}, "t.yaml")
+                                  for name in ("ended", "stopped", "silent"))  # fmt: skip
+        lines = {
+            ended.id: f"runner: job {ended.id} ended with exit code 0",
+            stopped.id: f"runner: job {stopped.id} stopped: resources.max_cost $1.00 reached (exit code 130)",
+            silent.id: f"runner: job {ended.id} ended with exit code 0",
+        }  # another job's line: not this one's
+        for job, offer in zip((ended, stopped, silent), default_offers(), strict=True):
+            instance_id = client.create_instance(offer["id"], {**body, "label": f"runner:{job.id}"})
+            wait_for(lambda i=instance_id: (client.instance(i) or {}).get("actual_status") == "running", 10,
+                     what="running")  # fmt: skip
+            store.set_host(job.id, provisioner.host_name(instance_id))
+            store.transition(job.id, JobState.RUNNING, frozenset({JobState.SUBMITTED}))
+            emulator._instances[instance_id].events.append(lines[job.id])  # as the watchdog prints it
+            emulator.faults.kill_instance(instance_id)  # its container ends: "exited"
+        assert interruption(client, store.get(ended.id), None) == ENDED
+        assert interruption(client, store.get(silent.id), None) == "interrupted"  # retried or lost, as before
+        assert record_outcome(client, store, store.get(ended.id), said.append).state is JobState.SUCCEEDED
+        after = record_outcome(client, store, store.get(stopped.id), said.append)
+        assert (after.state, after.exit_code) == (JobState.STOPPED, 130)
+        assert after.message == "stopped on the instance: resources.max_cost $1.00 reached"
+    assert [event.kind for event in store.events(ended.id)][-2:] == ["safety-net", "succeeded"]
+    assert len(said) == 2
+    store.close()
