@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Runner, wait_for, write_job
+from tests.e2e.test_local_jobs import job_processes
 from tests.e2e.testhost import IMAGE, USER, TestHost, docker, free_port, write_hosts_file
 
 JOBS_DISK_MIB = 24  # the small filesystem the SSH host's jobs live on: filled in a second
@@ -42,6 +43,22 @@ def test_max_duration_stops_the_job_on_its_host_with_its_message(runner: Runner,
     }
     runner.json("status", job_id)  # a second look records nothing twice
     assert [detail for kind, detail in _events(runner, job_id) if kind == "max_duration"] == ["max_duration 3s reached"]
+
+
+def test_max_duration_kills_a_training_that_ignores_ctrl_c_after_the_grace(runner: Runner, tmp_path: Path) -> None:
+    body = (
+        "name: stubborn\nmonitor: {interval: 1s}\nresources: {max_duration: 2s}\n"
+        "run: |\n  trap '' INT\n  echo ignoring-interrupts\n  sleep 600\n"
+    )
+    job_id = runner.submit(write_job(tmp_path, "stubborn", body))
+    job_dir = Path(runner.json("status", job_id)["job_dir"])
+    wait_for(lambda: (job_dir / "stop_delivered").exists(), 60, what="max_duration's stop on the host")
+    # Ctrl-C is ignored: the monitor kills the job's processes and its session after its grace (10 s).
+    done = runner.wait_state(job_id, {"succeeded", "failed", "stopped", "lost"}, timeout=90)
+    assert (done["state"], done["message"]) == ("stopped", "max_duration 2s reached")
+    assert done["exit_code"] in (None, 137)  # run.sh killed too, or it outlived the training by a moment: SIGKILL
+    assert job_processes(job_id) == []
+    assert "ignoring-interrupts" in runner.run("logs", job_id, check=True).stdout
 
 
 def test_a_bad_max_duration_is_refused_before_anything_runs(runner: Runner, tmp_path: Path) -> None:
