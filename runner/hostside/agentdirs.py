@@ -14,12 +14,15 @@ The same prune removes the push's part files (ROOT/parts, see transfer.Parts) un
 an upload that was cut and never resumed should not keep a host's disk full.
 """
 
+import errno
 import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
+import subprocess
 import time
 
 FOLDER = re.compile(r"hostside-[0-9a-f]+")
@@ -27,6 +30,8 @@ LEFTOVER = re.compile(r"^hostside-[0-9a-f]+\.(?:tmp|old)\.[0-9]+$")  # an instal
 LEFTOVER_AGE_S = 600  # an install under way now (its tar still arriving) is younger than this
 SCRIPT_BYTES = 64 * 1024  # run.sh is a page of text; a bigger file is not runner's
 JOB_ID = re.compile(r"^[0-9a-f]{8,64}$")  # the store's ids are 8 hex digits
+CONTAINER_RUN = 'docker run "${flags[@]}" '  # container.sh's run line: the image is its next word
+IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")  # never an option, never a path
 PARTS_FOLDER = "parts"
 PART_SUFFIX = ".runner-part"
 PART_MAX_AGE_S = 24 * 3600
@@ -71,20 +76,56 @@ def remove_jobs(root, job_ids, running_ids, sessions, dry_run=False):
         if dry_run or not os.path.exists(path):
             removed.append({"id": job_id, "bytes": size})
             continue
+        image = job_image(path)  # read first: container.sh goes with the rest
         failures = _remove_tree(path)
-        if failures:  # a container's files owned by root, say: what went is freed, the rest stays
+        if image and any(_denied(error) for _, error in failures):  # then its folders are not empty either
+            _remove_as_the_container_wrote(path, image)
+            failures = _remove_tree(path)
+        if failures:  # what went is freed all the same; the rest stays, and the job's records with it
             left = _disk_bytes(path, {})
-            kept.append({"id": job_id, "reason": "not all removed: " + failures[0], "bytes": max(0, size - left)})
+            reason = "not all removed: %s: %s" % failures[0]
+            kept.append({"id": job_id, "reason": reason, "bytes": max(0, size - left)})
         else:
             removed.append({"id": job_id, "bytes": size})
     return {"removed": removed, "kept": kept}
 
 
 def _remove_tree(path):
-    """rmtree, going on past what cannot be removed; the failures, as 'path: reason'."""
+    """rmtree, going on past what cannot be removed; the failures, as (path, error)."""
     failures = []
-    shutil.rmtree(path, onerror=lambda _call, name, info: failures.append("%s: %s" % (name, info[1])))
+    shutil.rmtree(path, onerror=lambda _call, name, info: failures.append((name, info[1])))
     return failures
+
+
+def _denied(error):
+    return isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM)
+
+
+def job_image(job_dir):
+    """The image a container job ran in, from its container.sh (runner.jobs.jobscript.CONTAINER_SH);
+    None for a job on the host itself, or anything that does not look like an image reference."""
+    try:
+        with open(os.path.join(job_dir, "container.sh"), "rb") as handle:
+            lines = handle.read(SCRIPT_BYTES).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(CONTAINER_RUN):
+            words = shlex.split(line[len(CONTAINER_RUN) :])
+            return words[0] if words and IMAGE_REF.match(words[0]) else None
+    return None
+
+
+def _remove_as_the_container_wrote(path, image):
+    """A container job's files are written by the container's user (root, in most images), which the
+    host's user may not remove; a container of the job's own image (it is on the host: the job ran
+    in it) removes them as they were written, with nothing but the folder mounted."""
+    argv = ["docker", "run", "--rm", "--network", "none", "--user", "0:0", "--entrypoint", "find",
+            "-v", "%s:/prune" % path, image, "/prune", "-mindepth", "1", "-delete"]  # fmt: skip
+    try:
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=False)
+    except (OSError, subprocess.SubprocessError):
+        pass  # no docker here, or it hung: the second rmtree reports what stays
 
 
 def _why_kept(path, job_id, running_ids, sessions):

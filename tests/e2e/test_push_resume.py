@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import Runner, runner_executable, wait_for, write_job
+from tests.e2e.dockerhost import DockerHost
+from tests.e2e.test_container_jobs import dock  # noqa: F401  (a fixture, found by name)
 from tests.e2e.test_push_faults import MIB, BoxFiles, _random_file
 from tests.e2e.testhost import IMAGE, USER, TestHost, docker, free_port, write_hosts_file
 
@@ -162,3 +164,30 @@ def test_a_push_that_fills_the_disk_says_so_and_resumes_once_prune_made_room(
         f"\nfull disk: {size} B file, {held} B arrived before the {DISK_MIB} MiB disk filled;"
         f" prune freed {pruned['freed_bytes']}; the next submit sent {sync['bytes_sent']} B"
     )
+
+
+def test_prune_removes_a_container_jobs_files_that_its_root_user_wrote(
+    runner: Runner, dock: DockerHost, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    job_file = write_job(work, "rootfiles", (
+        f"name: rootfiles\nhost: dock\nimage: {IMAGE}\n"
+        "run: mkdir -p runs && head -c 3145728 /dev/urandom > runs/w.bin && id -u\n"
+    ))  # fmt: skip
+    job_id = runner.submit(job_file)
+    job = runner.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=120)
+    assert (job["state"], job["last_line"]) == ("succeeded", "0")  # root in the container
+    job_dir = Path(job["job_dir"])  # the dock host is this machine: its folder, looked at directly
+    assert (job_dir / "work" / "runs" / "w.bin").stat().st_uid == 0  # not the host user's to remove
+    du_before = _local_du(job_dir.parent)
+    pruned = runner.json("prune", "--yes")
+    assert [item["id"] for item in pruned["removed"]] == [job_id] and pruned["left"] == [], pruned
+    assert not job_dir.exists()
+    assert pruned["freed_bytes"]["dock"] == du_before - _local_du(job_dir.parent) > 3 * MIB
+    print(f"\nprune of a container job: freed {pruned['freed_bytes']} (root-owned files in it)")
+
+
+def _local_du(folder: Path) -> int:
+    done = subprocess.run(["du", "-s", "-B1", str(folder)], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0])

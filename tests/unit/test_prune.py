@@ -187,3 +187,22 @@ def test_old_parts_are_removed_fresh_and_locked_ones_stay(tmp_path: Path) -> Non
         fcntl.flock(held, fcntl.LOCK_EX)  # an upload is writing it
         assert agentdirs.remove_old_parts(str(folder), 24 * 3600) == [names["a"]]
     assert sorted(path.name for path in folder.iterdir()) == sorted([names["b"], names["c"], "notes.txt"])
+
+
+def test_the_image_a_container_job_ran_in_is_read_from_the_container_sh_runner_writes(tmp_path: Path) -> None:
+    from runner.jobs.jobscript import render_container_sh
+
+    def image_of(image: str) -> str | None:
+        script = render_container_sh("abcd1234", "demo", "runner-demo-abcd1234", image, {"A": "b c"}, "nvidia",
+                                     str(tmp_path), "/data")  # fmt: skip
+        (tmp_path / "container.sh").write_text(script)
+        return agentdirs.job_image(str(tmp_path))
+
+    assert image_of("runner-cu128:0123abcd") == "runner-cu128:0123abcd"
+    assert (
+        image_of("registry.example:5000/team/img@sha256:" + "a" * 64)
+        == "registry.example:5000/team/img@sha256:" + "a" * 64
+    )
+    assert image_of("--privileged") is None and image_of("/etc/passwd") is None  # never an option or a path
+    (tmp_path / "container.sh").unlink()
+    assert agentdirs.job_image(str(tmp_path)) is None  # a job on the host itself
