@@ -116,10 +116,20 @@ def deliver_stop(job_dir, session, by="runner stop", message=None):
             return {"delivered": False, "exit_code": exit_code}  # None: ended, its exit code on its way
         earlier = read_stop(job_dir)
         if earlier is None:
-            write_record(os.path.join(job_dir, STOP), json.dumps({"by": by, "message": message}) + "\n")
+            _record_stop(os.path.join(job_dir, STOP), json.dumps({"by": by, "message": message}) + "\n")
         interrupted = interrupt(session) if session else "no session recorded"
     return {"delivered": True, "exit_code": None, "stop": earlier or {"by": by, "message": message},
             "interrupt_error": interrupted}  # fmt: skip
+
+
+def _record_stop(path, text):
+    try:
+        write_record(path, text)
+    except OSError:
+        # No reserve and no room (a job started by an older runner on a full disk): an empty record
+        # needs no block, and still says a stop was delivered (read_stop: by "runner stop").
+        with open(path, "w"):
+            pass
 
 
 def interrupt(session):

@@ -196,7 +196,10 @@ class Deadline(object):
         if self.delivered_at is None:
             if now - started_at >= self.max_duration_s:
                 message = "max_duration %s reached" % format_duration(self.max_duration_s)
-                answer = jobend.deliver_stop(self.job_dir, self.session, by="max_duration", message=message)
+                try:
+                    answer = jobend.deliver_stop(self.job_dir, self.session, by="max_duration", message=message)
+                except OSError:
+                    return  # not even an empty record fits: the next turn tries again, the monitor lives on
                 self.delivered_at = now if answer["delivered"] else None
         elif now - self.delivered_at >= self.grace_s:
             kill_job(self.job_dir, self.session)
