@@ -399,6 +399,8 @@ def prune(older_than: float | None, failed_only: bool, yes: bool, as_json: bool)
         render.print_json(prunereport.document(done))
     for line in prunereport.freed_lines(done) if done.removals else ["nothing to prune", *prunereport.left_lines(done)]:
         render.stderr.print(line, markup=False)
+    if any(left.unreachable for left in done.left):
+        sys.exit(3)  # a host did not answer: its jobs are still there, for a later prune
 
 
 @cli.command()

@@ -9,8 +9,8 @@ Never touched: a job that is not finished (as the store has it; `runner status` 
 date), a job whose processes or tmux session are alive on its host (the host's agent checks, whatever
 the store says), a rented job whose instance is not confirmed gone (it may bill, and its row is how
 runner finds it). A host that does not answer keeps its jobs, each reported with the reason, and the
-other hosts are pruned all the same. A rented job whose instance is gone has no host left: only its
-rows go.
+other hosts are pruned all the same (the command then exits 3: try again). A rented job whose
+instance is gone has no host left: only its rows go.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
-from runner.base.errors import RunnerError
+from runner.base.errors import HostUnreachable, RunnerError
 from runner.hosts import Host
 from runner.jobs.layout import JobLayout, job_host, run_agent
 from runner.jobs.state import FINISHED, Job, JobState, Store
@@ -41,7 +41,8 @@ class Removal:
 class Left:
     job: Job
     reason: str
-    bytes: int = 0  # freed all the same (a folder partly removed: a container's root-owned files stayed)
+    bytes: int = 0  # freed all the same (a folder partly removed: files the host's user may not remove)
+    unreachable: bool = False  # its host did not answer: try again later
 
 
 @dataclass
@@ -115,7 +116,7 @@ def _on_host(host_name: str, jobs: list[Job], dry_run: bool, outcome: Outcome) -
         answers = _remove_on_host(host, [job.id for job in placed], dry_run)
     except RunnerError as exc:  # unreachable, unknown, or its agent failed: the others go on
         reason = str(exc) if f"'{host_name}'" in str(exc) else f"host '{host_name}': {exc}"
-        outcome.left += [Left(job, reason) for job in jobs]
+        outcome.left += [Left(job, reason, unreachable=isinstance(exc, HostUnreachable)) for job in jobs]
         return
     misplaced = [job for job in jobs if job not in placed]
     outcome.left += [Left(job, f"its folder {job.job_dir} is not where runner keeps jobs") for job in misplaced]

@@ -129,6 +129,7 @@ def test_a_host_that_does_not_answer_keeps_its_jobs_and_the_others_are_pruned(
     result = pruning.prune(store, pruning.plan(store, pruning.candidates(store)))
     assert [removal.job.id for removal in result.removals] == [here.id]
     assert [left.job.id for left in result.left] == [away.id] and "host 'away'" in result.left[0].reason
+    assert result.left[0].unreachable  # the command exits 3 for it: try again
     assert {job.id for job in store.list_jobs()} == {away.id}
 
 
