@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pty
+import select
 import subprocess
 import sys
 import time
@@ -19,14 +21,15 @@ from runner.hosts.local import LocalHost
 from runner.hostside import agentdirs
 from runner.jobs.state import ACTIVE, Job, JobState, Store
 from runner.pipeline import prune as pruning
+from tests.conftest import runner_executable
 from tests.unit.localagent import host, isolated  # noqa: F401  (fixtures are found by name)
 
 MIB = 1024 * 1024
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(tmp_path / "state.db")
+def store() -> Iterator[Store]:
+    opened = Store(paths.state_db())  # the store the command opens too (RUNNER_HOME is the test's)
     yield opened
     opened.close()
 
@@ -207,3 +210,51 @@ def test_the_image_a_container_job_ran_in_is_read_from_the_container_sh_runner_w
     assert image_of("--privileged") is None and image_of("/etc/passwd") is None  # never an option or a path
     (tmp_path / "container.sh").unlink()
     assert agentdirs.job_image(str(tmp_path)) is None  # a job on the host itself
+
+
+# The command: it asks on a terminal, and refuses to guess without one
+
+
+def _prune_on_a_terminal(answer: bytes) -> tuple[int, str]:
+    """`runner prune` with a pseudo-terminal as stdin and stderr: the question read there, answer typed."""
+    master, slave = pty.openpty()
+    command = subprocess.Popen([runner_executable(), "prune"], stdin=slave, stderr=slave, stdout=subprocess.PIPE)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"[y/N]" not in seen:
+        assert time.monotonic() < deadline, f"no question asked: {seen!r}"
+        if select.select([master], [], [], 1)[0]:
+            seen += os.read(master, 4096)
+    os.write(master, answer)
+    command.wait(timeout=60)
+    while select.select([master], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal's other end closed with the command
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    return command.returncode, seen.decode(errors="replace")
+
+
+def test_prune_lists_what_it_would_remove_and_asks_and_no_means_nothing_changes(host: LocalHost, store: Store) -> None:
+    job = _job(store, JobState.SUCCEEDED, {"work/w.bin": os.urandom(2 * MIB)})
+    code, shown = _prune_on_a_terminal(b"n\n")
+    assert code == 0 and job.id in shown and "MiB" in shown and "nothing removed" in shown
+    assert Path(str(job.job_dir)).is_dir() and store.get(job.id).state is JobState.SUCCEEDED
+    code, shown = _prune_on_a_terminal(b"y\n")
+    assert code == 0 and "1 job removed; freed" in shown
+    assert not Path(str(job.job_dir)).exists() and store.list_jobs() == []
+
+
+def test_prune_without_a_terminal_and_without_yes_is_refused_and_changes_nothing(host: LocalHost, store: Store) -> None:
+    job = _job(store, JobState.FAILED, {"work/a.txt": b"a"})
+    refused = subprocess.run([runner_executable(), "prune"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "runner: prune asks before it removes anything: give --yes where no terminal can answer"
+    ]
+    assert Path(str(job.job_dir)).is_dir() and [kept.id for kept in store.list_jobs()] == [job.id]
