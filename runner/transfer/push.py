@@ -6,9 +6,9 @@ size and mtime); a local file moves when the host lacks it, holds another size, 
 tar streams; large ones one by one, each hashed here first (cached: once per version of the file)
 and sent into the host's part of that content (ROOT/parts/SHA256-SIZE.runner-part), so an upload cut
 short, by a dropped link, a killed submit or a full disk, is resumed by the next push of the same
-bytes from any job; hashed again as it is read. The host's agent places a file under its name only once its bytes
-hash to what the sender read, and the sender voids an upload when the file changed while it read
-it: a dropped link or a file being written never leaves a torn file under the final name.
+bytes, from any job; hashed again as it is read. The host's agent places a file under its name only
+once its bytes hash to what the sender read, and the sender voids an upload when the file changed
+while it read it: a dropped link or a file being written never leaves a torn file under the final name.
 """
 
 from __future__ import annotations
