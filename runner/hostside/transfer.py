@@ -26,7 +26,6 @@ from .hostfiles import PROTOCOL, read_json
 
 CHUNK_BYTES = 1024 * 1024
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-VERSION = re.compile(r"^[0-9]+-[0-9]+$")  # a sender's SIZE-MTIME_NS
 SETTLE_SECONDS = 1.0  # a file written this recently may still be being written (torch.save is not atomic)
 HASH_ATTEMPTS = 3
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -215,8 +214,8 @@ def _copy_to(source, offset, out):
 
 
 class Parts(object):
-    """The host's part files, one folder for every push (outside job folders, which are new at each
-    submit): PART_NAME below, so a part can be found by content alone and resumed by any push."""
+    """The host's part files: one folder that every push shares, outside the job folders (new at each
+    submit), each part named as PART_NAME says, so it is found by content alone and resumed by any push."""
 
     folder = os.path.join(RUNNER_ROOT, PARTS_FOLDER)
     max_age_s = PART_MAX_AGE_S  # a part untouched this long is removed: its push is not coming back
