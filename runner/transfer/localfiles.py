@@ -29,11 +29,6 @@ class LocalFile:
     mode: int
     sha256: str | None = None  # None: not hashed yet
 
-    @property
-    def version(self) -> str:
-        """What names this version of the file for a resumable upload (the agent's part name)."""
-        return f"{self.size}-{self.mtime_ns}"
-
     def restat(self) -> LocalFile:
         info = self.path.stat()
         return replace(self, size=info.st_size, mtime_ns=info.st_mtime_ns, mode=stat.S_IMODE(info.st_mode), sha256=None)
