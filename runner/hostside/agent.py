@@ -13,7 +13,7 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
                              PATH's bytes from OFFSET on stdin, then its sha256: placed only when
                              whole and verified; collected in the part of SHA256 (the content)
   receive-batch ROOT         a JSON line of files, then a tar stream of them, each verified
-  remove-parts ROOT PART...  delete part files of uploads whose version is gone
+  remove-parts ROOT PART...  delete part files an older agent left in ROOT (they are in ~/.runner/parts now)
   kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
   stop JOB_DIR               Ctrl-C the training, recorded under the job's lock, unless it has ended already
   facts ROOT                 OS, Python, tmux, docker, free disk under ROOT, GPUs
