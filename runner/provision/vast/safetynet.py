@@ -58,6 +58,8 @@ finish() {
   kill -TERM "$main"
   sleep 10
   kill -KILL "$main" 2>/dev/null
+  # A PID 1 deaf to signals from inside (a shell waiting on its children, no handler) ends with them.
+  [ "$main" = 1 ] && kill -KILL -1 2>/dev/null
   exit 0
 }
 kill_job() {
