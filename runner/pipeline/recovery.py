@@ -85,8 +85,8 @@ def start_if_ended(client: VastClient, store: Store, job: Job, log: Log) -> None
     ended it) is started again and reached, so that the weights can be fetched before it is destroyed.
     One that will not start is reported: the fetch then fails, and the instance is kept (storage bills)."""
     instance_id = instance_id_of(job.host)
-    if instance_id is None or job.state is JobState.LOST:
-        return
+    if instance_id is None or job.state is JobState.LOST or store.unreachable_since(job.host) is None:
+        return  # SSH answered at the last look: nothing to start, and no need of the API (it may be down)
     record = client.instance(instance_id)
     if record is None or record.get("actual_status") not in (EXITED, "stopped"):
         return
