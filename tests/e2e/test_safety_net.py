@@ -71,9 +71,9 @@ def test_with_the_controller_gone_the_instance_ends_itself_and_the_next_status_f
     os.kill(keeper, signal.SIGKILL)
     wait_for(lambda: holder_pid(lock) is None, 30, what="the keeper gone")
     # Gone with its last command: a probe it had under way finishes on the instance all the same (its
-    # SSH master outlives it) and would count as a look after the end. Its lease goes quiet first.
+    # SSH master outlives it) and would count as a look after the end. No probe runs, the lease is quiet.
     lease = f"{job_dir}/{safetynet.LEASE_FILE}"
-    wait_for(lambda: lease_age(container, lease) >= QUIET_S, 60, interval=0.5, what="the lease going quiet")
+    wait_for(lambda: lease_quiet(container, lease), 60, interval=0.5, what="the lease going quiet")
     in_container(container, "touch", f"{job_dir}/work/end-now")
 
     wait_for(lambda: vast.instances[instance_id]["actual_status"] == "exited", CONTRACT_S + 120, interval=1,
@@ -117,10 +117,18 @@ def status(runner: Runner, job_id: str) -> dict[str, Any]:
     return document
 
 
-def lease_age(container: str, lease: str) -> float:
-    """Seconds since the lease was touched, by the instance's clock."""
-    ages = in_container(container, "sh", "-c", 'echo $(( $(date +%s) - $(stat -c %Y "$1") ))', "sh", lease)
-    return float(ages.strip() or 0)
+# Prints the lease's age (instance clock), then "probing" while an agent probe (or its wrapper) runs
+# ([.]: this script's own command line must not match).
+LOOK = """echo $(( $(date +%s) - $(stat -c %Y "$1") ))
+for p in /proc/[0-9]*; do
+  tr '\\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q 'agent[.]py.* probe' && echo probing
+done"""
+
+
+def lease_quiet(container: str, lease: str) -> bool:
+    """No controller's look is under way on the instance, and none came for QUIET_S seconds."""
+    age, *probing = in_container(container, "sh", "-c", LOOK, "sh", lease).split()
+    return int(age) >= QUIET_S and not probing
 
 
 def in_container(container: str, *argv: str) -> str:
