@@ -10,6 +10,7 @@ runner code is on the instance at that moment). Every few seconds it looks at th
   container's log (the main process's stdout, which vast's logs endpoint returns) and ends the main
   process, and with it the container and its GPU billing. A controller that has looked since the end
   is fetching and tearing down: it gets SEEN_GRACE_S, as does one that started the instance again.
+  (A look counts from its lease touch: one a controller had under way when it went still counts.)
 - the budget (resources.max_cost, from the price at rent) is spent, plus BUDGET_SLACK_S so that a
   keeper, when there is one, acts first: Ctrl-C to the train window, SIGKILL to the job's processes
   after KILL_GRACE_S, the outcome line with the reason, and the container ends.
@@ -106,7 +107,9 @@ class Watch:
 
     job_id: str
     session: str
-    stop_at: int | None  # when the budget is spent, by the instance's clock (epoch seconds), plus the slack
+    # When the budget is spent plus the slack, in epoch seconds of this machine's clock at rent, which the
+    # instance compares with its own: both keep UTC by NTP, and the slack covers seconds of skew.
+    stop_at: int | None
     reason: str = ""
 
 
