@@ -9,50 +9,13 @@ index), it is left out of every dump of the spec but the store's (see JobSpec.st
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, get_args
+from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from runner.base.yamlfile import StrictModel
+from runner.jobs.notifyevents import ALL_EVENTS, NotifyEvent
 
-# The job's states that are news, as the user names them (`running` is `started`).
-STATE_EVENTS = ("started", "succeeded", "failed", "lost", "stopped")
-# The host monitor's alert kinds (runner/hostside/alerts.py and monitor.py): each is an event of its own.
-ALERT_EVENTS = (
-    "oom",
-    "nan_loss",
-    "traceback",
-    "exited",
-    "stalled",
-    "gpu_hot",
-    "disk_full",
-    "gpu_unsupported",
-    "corrupt_labels",
-)
-# Rented jobs: the budget reached, the time limit reached, the instance destroyed, the keeper waiting on vast.ai.
-RENTED_EVENTS = ("max_cost", "max_duration", "instance_destroyed", "api_unreachable")
-NotifyEvent = Literal[
-    "started",
-    "succeeded",
-    "failed",
-    "lost",
-    "stopped",
-    "oom",
-    "nan_loss",
-    "traceback",
-    "exited",
-    "stalled",
-    "gpu_hot",
-    "disk_full",
-    "gpu_unsupported",
-    "corrupt_labels",
-    "max_cost",
-    "max_duration",
-    "instance_destroyed",
-    "api_unreachable",
-]
-ALL_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
-assert ALL_EVENTS == STATE_EVENTS + ALERT_EVENTS + RENTED_EVENTS
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")
 
 

@@ -18,10 +18,14 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from runner.base import paths
-from runner.jobs.notifyspec import ALERT_EVENTS, Notify
+from runner.jobs.notifyevents import ALERT_EVENTS
 from runner.jobs.state import Event, Job, Store
+
+if TYPE_CHECKING:  # pydantic: imported only for a job that has a notify: to read
+    from runner.jobs.notifyspec import Notify
 
 MAX_ATTEMPTS = 5
 HOLD_S = 120.0  # a claim's lease: a sender that died mid-send frees the event after this (one attempt spent)

@@ -15,7 +15,7 @@ from runner.base.errors import HostUnreachable, RunnerError
 from runner.hosts import Host
 from runner.jobs.agentanswers import Snapshot, probe_answer
 from runner.jobs.layout import job_host
-from runner.jobs.notifyspec import ALERT_EVENTS
+from runner.jobs.notifyevents import ALERT_EVENTS
 from runner.jobs.state import Job, JobState, Store, ended_state
 from runner.observe.notify import ALERT, deliver
 

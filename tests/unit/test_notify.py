@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner.base.errors import SpecError
-from runner.jobs.notifyspec import ALL_EVENTS
+from runner.jobs.notifyevents import ALL_EVENTS
 from runner.jobs.spec import JobSpec
 from runner.jobs.specfile import load_job
 from runner.jobs.state import Job, JobState, Resolved, Store, job_document
