@@ -14,7 +14,7 @@ from runner.hosts.hostsfile import HostEntry, host_entry, load_hosts
 from runner.hosts.local import LocalHost
 from runner.hosts.ssh import SshHost
 
-__all__ = ["CommandResult", "Host", "LocalHost", "SshHost", "SyncStats", "get_host", "known_host_names"]
+__all__ = ["CommandResult", "Host", "LocalHost", "SshHost", "SyncStats", "forget_host", "get_host", "known_host_names"]
 
 _open_hosts: dict[str, Host] = {}
 
@@ -31,6 +31,14 @@ def get_host(name: str, trust_new: bool = False) -> Host:
     if trust_new and isinstance(host, SshHost):
         host.trust_new = True
     return host
+
+
+def forget_host(name: str) -> None:
+    """Close this process's connection to the host and forget it: its entry changed (an instance started
+    again has a new address), and the next get_host must read it anew."""
+    host = _open_hosts.pop(name, None)
+    if host is not None:
+        host.close()
 
 
 def _entry(name: str) -> HostEntry:

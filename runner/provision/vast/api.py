@@ -191,6 +191,14 @@ class VastClient:
     def attach_ssh_key(self, instance_id: int, public_key: str) -> None:
         self._call("POST", f"/api/v0/instances/{instance_id}/ssh/", body={"ssh_key": public_key})
 
+    def start(self, instance_id: int) -> None:
+        """Start a stopped or exited instance again (its disk is where it was; its ports are new)."""
+        self._call("PUT", f"/api/v0/instances/{instance_id}/", body={"state": "running"})
+
+    def request_logs(self, instance_id: int, tail: int) -> dict[str, Any]:
+        """Ask for the container log's last lines: the answer names a URL where vast uploads them shortly."""
+        return self._call("PUT", f"/api/v0/instances/request_logs/{instance_id}/", body={"tail": str(tail)})
+
     def set_label(self, instance_id: int, label: str) -> None:
         self._call("PUT", f"/api/v0/instances/{instance_id}/", body={"label": label})
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from runner.base import paths
 from runner.base.atomicfile import write_atomically
 from runner.base.errors import RunnerError
-from runner.hosts import provisioned
+from runner.hosts import forget_host, provisioned
 from runner.hosts.hostsfile import HostEntry
 from runner.images.plan import requested
 from runner.jobs.jobscript import IMAGE_ENV_FILE
@@ -230,23 +230,12 @@ def start_again(client: VastClient, store: Store, instance_id: int, log: Log) ->
     """Start an instance whose container ended (the safety net ended it: the job is over) and reach it
     again, for the final fetch; returns its host name. Its address changes; its host key does not."""
     log(f"instance {instance_id} exited: starting it again for the final fetch")
-    # The client's own call (retried as every call is): api.py has no start operation of its own yet.
-    client._call("PUT", f"/api/v0/instances/{instance_id}/", body={"state": "running"})
+    client.start(instance_id)
     record = wait_running(client, instance_id, log, RESTART_DEADLINE_S, failed=frozenset({"unknown", "offline"}))
     name = _reach(store, instance_id, record, known_only=True)
-    _forget_open_host(name)
+    forget_host(name)  # this process's connection still holds the old address
     log(f"instance {instance_id} runs again; SSH answers at {store.instance(instance_id).ssh}")  # type: ignore[union-attr]
     return name
-
-
-def _forget_open_host(name: str) -> None:
-    """This process's Host of that name still holds the old address: closed and forgotten, so that the
-    next get_host reads the new entry. (runner.hosts has no operation for it; its table is the one place.)"""
-    from runner import hosts
-
-    host = hosts._open_hosts.pop(name, None)
-    if host is not None:
-        host.close()
 
 
 def _reach(store: Store, instance_id: int, record: dict[str, Any], known_only: bool) -> str:
@@ -316,8 +305,7 @@ def instance_log(client: VastClient, instance_id: int, tail: int = LOG_TAIL_LINE
 
     from runner.provision.vast.api import VastUnavailable
 
-    # The client's own call (retried as every call is): api.py has no logs operation of its own yet.
-    answer = client._call("PUT", f"/api/v0/instances/request_logs/{instance_id}/", body={"tail": str(tail)})
+    answer = client.request_logs(instance_id, tail)
     url = answer.get("result_url")
     if not isinstance(url, str) or not url.startswith(("https://", "http://")):
         raise RunnerError(f"vast.ai: the logs answer of instance {instance_id} names no URL")
