@@ -24,6 +24,7 @@ from runner.base import paths
 from runner.base.errors import HostUnreachable, RunnerError
 from runner.base.heldlock import HeldLock
 from runner.jobs.state import Job, JobState, Store
+from runner.observe.notify import deliver
 from runner.pipeline.keepers import keeper_lock_path, keeper_pid, teardown_policy
 from runner.provision.vast.provisioner import LABEL_PREFIX
 from runner.provision.vast.renting import teardown
@@ -94,6 +95,8 @@ def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Jo
         job = _watch(client, store, store.get(job_id), api, log, poll_s)
         if job.finished:  # else the store went away under it: nobody is left to keep for
             _finish(client, store, job, api, log)
+            # What the teardown added (instance_destroyed) is news now, not at the next `runner status`.
+            deliver(store, [store.get(job_id)])
     return job
 
 
