@@ -24,6 +24,7 @@ FILES = (
     "gpuident.py",
     "agentdirs.py",
     "jobend.py",
+    "notify.py",
 )
 
 

@@ -16,6 +16,7 @@ Subcommands (each prints one JSON document on stdout, except `monitor`):
   remove-parts ROOT PART...  delete part files an older agent left in ROOT (they are in ~/.runner/parts now)
   kill JOB_ID                SIGKILL every process of this user whose environment carries the job's id
   stop JOB_DIR               Ctrl-C the training, recorded under the job's lock, unless it has ended already
+  notified JOB_DIR           the records of the notifications the job's host sent or is sending (notify.py)
   facts ROOT                 OS, Python, tmux, docker, free disk under ROOT, GPUs
   monitor JOB_DIR            the monitor window: status.json and telemetry.jsonl every interval
   snapshot JOB_DIR           one such snapshot (run.sh takes a last one when the training ends)
@@ -161,6 +162,10 @@ def _fresh_snapshot(job_dir):
         from . import progress
 
         snapshot["progress"] = progress.parse_log_tail(read_tail(os.path.join(job_dir, "train.log")) or "")
+        if os.path.isdir(os.path.join(job_dir, "notified")):  # the host sends this job's notifications
+            from . import notify
+
+            snapshot["notified"] = notify.records(job_dir)
     return snapshot
 
 
@@ -344,6 +349,7 @@ def main(argv):
         "send": 3,
         "kill": 1,
         "stop": 1,
+        "notified": 1,
         "facts": 1,
         "tree": 1,
         "part-size": 2,
@@ -371,6 +377,10 @@ def main(argv):
         result = kill_job_processes(args[0])
     elif command == "stop":
         result = stop_training(args[0])
+    elif command == "notified":
+        from . import notify  # here, not at the top: only a job whose host sends notifications needs it
+
+        result = {"records": notify.records(args[0])}
     elif command == "facts":
         result = facts(args[0])
     elif command == "plotdata":

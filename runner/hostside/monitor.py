@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from . import alerts, gpus, jobend, progress
+from . import alerts, gpus, jobend, notify, progress
 from .hostfiles import PROTOCOL, read_int, read_json, read_tail
 
 RESULTS_RESCAN_S = 60  # finding the results file walks runs/: not at every snapshot
@@ -53,6 +53,7 @@ class Monitor(object):
         earlier = read_json(os.path.join(job_dir, "status.json")) or {}
         started = earlier.get("started_at")
         self.started_at = started if isinstance(started, (int, float)) else time.time()
+        self.notifier = notify.Notifier(job_dir, earlier)  # sends only for a job with the host's notify file
 
     def snapshot(self):
         now = time.time()
@@ -172,6 +173,9 @@ def run(job_dir, once=False):
         if not once:
             limit.enforce(monitor.started_at, snapshot["exit_code"])
             _quietly(monitor.prehash_artifacts)  # a full disk fails its hash cache: the next turn tries again
+        # After the stop max_duration may have delivered: its news goes out this turn. The final snapshot
+        # (once) is the last host process to look, so it waits for due retries.
+        _notify(monitor.notifier, snapshot, notify.FINAL_PATIENCE_S if once else 0.0)
         sys.stdout.write("\r\x1b[K%s  %s" % (time.strftime("%H:%M:%S"), summary_line(snapshot)[:200]))
         sys.stdout.flush()
         if once:
@@ -270,6 +274,13 @@ def format_duration(seconds):
         if seconds >= size and seconds % size == 0:
             return "%g%s" % (seconds / size, unit)
     return "%gs" % seconds
+
+
+def _notify(notifier, snapshot, patience_s):
+    try:
+        notifier.turn(snapshot, patience_s)
+    except Exception:  # whatever a notification meets, the monitor goes on (the controller sends then)
+        pass
 
 
 def _quietly(action):

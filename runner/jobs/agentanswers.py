@@ -25,6 +25,15 @@ from runner.jobs import session
 from runner.jobs.layout import agent_argv, install_hostside, run_agent
 
 
+class HostRecord(TypedDict):
+    """One notification the job's host sent or is sending (runner/hostside/notify.py records)."""
+
+    state: str  # sending | waiting (a retry) | sent | failed (after its tries)
+    attempts: int
+    error: str | None  # the last failure, without the URL
+    abandoned: bool  # not sent, and no host process takes it up any more: the controller's to send
+
+
 class Snapshot(TypedDict, total=False):
     """status.json, as runner/hostside/monitor.py writes it (older protocols may lack keys)."""
 
@@ -37,6 +46,7 @@ class Snapshot(TypedDict, total=False):
     exit_code: int | None
     log_grew_at: float
     alerts: list[dict[str, Any]]
+    notified: dict[str, HostRecord]  # added by the probe where the host sends notifications: by "EVENT.TARGET"
 
 
 class ProbedStop(TypedDict, total=False):
@@ -77,6 +87,33 @@ def probe_answer(host: Host, job_dirs: list[str]) -> ProbeAnswer:
         answer = _probe_once(host, job_dirs)
     _replace_old_monitors(host, answer)
     return answer
+
+
+def host_records(found: object) -> dict[str, HostRecord]:
+    """The host's notification records, as far as they are well formed: what a host sends is untrusted."""
+    records: dict[str, HostRecord] = {}
+    for key, record in (found if isinstance(found, dict) else {}).items():
+        if not isinstance(key, str) or not isinstance(record, dict) or not isinstance(record.get("state"), str):
+            continue
+        error = record.get("error")
+        attempts = record.get("attempts")
+        records[key[:64]] = HostRecord(
+            state=record["state"][:16],
+            attempts=attempts if isinstance(attempts, int) else 1,
+            error=error[:300] if isinstance(error, str) else None,
+            abandoned=record.get("abandoned") is True,
+        )
+    return records
+
+
+def notification_records(host: Host, job_dir: str) -> dict[str, HostRecord]:
+    """The job's notification records as its host holds them now: one round trip (agent `notified`)."""
+    result = run_agent(host, "notified", job_dir, timeout=host.patience).check()
+    try:
+        answer = json.loads(result.text)
+    except ValueError as exc:
+        raise RunnerError(f"host '{host.name}': the agent's notified answered unreadable output ({exc})") from None
+    return host_records(answer.get("records") if isinstance(answer, dict) else None)
 
 
 def _probe_once(host: Host, job_dirs: list[str]) -> ProbeAnswer:

@@ -6,6 +6,13 @@ by observe), `max_cost`, `max_duration`, `instance-destroyed`, `api-unreachable`
 event is claimed in SQLite (Store.claim_notification), so two processes never both send it; a send
 that fails waits and is tried again, at most MAX_ATTEMPTS times.
 
+A job on an SSH host has its host's monitor send what it sees itself (runner/hostside/notify.py), to
+the URLs it can send as apprise does (json://, jsons://): submit records which (a HOST_NOTIFY event)
+and writes them into the job's private files. Here, such an event is marked sent, without sending,
+once the host's records (in the probe's snapshot) say the host sent it; the controller sends it itself
+when the host failed or abandoned it, or has no record of it HOST_GRACE_S after the event was seen
+here. Events only the controller sees (lost, the rented ones) are never the host's.
+
 A URL carries its service's token: it is a secret. apprise is given it in this process only (no
 command line), its own logging is silenced (it may name the URL), and every failure text is scrubbed
 before it is stored or written to RUNNER_HOME/notify.log.
@@ -13,6 +20,7 @@ before it is stored or written to RUNNER_HOME/notify.log.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -21,6 +29,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from runner.base import paths
+from runner.base.errors import RunnerError
+from runner.hostside.notify import HOST_EVENTS, sendable
+from runner.jobs.agentanswers import HostRecord, host_records, notification_records
+from runner.jobs.layout import job_host
 from runner.jobs.notifyevents import ALERT_EVENTS
 from runner.jobs.state import Event, Job, Store
 
@@ -33,6 +45,13 @@ RETRY_S = 30.0  # the wait after a failed try, doubled after each
 MAX_BODY_CHARS = 1500
 REDACTED = "***"
 ALERT = "alert"  # the store's event kind for a new alert kind; its detail is the kind
+HOST_NOTIFY = "host-notify"  # the store's event: the job's host sends to these notify.urls (detail: "0,2")
+# How long after the controller saw an event it waits for the host's record of it. The host claims an
+# event within 60 s of its happening there or never (runner/hostside/notify.py FRESH_S), and nothing is
+# seen here before it happens, so once this has passed, no claim the host makes is still to come: the
+# other 60 s are for a slow monitor turn (a GPU tool's 10 s timeout) and the probe's own way. Each side
+# measures on its own clock, so the hosts' clocks need not agree with this one.
+HOST_GRACE_S = 120.0
 # The store's event kinds -> the names a job file's notify.events uses.
 STORE_KINDS = {
     "running": "started",
@@ -67,6 +86,7 @@ class Delivered:
     event: str  # the notify.events name
     target: int  # the URL's index in notify.urls
     error: str | None  # None: sent; else why not, scrubbed
+    by_host: bool = False  # the job's host sent it: marked sent here, not sent again
 
 
 def deliver(store: Store, jobs: list[Job], send: Sender | None = None) -> list[Delivered]:
@@ -78,6 +98,21 @@ def deliver(store: Store, jobs: list[Job], send: Sender | None = None) -> list[D
         if notify is not None:
             done += _deliver_job(store, job, notify, send or send_with_apprise)
     return done
+
+
+def host_notify_file(job: Job, host_name: str) -> tuple[list[int], bytes] | None:
+    """What the job's host needs to send its notifications itself: the indices of the notify.urls it can
+    send, and its private file (runner/hostside/notify.py NOTIFY_FILE); None when it has none to send."""
+    notify = _notify_of(job)
+    if notify is None:
+        return None
+    events = [name for name in notify.events if name in HOST_EVENTS]
+    targets = [index for index, url in enumerate(notify.urls) if sendable(url)]
+    if not events or not targets:
+        return None
+    document = {"job_id": job.id, "job_name": job.name, "host": host_name, "events": events,
+                "targets": [{"target": index, "url": notify.urls[index]} for index in targets]}  # fmt: skip
+    return targets, json.dumps(document).encode()
 
 
 def event_name(event: Event) -> str | None:
@@ -150,11 +185,19 @@ def _deliver_job(store: Store, job: Job, notify: Notify, send: Sender) -> list[D
     if wanted & set(ALERT_EVENTS):
         kinds |= {ALERT}
     done = []
+    host = _HostSender(store, job)
     for target, url in enumerate(notify.urls):
         for event in store.unsent_events(job.id, kinds, target, MAX_ATTEMPTS):
             name = event_name(event)
             if name is None or name not in wanted:
                 continue  # an alert kind not asked for
+            verdict = host.verdict(name, target, event.at)
+            if verdict == _HOST_SENT:
+                store.notification_sent(event.seq, target)
+                done.append(Delivered(job.id, name, target, None, by_host=True))
+                continue
+            if verdict == _HOST_MAY_SEND:
+                continue  # the host's to send: asked again at the next look
             if not store.claim_notification(event.seq, target, HOLD_S, MAX_ATTEMPTS):
                 continue  # another process has it, or sent it a moment ago
             error = _send_one(send, url, *message(job, event, name), notify.urls)
@@ -164,6 +207,58 @@ def _deliver_job(store: Store, job: Job, notify: Notify, send: Sender) -> list[D
                 _failed(store, job, event, target, name, error)
             done.append(Delivered(job.id, name, target, error))
     return done
+
+
+_HOST_SENT, _HOST_MAY_SEND, _OURS = "host sent", "host may send", "ours"
+
+
+class _HostSender:
+    """What the job's host did with its notifications, for a job whose host sends some (HOST_NOTIFY):
+    its records as the last probe saw them (the snapshot), and asked anew, once per delivery, only when
+    they cannot decide an event that is past its grace."""
+
+    def __init__(self, store: Store, job: Job) -> None:
+        self.store, self.job = store, job
+        given = store.last_event(job.id, (HOST_NOTIFY,))
+        self.targets = {int(part) for part in given.detail.split(",") if part.isdigit()} if given else set()
+        self.seen = host_records((job.snapshot or {}).get("notified")) if self.targets else {}
+        self.asked: dict[str, HostRecord] | None = None
+        self.asked_once = False
+
+    def verdict(self, name: str, target: int, seen_at: float) -> str:
+        if target not in self.targets or name not in HOST_EVENTS:
+            return _OURS
+        key = f"{name}.{target}"
+        settled = _settled(self.seen.get(key))
+        if settled is not None:  # a final record stays final: an older look at it is as good as a new one
+            return settled
+        if time.time() - seen_at < HOST_GRACE_S:
+            return _HOST_MAY_SEND
+        asked = self._ask()
+        if asked is None:
+            return _HOST_MAY_SEND  # no answer: whether it sent is unknown, so not sent twice
+        return _settled(asked.get(key)) or (_OURS if key not in asked else _HOST_MAY_SEND)
+
+    def _ask(self) -> dict[str, HostRecord] | None:
+        if not self.asked_once:
+            self.asked_once = True
+            if self.job.job_dir and self.store.unreachable_since(self.job.host) is None:
+                try:
+                    self.asked = notification_records(job_host(self.job.host, self.job.job_dir), self.job.job_dir)
+                except (RunnerError, OSError):
+                    self.asked = None
+        return self.asked
+
+
+def _settled(record: HostRecord | None) -> str | None:
+    """A record's verdict when the host is done with it: sent, or left to the controller; else None."""
+    if record is None:
+        return None
+    if record["state"] == "sent":
+        return _HOST_SENT
+    if record["state"] == "failed" or record["abandoned"]:
+        return _OURS
+    return None
 
 
 def _send_one(send: Sender, url: str, title: str, body: str, secrets: list[str]) -> str | None:

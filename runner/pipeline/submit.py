@@ -17,12 +17,14 @@ from runner.base import processes
 from runner.base.errors import HostUnreachable, RunnerError
 from runner.hosts import Host, SyncStats
 from runner.hostside.hostfiles import PROTOCOL
+from runner.hostside.notify import NOTIFY_FILE
 from runner.images.container import CONTAINER_SH, ContainerJob, build_image, write_container_sh
 from runner.jobs import session
 from runner.jobs.jobscript import render_job_sh, render_run_sh
 from runner.jobs.layout import JobLayout, agent_argv, install_hostside, window_script_path
 from runner.jobs.specfile import LoadedJob
 from runner.jobs.state import ACTIVE, Job, JobState, Resolved, Store, job_document
+from runner.observe.notify import HOST_NOTIFY, host_notify_file
 from runner.pipeline.placement import DatasetPlacement, plan_datasets, push_datasets, push_workdir
 from runner.pipeline.preflight import check_on_host, describe, refusal
 from runner.provision import Provisioner, provisioner_for
@@ -38,6 +40,7 @@ class Submitted:
     preflight: dict[str, Any] | None = None  # the dataset check's report, where the job names its dataset
     container: ContainerJob | None = None  # the image and how it runs, for a job with `image`
     image_built: bool = False  # built for this job (False: the host had it, or the job has no image)
+    host_notify: bytes | None = None  # the file with which the job's host sends its notifications itself
 
 
 # A job leaves these states for running; any other (stopped meanwhile, failed) must not start.
@@ -117,6 +120,7 @@ def _run(
         # Where the job will be, before anything goes there: a submit killed from here on leaves the
         # reconciler a place to look for what it started.
         store.set_placement(job.id, layout.job_dir, name)
+        _hand_notifications_to(store, host, job, submitted)
         place_job(host, loaded, job, layout, name, datasets, submitted)
         if description is not None and not store.get(job.id).finished:
             submitted.preflight = _preflight(store, host, job, layout, description, loaded)
@@ -198,6 +202,20 @@ def place_job(
     snapshot = agent_argv(host, "snapshot", layout.job_dir)
     run_sh = render_run_sh(job.id, loaded.spec.name, layout.job_dir, session.target(session_name), snapshot, script)
     host.write_file(layout.file("run.sh"), run_sh.encode(), mode=0o700)
+    if submitted.host_notify:  # its URLs are secrets: a private file, never spec.json or a command line
+        host.write_file(layout.file(NOTIFY_FILE), submitted.host_notify, mode=0o600)
+
+
+def _hand_notifications_to(store: Store, host: Host, job: Job, submitted: Submitted) -> None:
+    """An SSH host's monitor sends the job's notifications it can (no runner process here may look while
+    the job runs); this machine's jobs, and a rented instance's (its keeper), are sent from here. The
+    store learns it first: should the file never arrive, the controller finds no record and sends."""
+    if host.shares_this_filesystem or host.provides_image:
+        return
+    handed = host_notify_file(job, host.name)
+    if handed is not None:
+        targets, submitted.host_notify = handed
+        store.add_event(job.id, HOST_NOTIFY, ",".join(str(target) for target in targets))
 
 
 def job_windows(host: Host, loaded: LoadedJob, layout: JobLayout) -> list[session.Window]:
