@@ -1,11 +1,14 @@
 """Notifications end to end, through the real CLI and apprise's json:// URL to a real HTTP receiver on
 loopback: exactly one message per event (a succeeded job, a failed one with its OOM alert, a budget
 stop on a rented instance of the vast.ai emulator), however many `runner status` calls look, two of
-them at once; the URL, a secret, in no log, output or `ps` listing."""
+them at once; the URL, a secret, in no log, output or `ps` listing. A job on an SSH test host is
+heard of with no runner process looking: its host's monitor sends, and the controller sends nothing
+again."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -17,6 +20,7 @@ from runner.testing.vast_emulator import Emulator
 from tests.conftest import REPO, Runner, runner_executable, wait_for, write_job
 from tests.e2e.registry import registry  # noqa: F401  (a pytest fixture, found by name)
 from tests.e2e.test_vast_jobs import live_instances, steps_job, vast  # noqa: F401  (vast: a fixture)
+from tests.e2e.testhost import TestHost
 from tests.notifyreceiver import Receiver, receiving
 
 TOKEN = "hook-7c1d0e2f9a8b3c4d5e6f"  # in the URL's path, as a webhook's token is: it must show nowhere
@@ -55,13 +59,14 @@ class Watch:
     def ps(self) -> None:
         self.seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout)
 
-    def assert_secret_nowhere(self) -> None:
+    def assert_secret_nowhere(self, logs_here: bool = True) -> None:
+        """logs_here: the job's logs are under RUNNER_HOME (a local job's folder, a keeper's log)."""
         for text in self.seen:
             assert TOKEN not in text
         # Every file under RUNNER_HOME but the store (which keeps the job's spec): logs, the job's
         # directory with its spec.json, the keeper's and the notifications' logs.
         files = [path for path in self.runner.home.rglob("*") if path.is_file() and "state.db" not in path.name]
-        assert any(path.suffix == ".log" for path in files)
+        assert any(path.suffix == ".log" for path in files) or not logs_here
         for path in files:
             assert TOKEN.encode() not in path.read_bytes(), path
 
@@ -162,3 +167,51 @@ def test_a_budget_stop_of_a_rented_job_notifies_once_each(
         budget = next(body for body in receiver.received if "budget" in body["title"])
         assert "of $0.00" in budget["message"]  # "$0.00 of $0.00": spent of max_cost
     watch.assert_secret_nowhere()
+
+
+def bridge_address(box: TestHost) -> str:
+    """This machine's address as the test host's container reaches it: its default route's gateway
+    (the docker bridge), from /proc/net/route (hexadecimal, little-endian)."""
+    gateway = box.sh("awk '$2 == \"00000000\" {print $3; exit}' /proc/net/route").strip()
+    return socket.inet_ntoa(bytes.fromhex(gateway)[::-1])
+
+
+def test_an_ssh_hosts_monitor_notifies_while_no_runner_process_looks(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
+    (tmp_path / "work").mkdir()  # the job file outside its workdir: it is not copied to the host
+    watch = Watch(runner)
+    with receiving(address=bridge_address(trusted_box)) as receiver:
+        body = (
+            f"name: far\nhost: box\nworkdir: work\n{FAST_MONITOR}{notify_yaml(receiver)}"
+            "run: while [ ! -e go ]; do sleep 0.2; done; echo all done\n"
+        )
+        submitted = watch.run("submit", str(write_job(tmp_path, "far", body)))
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        job_dir = f"/home/trainer/.runner/jobs/{job_id}"
+        # No runner command runs from here on until the job has ended: whatever arrives, the host sent.
+        wait_for(lambda: receiver.events() == ["started"], 90, what="started, sent by the host")
+        watch.ps()
+        watch.seen.append(trusted_box.sh("ps -eo args"))  # the monitor and the training, on the host
+        trusted_box.sh(f"touch {job_dir}/work/go")
+        wait_for(lambda: receiver.events() == ["started", "succeeded"], 90, what="succeeded, sent by the host")
+        assert state(watch, job_id) == "succeeded"
+        watch.statuses(job_id)
+        assert receiver.events() == ["started", "succeeded"]  # the controller marked them sent, sent nothing
+        assert Counter(receiver.events()) == store_events(runner, job_id)
+        titles = [body["title"] for body in receiver.received]
+        assert titles == [f"runner: far ({job_id}) started", f"runner: far ({job_id}) succeeded"]
+        assert "host: box" in receiver.received[1]["message"] and "exit code: 0" in receiver.received[1]["message"]
+        assert all(request[2][1] == ("User-Agent", "Apprise") for request in receiver.requests)
+    store = Store(runner.home / "state.db")
+    try:
+        rows = [store.notification(event.seq, 0) for event in store.events(job_id) if event_name(event)]
+    finally:
+        store.close()
+    assert len(rows) == 2 and all(row and row["sent_at"] for row in rows)
+    # On the host, the URL is in the private notify.json (mode 600) only: not spec.json, a log or a record.
+    holding = trusted_box.sh(f"grep -rl -- {TOKEN} {job_dir} || true").split()
+    assert holding == [f"{job_dir}/notify.json"]
+    assert trusted_box.sh(f"stat -c %a {job_dir}/notify.json").strip() == "600"
+    watch.assert_secret_nowhere(logs_here=False)  # its logs are on the host, searched above
