@@ -22,7 +22,7 @@ import json
 import os
 import re
 import time
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 from . import jobend
 from .hostfiles import read_json
@@ -62,6 +62,8 @@ MAX_RECORDS_REPORTED = 200
 METHODS = ("POST", "PUT", "PATCH")
 FINAL = ("sent", "failed")
 RECORD_NAME = re.compile(r"^([a-z_]+)\.(\d+)$")
+OPTION_KEY = re.compile(r"^[+:-]?[A-Za-z0-9_-]+$")
+OPTION_VALUE = re.compile(r"^[A-Za-z0-9_.,/@!*~-]*$")
 # What requests (under apprise) sends before the plugin's own headers, in its order.
 REQUESTS_HEADERS = (("User-Agent", "Apprise"), ("Accept-Encoding", "gzip, deflate"), ("Accept", "*/*"),
                     ("Connection", "keep-alive"))  # fmt: skip
@@ -84,10 +86,27 @@ def request_of(url):
     request = {"secure": scheme.lower() == "jsons", "host": parts.hostname, "port": port, "path": parts.path or "/",
                "method": "POST", "headers": [], "params": [], "extras": [], "verify": True,
                "auth": (unquote(user), unquote(password)) if user is not None else None}  # fmt: skip
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    options = _query_options(parts.query)
+    if options is None:
+        return None
+    for key, value in options:
         if not _take_option(request, key, value):
             return None
     return request
+
+
+def _query_options(query):
+    """The URL's ?key=value pairs where reading them is plain (no escapes, no '+' for a space, no ';',
+    no key twice), so that apprise reads them alike; None otherwise."""
+    if not query:
+        return []
+    pairs = [pair.partition("=")[::2] for pair in query.split("&")]
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys) or not all(
+        OPTION_KEY.match(key) and OPTION_VALUE.match(value) for key, value in pairs
+    ):
+        return None
+    return pairs
 
 
 def _take_option(request, key, value):
