@@ -34,7 +34,7 @@ from runner.hostside.notify import HOST_EVENTS, sendable
 from runner.jobs.agentanswers import HostRecord, host_records, notification_records
 from runner.jobs.layout import job_host
 from runner.jobs.notifyevents import ALERT_EVENTS
-from runner.jobs.state import Event, Job, Store
+from runner.jobs.state import Event, Job, JobState, Store
 
 if TYPE_CHECKING:  # pydantic: imported only for a job that has a notify: to read
     from runner.jobs.notifyspec import Notify
@@ -221,6 +221,8 @@ class _HostSender:
         self.store, self.job = store, job
         given = store.last_event(job.id, (HOST_NOTIFY,))
         self.targets = {int(part) for part in given.detail.split(",") if part.isdigit()} if given else set()
+        if self.targets and store.last_event(job.id, (JobState.RUNNING.value,)) is None:
+            self.targets = set()  # its session never started (a refused or failed submit): no monitor saw a thing
         self.seen = host_records((job.snapshot or {}).get("notified")) if self.targets else {}
         self.asked: dict[str, HostRecord] | None = None
         self.asked_once = False

@@ -278,3 +278,16 @@ def test_an_event_only_the_controller_sees_is_never_waited_for(home: Path) -> No
         store.record_end(job.id, None)  # lost: no host process saw that
         notify.deliver(store, [store.get(job.id)])
         assert receiver.events(f"{TOKEN}/host") == ["lost"]  # started waits for the host; lost does not
+
+
+def test_a_job_whose_session_never_started_is_the_controllers_at_once(home: Path) -> None:
+    store = Store(home / "state.db")
+    with receiving() as receiver:
+        urls = [receiver.url(f"{TOKEN}/host")]
+        spec = JobSpec.model_validate({"name": "demo", "run": "true", "notify": {"urls": urls, "events": ["failed"]}})
+        job = store.create_job("demo", "local", job_document(spec, Resolved("/w", "/s")), "job.yaml")
+        store.add_event(job.id, notify.HOST_NOTIFY, "0")  # handed to the host, then the preflight refused it
+        store.transition(job.id, JobState.FAILED, frozenset({JobState.SUBMITTED}), message="submit failed: ...")
+        [done] = notify.deliver(store, [store.get(job.id)])
+        assert (done.event, done.by_host, done.error) == ("failed", False, None)
+        assert receiver.events(f"{TOKEN}/host") == ["failed"]
