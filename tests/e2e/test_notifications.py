@@ -215,3 +215,30 @@ def test_an_ssh_hosts_monitor_notifies_while_no_runner_process_looks(
     assert holding == [f"{job_dir}/notify.json"]
     assert trusted_box.sh(f"stat -c %a {job_dir}/notify.json").strip() == "600"
     watch.assert_secret_nowhere(logs_here=False)  # its logs are on the host, searched above
+
+
+def test_an_ssh_hosts_max_duration_stop_is_heard_of_from_the_host_once_each(
+    runner: Runner, trusted_box: TestHost, tmp_path: Path
+) -> None:
+    (tmp_path / "work").mkdir()
+    watch = Watch(runner)
+    with receiving(address=bridge_address(trusted_box)) as receiver:
+        body = (
+            f"name: capped\nhost: box\nworkdir: work\n{FAST_MONITOR}resources: {{max_duration: 3s}}\n"
+            f"{notify_yaml(receiver)}run: echo started; sleep 600\n"
+        )
+        submitted = watch.run("submit", str(write_job(tmp_path, "capped", body)))
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        # No runner command until all of it arrived: the monitor stops the job at the limit and says so,
+        # the final snapshot sees the Ctrl-C's exit code (130: the `exited` alert).
+        expected = ["started", "max_duration", "stopped", "exited"]
+        wait_for(lambda: sorted(receiver.events()) == sorted(expected), 90, what="the host's notifications")
+        wait_for(lambda: state(watch, job_id) == "stopped", 90, what="the job stopped")
+        watch.statuses(job_id)
+        assert sorted(receiver.events()) == sorted(expected)
+        assert Counter(receiver.events()) == store_events(runner, job_id)  # the store's news, each sent once
+        limit = next(body for body in receiver.received if body["title"].endswith("max_duration and is stopped"))
+        assert limit["title"] == f"runner: capped ({job_id}) reached its max_duration and is stopped"
+        assert limit["message"].startswith("max_duration 3s reached\nevent: max_duration\nhost: box")
+    watch.assert_secret_nowhere(logs_here=False)
