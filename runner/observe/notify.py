@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from runner.base import paths
-from runner.base.errors import RunnerError
+from runner.base.errors import HostUnreachable, RunnerError
 from runner.hostside.notify import HOST_EVENTS, sendable
 from runner.jobs.agentanswers import HostRecord, host_records, notification_records
 from runner.jobs.layout import job_host
@@ -244,9 +244,13 @@ class _HostSender:
     def _ask(self) -> dict[str, HostRecord] | None:
         if not self.asked_once:
             self.asked_once = True
+            # A host known not to answer is not asked: each look would wait out its timeout. Its events
+            # wait (it may have sent them) until a probe finds it answering again.
             if self.job.job_dir and self.store.unreachable_since(self.job.host) is None:
                 try:
                     self.asked = notification_records(job_host(self.job.host, self.job.job_dir), self.job.job_dir)
+                except HostUnreachable:
+                    self.store.mark_unreachable(self.job.host)
                 except (RunnerError, OSError):
                     self.asked = None
         return self.asked

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,26 @@ def test_a_job_whose_session_never_started_is_the_controllers_at_once(home: Path
         [done] = notify.deliver(store, [store.get(job.id)])
         assert (done.event, done.by_host, done.error) == ("failed", False, None)
         assert receiver.events(f"{TOKEN}/host") == ["failed"]
+
+
+def test_a_host_that_does_not_answer_is_marked_so_and_its_events_wait(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(notify, "HOST_GRACE_S", 0.0)
+    monkeypatch.setenv("RUNNER_CONFIG_DIR", str(tmp_path / "config"))
+    (tmp_path / "config").mkdir()
+    with socket.socket() as probe:  # a port nothing listens on: the SSH host refuses every connection
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hosts = {"hosts": {"gone": {"ssh": f"trainer@127.0.0.1:{port}", "connect_timeout": 1, "retry_seconds": 0}}}
+    (tmp_path / "config" / "hosts.yaml").write_text(json.dumps(hosts))
+    store = Store(home / "state.db")
+    with receiving() as receiver:
+        spec = JobSpec.model_validate({"name": "demo", "run": "true", "notify": {"urls": [receiver.url()]}})
+        job = store.create_job("demo", "gone", job_document(spec, Resolved("/w", "/s")), "job.yaml")
+        store.set_placement(job.id, f"/home/trainer/.runner/jobs/{job.id}", "runner-demo")
+        store.add_event(job.id, notify.HOST_NOTIFY, "0")
+        store.transition(job.id, JobState.RUNNING, frozenset({JobState.SUBMITTED}))
+        assert notify.deliver(store, [store.get(job.id)]) == []  # asked, no answer: it may have sent it
+        assert store.unreachable_since("gone") is not None  # so the next look does not wait on it again
+        assert notify.deliver(store, [store.get(job.id)]) == [] and receiver.events() == []
