@@ -33,9 +33,12 @@ def clock_time(timestamp: float) -> str:
 class ApiOutage:
     def __init__(
         self, store: Store, job_id: str, log: Log, first_wait_s: float = FIRST_WAIT_S,
-        longest_wait_s: float = LONGEST_WAIT_S,
+        longest_wait_s: float = LONGEST_WAIT_S, answers: Callable[[], int] | None = None,
     ) -> None:  # fmt: skip
+        """answers: the client's count of answers from vast.ai. A step that made no call (nothing to ask)
+        then ends no outage: only an answer does."""
         self._store, self._job_id, self._log = store, job_id, log
+        self._answers = answers
         self._first_wait_s, self._longest_wait_s = first_wait_s, longest_wait_s
         last = store.last_event(job_id, (API_UNREACHABLE, API_REACHABLE))
         self._announced = last is not None and last.kind == API_UNREACHABLE
@@ -52,20 +55,20 @@ class ApiOutage:
         answer (the caller goes on with what else it has to do, and tries again later)."""
         if time.monotonic() < self._next_try:
             return None
-        began = time.time()
+        began, answers = time.time(), self._answer_count()
         try:
             result = step()
         except VastUnavailable as error:
             self._failed(began, error, what)
             return None
-        self._answered()
+        self._answered(answers)
         return result
 
     def until_done(self, step: Callable[[], T], what: str, abandoned: Callable[[], bool]) -> T | None:
         """step, tried again after each wait until vast.ai answers it; None once abandoned() says there
         is no one left to keep for (the store is gone)."""
         while True:
-            began = time.time()
+            began, answers = time.time(), self._answer_count()
             try:
                 result = step()
             except VastUnavailable as error:
@@ -74,7 +77,7 @@ class ApiOutage:
                     return None
                 time.sleep(wait_s)
                 continue
-            self._answered()
+            self._answered(answers)
             return result
 
     def _failed(self, began: float, error: VastUnavailable, what: str) -> float:
@@ -91,7 +94,12 @@ class ApiOutage:
         self._log(f"vast.ai unreachable since {clock_time(self._since)} ({what}): {error}; next try in {wait_s:.0f}s")
         return wait_s
 
-    def _answered(self) -> None:
+    def _answer_count(self) -> int:
+        return self._answers() if self._answers else 0
+
+    def _answered(self, answers_before: int) -> None:
+        if self._answers and self._answers() == answers_before:
+            return  # the step asked vast.ai nothing: no news of the outage either way
         if self._since is None and not self._announced:
             return
         since = self._since or self._store.unreachable_since(API_HOST)

@@ -91,7 +91,7 @@ def keep(store: Store, job_id: str, log: Log, poll_s: float = KEEP_POLL_S) -> Jo
     if not lock.acquire():
         return None
     with lock, VastClient(retry_seconds=KEEP_API_RETRY_S) as client:
-        api = ApiOutage(store, job_id, log)
+        api = ApiOutage(store, job_id, log, answers=lambda: client.answers)
         job = _watch(client, store, store.get(job_id), api, log, poll_s)
         if job.finished:  # else the store went away under it: nobody is left to keep for
             _finish(client, store, job, api, log)

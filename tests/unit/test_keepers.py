@@ -132,6 +132,31 @@ def test_an_outage_is_announced_once_waited_out_with_growing_waits_and_its_end_r
     assert log[-1].startswith("vast.ai answers again after")
 
 
+def test_a_step_that_asks_vast_ai_nothing_does_not_end_the_outage(tmp_path: Path) -> None:
+    """The keeper's final steps may need no call (the instance answers SSH: nothing to start again):
+    only an answer from vast.ai ends an outage, else status would flicker to "reachable" mid-outage."""
+    store = Store(tmp_path / "state.db")
+    job = rented_job(store)
+    answered = [0]  # the client's count of answers
+    outage = ApiOutage(store, job.id, Log(), first_wait_s=0.01, answers=lambda: answered[0])
+
+    def down() -> None:
+        raise VastUnavailable("vast.ai: cannot connect")
+
+    assert outage.try_now(down, "asking") is None
+    assert outage.until_done(lambda: "no call made", "starting again", abandoned=lambda: False) == "no call made"
+    assert keepers.api_waits(store, [job]) != {} and store.unreachable_since(keepers.API_HOST) is not None
+
+    def answers() -> str:
+        answered[0] += 1
+        return "answer"
+
+    assert outage.until_done(answers, "destroying", abandoned=lambda: False) == "answer"
+    assert keepers.api_waits(store, [job]) == {} and store.unreachable_since(keepers.API_HOST) is None
+    kinds = [event.kind for event in store.events(job.id)]
+    assert kinds.count(keepers.API_UNREACHABLE) == 1 and kinds.count(keepers.API_REACHABLE) == 1
+
+
 def test_until_done_gives_up_only_when_abandoned(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.db")
     job = rented_job(store)

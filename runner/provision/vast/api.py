@@ -95,6 +95,7 @@ class VastClient:
         key = load_api_key() if api_key is None else api_key
         self.base_url = (base_url or api_url()).rstrip("/")
         self.retry_seconds = retry_seconds
+        self.answers = 0  # answers from vast.ai (errors included, not 429s/5xx): whether it is reachable
         self._api_key = _Secret(key)  # scrubbed from any text a server echoes back
         # The key travels in a header only: URLs end up in logs and messages, headers do not.
         self._http = httpx.Client(
@@ -244,6 +245,7 @@ class VastClient:
             # 429 is refused before anything happens; a 5xx may come after the work was done.
             rate_limited = status == 429 or code == "rate_limit_exceeded"
             raise _Transient(f"HTTP {status}: {reason}", not rate_limited, status)
+        self.answers += 1
         if response.is_success and isinstance(document, dict) and document.get("success") is not False:
             return document
         message = f"vast.ai: {reason} ({method} {path})"
