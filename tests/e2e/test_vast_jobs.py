@@ -125,9 +125,11 @@ def test_the_api_key_never_shows(runner: Runner, vast: Emulator, registry: Any, 
 
 STEPS = """\
 # Counts to N, a step every 0.3 s, with a checkpoint (the step reached) every 10 steps, as a training
-# saves last.pt once an epoch; --resume goes on from the checkpoint.
+# saves last.pt once an epoch; --resume goes on from the checkpoint; --hold-after H stops counting after
+# step H's checkpoint and waits forever (a training that cannot end before its instance's fault).
 import os, sys, time
 total, out = int(sys.argv[1]), "runs/demo/weights"
+hold = int(sys.argv[sys.argv.index("--hold-after") + 1]) if "--hold-after" in sys.argv else None
 os.makedirs(out, exist_ok=True)
 start = int(open(out + "/last.pt").read()) if "--resume" in sys.argv and os.path.exists(out + "/last.pt") else 0
 print("starting at step %d" % start, flush=True)
@@ -138,6 +140,8 @@ for step in range(start + 1, total + 1):
             handle.write(str(step))
         os.replace(out + "/last.pt.tmp", out + "/last.pt")
     print("step %d" % step, flush=True)
+    while step == hold:
+        time.sleep(1)
 """
 
 
@@ -181,7 +185,10 @@ def test_an_interrupted_or_lost_instance_is_replaced_and_the_job_resumes_from_it
 ) -> None:
     # lost: the API goes on saying running while SSH is silent; the grace is the job file's lost_after
     retry = f"retry: {{on: [{cause}], max: 1, lost_after: 10s}}\nresume: python3 steps.py 200 --resume\n"
-    job_file = steps_job(tmp_path, registry.image, extra=retry)
+    # The first instance's training holds after step 20: it cannot end by itself before the fault is
+    # judged, however slow this machine (an end seen first is an end, not a loss: the safety net says so).
+    steps_job(tmp_path, registry.image)
+    job_file = vast_job(tmp_path, registry.image, "python3 steps.py 200 --hold-after 20", extra=retry)
     job_file.write_text(
         job_file.read_text().replace(
             "  weights: runs/demo/weights/*.pt", "  weights: {paths: [runs/demo/weights/*.pt], sync_every: 10s}"
