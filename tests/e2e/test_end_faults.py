@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Runner, wait_for, write_job
 from tests.e2e.test_local_jobs import job_processes
-from tests.e2e.testhost import IMAGE, USER, TestHost, docker, free_port, write_hosts_file
+from tests.e2e.testhost import USER, TestHost, write_hosts_file
 
 JOBS_DISK_MIB = 24  # the small filesystem the SSH host's jobs live on: filled in a second
 
@@ -120,17 +120,8 @@ def test_a_stop_racing_the_natural_end_always_agrees_with_what_the_host_recorded
 @pytest.fixture
 def small_disk_box(client_key: Path, runner: Runner) -> Iterator[TestHost]:
     """A test host whose jobs root (~/.runner/jobs) is a tmpfs of JOBS_DISK_MIB: a disk a job can fill."""
-    host = TestHost(f"runner-test-{secrets.token_hex(4)}", free_port(), client_key)
-    jobs_root = f"/home/{USER}/.runner/jobs"
-    docker(
-        "run", "-d", "--name", host.name, "-p", f"127.0.0.1:{host.port}:22",
-        "--tmpfs", f"{jobs_root}:rw,size={JOBS_DISK_MIB}m,mode=0755,uid=1000,gid=1000", IMAGE,
-    )  # fmt: skip
+    host = TestHost.start(client_key, small_disk=(f"/home/{USER}/.runner/jobs", JOBS_DISK_MIB))
     try:
-        host.sh(f"chown {USER}: /home/{USER}/.runner && [ $(id -u {USER}) = 1000 ]", user="root")
-        public = client_key.with_suffix(".pub").read_bytes()
-        host.sh(f"cat > /home/{USER}/.ssh/authorized_keys", stdin=public)
-        host.wait_for_sshd()
         write_hosts_file(runner.config, {"box": host.hosts_entry()})
         runner.run("hosts", "check", "box", "--trust-new-host", check=True)
         yield host

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import time
@@ -21,7 +20,7 @@ from tests.conftest import Runner, runner_executable, wait_for, write_job
 from tests.e2e.dockerhost import DockerHost
 from tests.e2e.test_container_jobs import dock  # noqa: F401  (a fixture, found by name)
 from tests.e2e.test_push_faults import MIB, BoxFiles, _random_file
-from tests.e2e.testhost import IMAGE, USER, TestHost, docker, free_port, write_hosts_file
+from tests.e2e.testhost import IMAGE, USER, TestHost, write_hosts_file
 
 ROOT = f"/home/{USER}/.runner"
 SIZE = 200 * MIB
@@ -116,15 +115,8 @@ DISK_MIB = 64  # the small filesystem the whole runner directory of the host liv
 @pytest.fixture
 def small_disk_box(client_key: Path, runner: Runner) -> Iterator[TestHost]:
     """A test host whose ~/.runner (jobs, parts, agent) is a tmpfs of DISK_MIB: a disk a push can fill."""
-    host = TestHost(f"runner-test-{secrets.token_hex(4)}", free_port(), client_key)
-    docker(
-        "run", "-d", "--name", host.name, "-p", f"127.0.0.1:{host.port}:22",
-        "--tmpfs", f"{ROOT}:rw,size={DISK_MIB}m,mode=0755,uid=1000,gid=1000", IMAGE,
-    )  # fmt: skip
+    host = TestHost.start(client_key, small_disk=(ROOT, DISK_MIB))
     try:
-        assert host.sh(f"id -u {USER}").strip() == "1000"  # the tmpfs belongs to the user
-        host.sh(f"cat > /home/{USER}/.ssh/authorized_keys", stdin=client_key.with_suffix(".pub").read_bytes())
-        host.wait_for_sshd()
         write_hosts_file(runner.config, {"box": host.hosts_entry()})
         runner.run("hosts", "check", "box", "--trust-new-host", check=True)
         yield host

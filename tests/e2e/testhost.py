@@ -54,16 +54,23 @@ class TestHost:
     key: Path
 
     @classmethod
-    def start(cls, key: Path) -> TestHost:
+    def start(cls, key: Path, small_disk: tuple[str, int] | None = None) -> TestHost:
+        """small_disk: (a folder, MiB): that folder is a tmpfs of that size, the user's: a disk to fill."""
         host = cls(f"runner-test-{secrets.token_hex(4)}", free_port(), key)
-        docker("run", "-d", "--name", host.name, "-p", f"127.0.0.1:{host.port}:22", IMAGE)
-        public = key.with_suffix(".pub").read_bytes()
-        host.sh(
-            f"cat > /home/{USER}/.ssh/authorized_keys && chown {USER}: /home/{USER}/.ssh/authorized_keys",
-            stdin=public,
-            user="root",
-        )
-        host.wait_for_sshd()
+        tmpfs = []
+        if small_disk:
+            folder, mib = small_disk
+            tmpfs = ["--tmpfs", f"{folder}:rw,size={mib}m,mode=0755,uid=1000,gid=1000"]
+        docker("run", "-d", "--name", host.name, "-p", f"127.0.0.1:{host.port}:22", *tmpfs, IMAGE)
+        try:
+            login = f"cat > /home/{USER}/.ssh/authorized_keys && chown {USER}: /home/{USER}/.ssh/authorized_keys"
+            if small_disk:  # docker made the folders above the tmpfs as root: the user's, as at a real host
+                login += f" && [ $(id -u {USER}) = 1000 ] && chown {USER}: /home/{USER}/.runner"
+            host.sh(login, stdin=key.with_suffix(".pub").read_bytes(), user="root")
+            host.wait_for_sshd()
+        except BaseException:
+            host.remove()
+            raise
         return host
 
     def remove(self) -> None:
