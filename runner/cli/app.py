@@ -15,7 +15,7 @@ import click
 from runner import __version__
 from runner.base.durations import format_duration, parse_duration
 from runner.base.errors import NotFound, RunnerError, SpecError
-from runner.cli.common import open_store
+from runner.cli.common import find_job, open_store, revive_keepers
 from runner.cli.hosts import JSON_OPTION, TRUST_OPTION, hosts
 from runner.cli.vast import down, keep, offers
 from runner.transfer import progress as transferprogress
@@ -98,7 +98,7 @@ def status(job_ref: str | None, watch: bool, interval: float, as_json: bool) -> 
     with open_store() as store:
         _prewarm_hosts([store.find(job_ref)] if job_ref else store.list_jobs())  # handshakes overlap the imports
         from runner.cli import render
-        from runner.pipeline.keepers import api_waits, ensure_keepers
+        from runner.pipeline.keepers import api_waits
         from runner.pipeline.reconcile import reconcile
 
         def poll() -> Refreshed:
@@ -107,8 +107,7 @@ def status(job_ref: str | None, watch: bool, interval: float, as_json: bool) -> 
             for note in refreshed.notes:
                 render.stderr.print(f"runner: {note}", markup=False)
             # A rented job whose keeper is gone (killed, a reboot) gets it back: it alone tears down.
-            for job_id, pid in ensure_keepers(store, refreshed.jobs):
-                render.stderr.print(f"runner: job {job_id}: its keeper was gone; started again (pid {pid})")
+            revive_keepers(store, refreshed.jobs)
             return refreshed
 
         def waits(refreshed: Refreshed) -> dict[str, float]:
@@ -212,7 +211,7 @@ def logs(job_ref: str, last_lines: int | None, follow: bool, raw: bool, color: s
         out.flush()
 
     with open_store() as store:
-        job = store.find(job_ref)
+        job = find_job(store, job_ref)
         if not follow:
             show_log(job, last_lines, write, raw=raw, color=colored)
             return
@@ -234,7 +233,7 @@ def stop(job_ref: str, grace: float, as_json: bool) -> None:
     from runner.pipeline.stop import stop as stop_job
 
     with open_store() as store:
-        job = stop_job(store, store.find(job_ref), grace)
+        job = stop_job(store, find_job(store, job_ref), grace)
     if as_json:
         render.print_json(render.job_document(job))
         return
@@ -258,7 +257,7 @@ def fetch(artifact: str, job_ref: str | None, dest: Path | None, every: float | 
     from runner.transfer.artifactsync import default_dest, fetch_every, fetch_locked
 
     with open_store() as store:
-        job = store.find(job_ref)
+        job = find_job(store, job_ref)
         where = dest or default_dest(job.id)
         if every is None:
             with transferprogress.shown(f"{artifact} of {job.id}", _bars(as_json), render.stderr):
@@ -306,7 +305,7 @@ def tensorboard(job_ref: str, port: int | None) -> None:
     from runner.observe.tunnel import forward_until_stopped
 
     with open_store() as store:
-        job = store.find(job_ref)
+        job = find_job(store, job_ref)
 
     def announce(url: str) -> None:
         render.stderr.print("forwarding; Ctrl-C to stop")
@@ -323,7 +322,7 @@ def attach(job_ref: str, window: str) -> None:
     from runner.jobs.session import attach_argv
 
     with open_store() as store:
-        job = store.find(job_ref)
+        job = find_job(store, job_ref)
     if not job.session or job.finished:
         raise NotFound(
             f"job {job.id} is {job.state.value}: its tmux session is gone; `runner logs {job.id}` has its output"
@@ -345,7 +344,7 @@ def plot(job_ref: str, out: Path | None, as_json: bool) -> None:
 
     require_matplotlib()  # before any round trip: without the extra there is nothing to draw with
     with open_store() as store:
-        job = store.find(job_ref)
+        job = find_job(store, job_ref)
     result = plot_job(job, out)
     if as_json:
         render.print_json(plot_document(result))

@@ -1,4 +1,5 @@
-"""What the commands share: the store, opened for one command and closed after it."""
+"""What the commands share: the store, opened for one command and closed after it; a job looked up by
+reference, with its keeper started again where it is gone."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 from runner.base import paths
 
 if TYPE_CHECKING:
-    from runner.jobs.state import Store
+    from runner.jobs.state import Job, Store
 
 
 @contextmanager
@@ -21,3 +22,20 @@ def open_store() -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+def find_job(store: Store, ref: str | None) -> Job:
+    """The job by id, id prefix or name; a rented job whose keeper is gone (killed, a reboot) gets it
+    back from whichever runner command looks at it next, not only from `runner status`."""
+    job = store.find(ref)
+    revive_keepers(store, [job])
+    return job
+
+
+def revive_keepers(store: Store, jobs: list[Job]) -> None:
+    """Start the keeper again of each rented job here that needs one and has none; one line each."""
+    from runner.cli import render
+    from runner.pipeline.keepers import ensure_keepers
+
+    for job_id, pid in ensure_keepers(store, jobs):
+        render.stderr.print(f"runner: job {job_id}: its keeper was gone; started again (pid {pid})")

@@ -99,6 +99,13 @@ def test_a_killed_keeper_is_started_again_by_status_and_the_teardown_still_happe
     assert restarted != first
     again = runner.run("status", job_id, "--json", check=True)
     assert "started again" not in again.stderr  # a live keeper is left alone
+    # Any runner command that looks at the job brings it back, not only status.
+    os.kill(restarted, signal.SIGKILL)
+    wait_for(lambda: keeper_of(runner, job_id) is None, 30, what="the second keeper's lock freed")
+    looked = runner.run("logs", job_id, "-n", "1")
+    assert f"job {job_id}: its keeper was gone; started again" in looked.stderr, looked.stderr
+    third = wait_for(lambda: keeper_of(runner, job_id), 60, what="the third keeper's lock")
+    assert third not in (first, restarted)
 
     done = wait_for(lambda: (job := status(runner, job_id))["finished"] and job, 180, interval=1, what="the job's end")
     assert done["state"] == "succeeded"
