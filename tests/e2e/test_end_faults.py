@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Runner, wait_for, write_job
 from tests.e2e.test_local_jobs import job_processes
-from tests.e2e.testhost import USER, TestHost, write_hosts_file
+from tests.e2e.testhost import USER, TestHost, trusted_host
 
 JOBS_DISK_MIB = 24  # the small filesystem the SSH host's jobs live on: filled in a second
 
@@ -121,12 +121,8 @@ def test_a_stop_racing_the_natural_end_always_agrees_with_what_the_host_recorded
 def small_disk_box(client_key: Path, runner: Runner) -> Iterator[TestHost]:
     """A test host whose jobs root (~/.runner/jobs) is a tmpfs of JOBS_DISK_MIB: a disk a job can fill."""
     host = TestHost.start(client_key, small_disk=(f"/home/{USER}/.runner/jobs", JOBS_DISK_MIB))
-    try:
-        write_hosts_file(runner.config, {"box": host.hosts_entry()})
-        runner.run("hosts", "check", "box", "--trust-new-host", check=True)
+    with trusted_host(runner, host):
         yield host
-    finally:
-        host.remove()
 
 
 def test_a_training_that_fills_its_disk_and_exits_0_succeeds_with_a_disk_full_alert(

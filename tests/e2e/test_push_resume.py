@@ -20,7 +20,7 @@ from tests.conftest import Runner, runner_executable, wait_for, write_job
 from tests.e2e.dockerhost import DockerHost
 from tests.e2e.test_container_jobs import dock  # noqa: F401  (a fixture, found by name)
 from tests.e2e.test_push_faults import MIB, BoxFiles, _random_file
-from tests.e2e.testhost import IMAGE, USER, TestHost, write_hosts_file
+from tests.e2e.testhost import IMAGE, USER, TestHost, trusted_host
 
 ROOT = f"/home/{USER}/.runner"
 SIZE = 200 * MIB
@@ -115,13 +115,8 @@ DISK_MIB = 64  # the small filesystem the whole runner directory of the host liv
 @pytest.fixture
 def small_disk_box(client_key: Path, runner: Runner) -> Iterator[TestHost]:
     """A test host whose ~/.runner (jobs, parts, agent) is a tmpfs of DISK_MIB: a disk a push can fill."""
-    host = TestHost.start(client_key, small_disk=(ROOT, DISK_MIB))
-    try:
-        write_hosts_file(runner.config, {"box": host.hosts_entry()})
-        runner.run("hosts", "check", "box", "--trust-new-host", check=True)
+    with trusted_host(runner, TestHost.start(client_key, small_disk=(ROOT, DISK_MIB))) as host:
         yield host
-    finally:
-        host.remove()
 
 
 def test_a_push_that_fills_the_disk_says_so_and_resumes_once_prune_made_room(

@@ -10,12 +10,14 @@ from __future__ import annotations
 import secrets
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, Runner, wait_for
 
 IMAGE = "runner-testhost:bookworm"
 USER = "trainer"
@@ -128,3 +130,14 @@ def write_hosts_file(
     if registry:
         document["registry"] = registry
     (config_dir / "hosts.yaml").write_text(yaml.safe_dump(document))
+
+
+@contextmanager
+def trusted_host(runner: Runner, host: TestHost, name: str = "box") -> Iterator[TestHost]:
+    """host, named `name` in the runner's hosts.yaml with its key trusted; removed afterwards."""
+    try:
+        write_hosts_file(runner.config, {name: host.hosts_entry()})
+        runner.run("hosts", "check", name, "--trust-new-host", check=True)
+        yield host
+    finally:
+        host.remove()
