@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from runner import __version__
-from runner.base.durations import format_duration, parse_duration
+from runner.base.durations import format_duration
 from runner.base.errors import NotFound, RunnerError, SpecError
-from runner.cli.common import find_job, open_store, revive_keepers
+from runner.cli.common import DURATION, find_job, open_store
 from runner.cli.hosts import JSON_OPTION, TRUST_OPTION, hosts
+from runner.cli.status import status
 from runner.cli.vast import down, keep, offers
 from runner.transfer import progress as transferprogress
 
@@ -25,24 +25,7 @@ WINDOW_NAMES = ("train", "monitor", "gpu", "cpu", "tensorboard", "shell")  # run
 # Each command imports what it needs when it runs: `runner status` should not pay for pydantic,
 # paramiko or the fetch engine at start-up (see benchmarks/status_vs_ssh.py).
 if TYPE_CHECKING:
-    from runner.jobs.state import Job
-    from runner.observe.observe import Refreshed
     from runner.transfer.fetch import FetchResult
-
-
-class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2 on, and 8.1 is allowed
-    """30s, 10m, 1h or plain seconds (runner.durations, shared with the job file)."""
-
-    name = "duration"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = Duration()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,94 +69,6 @@ def submit(
 def _to_stderr(line: str) -> None:
     """Progress of a long step (an image build's log), line by line as it comes."""
     click.echo(line, err=True)
-
-
-@cli.command()
-@click.argument("job_ref", metavar="[JOB]", required=False)
-@click.option("-w", "--watch", is_flag=True, help="Refresh in place until Ctrl-C (with --json: one document per line).")
-@click.option("--interval", type=DURATION, default=2.0, show_default=True, help="Seconds between refreshes with -w.")
-@JSON_OPTION
-def status(job_ref: str | None, watch: bool, interval: float, as_json: bool) -> None:
-    """Show all jobs, or one JOB (id, id prefix or name): progress, GPUs, alerts."""
-    with open_store() as store:
-        _prewarm_hosts([store.find(job_ref)] if job_ref else store.list_jobs())  # handshakes overlap the imports
-        from runner.cli import render
-        from runner.pipeline.keepers import api_waits
-        from runner.pipeline.reconcile import reconcile
-
-        def poll() -> Refreshed:
-            # Every job against its host: a job whose submit died is finished or found running here.
-            refreshed = reconcile(store, [store.find(job_ref)] if job_ref else store.list_jobs())
-            for note in refreshed.notes:
-                render.stderr.print(f"runner: {note}", markup=False)
-            # A rented job whose keeper is gone (killed, a reboot) gets it back: it alone tears down.
-            revive_keepers(store, refreshed.jobs)
-            return refreshed
-
-        def waits(refreshed: Refreshed) -> dict[str, float]:
-            return api_waits(store, refreshed.jobs)
-
-        if watch:
-            _watch_status(poll, interval, as_json, bool(job_ref), waits)
-            return
-        refreshed = poll()
-        waiting = waits(refreshed)
-    if as_json:
-        render.print_json(_status_document(refreshed, bool(job_ref), waiting))
-    else:
-        from runner.cli.statusview import status_view
-
-        render.stdout.print(status_view(refreshed, api_waits=waiting))
-    if refreshed.problems:
-        for problem in refreshed.problems.values():
-            render.stderr.print(f"runner: {problem.error}", markup=False)
-        sys.exit(max(problem.error.exit_code for problem in refreshed.problems.values()))
-
-
-def _prewarm_hosts(jobs: list[Job]) -> None:
-    """Start the SSH handshakes with the hosts status will probe; problems are for the probe to report."""
-    from runner.hosts import get_host
-    from runner.jobs.state import JobState
-
-    # The hosts of running jobs, and of placed ones whose submit is gone (the reconciler asks them too).
-    probed = [job for job in jobs if job.job_dir and not job.finished and
-              (job.state is JobState.RUNNING or not job.owner_alive())]  # fmt: skip
-    for name in sorted({job.host for job in probed}):
-        try:
-            host = get_host(name)
-        except RunnerError:
-            continue
-        host.prewarm()
-
-
-def _status_document(refreshed: Refreshed, one_job: bool, api_waits: dict[str, float]) -> dict[str, Any]:
-    from runner.cli import render
-    from runner.cli.statusview import unreachable_since
-
-    unreachable = unreachable_since(refreshed)
-    documents = [
-        render.job_document(job, unreachable.get(job.host), refreshed.costs.get(job.id), api_waits.get(job.id))
-        for job in refreshed.jobs
-    ]
-    return documents[0] if one_job else {"jobs": documents}
-
-
-def _watch_status(
-    poll: Callable[[], Refreshed], interval: float, as_json: bool, one_job: bool,
-    waits: Callable[[Refreshed], dict[str, float]],
-) -> None:  # fmt: skip
-    if not as_json:
-        from runner.cli.statusview import watch
-
-        watch(poll, interval, waits)
-        return
-    try:
-        while True:
-            refreshed = poll()
-            print(json.dumps(_status_document(refreshed, one_job, waits(refreshed))), flush=True)
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        return
 
 
 @cli.command()
@@ -411,6 +306,7 @@ def schema() -> None:
     render.print_json(JobSpec.model_json_schema())
 
 
+cli.add_command(status)
 cli.add_command(hosts)
 cli.add_command(down)
 cli.add_command(keep)

@@ -1,5 +1,5 @@
 """What the commands share: the store, opened for one command and closed after it; a job looked up by
-reference, with its keeper started again where it is gone."""
+reference, with its keeper started again where it is gone; the duration option type."""
 
 from __future__ import annotations
 
@@ -7,10 +7,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import click
+
 from runner.base import paths
+from runner.base.durations import parse_duration
 
 if TYPE_CHECKING:
     from runner.jobs.state import Job, Store
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2 on, and 8.1 is allowed
+    """30s, 10m, 1h or plain seconds (runner.durations, shared with the job file)."""
+
+    name = "duration"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
 
 
 @contextmanager
