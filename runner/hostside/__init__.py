@@ -25,6 +25,7 @@ FILES = (
     "agentdirs.py",
     "jobend.py",
     "notify.py",
+    "jsonpost.py",
 )
 
 

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 
 from runner.base import paths
 from runner.base.errors import HostUnreachable, RunnerError
-from runner.hostside.notify import HOST_EVENTS, sendable
+from runner.hostside.jsonpost import sendable
+from runner.hostside.notify import HOST_EVENTS
 from runner.jobs.agentanswers import HostRecord, host_records, notification_records
 from runner.jobs.layout import job_host
 from runner.jobs.notifyevents import ALERT_EVENTS

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from runner.hosts.local import LocalHost
+from runner.hostside import jsonpost
 from runner.hostside import notify as hostnotify
 from runner.jobs.layout import JobLayout
 from runner.jobs.notifyevents import ALERT_EVENTS
@@ -42,10 +43,10 @@ def test_the_hosts_alert_kinds_are_the_controllers() -> None:
 def test_the_hosts_request_is_apprises_byte_for_byte(path: str) -> None:
     with receiving() as receiver:
         url = receiver.url(path).replace("json://", f"json://user:{TOKEN}@")
-        assert hostnotify.sendable(url)
+        assert jsonpost.sendable(url)
         title, body = "runner: demo (abc) succeeded", 'line\nevent: succeeded\nhost: box\nüñí "quoted"'
         assert notify.send_with_apprise(url, title, body) is None  # the controller's sender
-        assert hostnotify.send(url, title, body) is None
+        assert jsonpost.send(url, title, body) is None
         by_apprise, by_host = receiver.requests
     assert by_host == by_apprise  # method, path and query, every header in its order, the body's bytes
 
@@ -62,11 +63,11 @@ def test_the_hosts_request_is_apprises_byte_for_byte(path: str) -> None:
     ],
 )
 def test_what_the_host_cannot_send_as_apprise_does_stays_the_controllers(url: str) -> None:
-    assert not hostnotify.sendable(url)
+    assert not jsonpost.sendable(url)
 
 
 def test_a_failed_send_says_why_without_the_url() -> None:
-    error = hostnotify.send(f"json://127.0.0.1:9/{TOKEN}", "t", "b", timeout=5)  # port 9: nothing listens
+    error = jsonpost.send(f"json://127.0.0.1:9/{TOKEN}", "t", "b", timeout=5)  # port 9: nothing listens
     assert error is not None and "ConnectionRefusedError" in error and TOKEN not in error
 
 
